@@ -1,0 +1,1 @@
+//! platform-linux (being built).

@@ -1,0 +1,2 @@
+//! The `probe` command line.
+fn main() {}

@@ -1,0 +1,200 @@
+//! The core's error types: small, `Copy`, with fields a person can act on.
+
+use core::fmt;
+
+use crate::addr::{Addr, FileId, SpaceId};
+use crate::arch::Reject;
+
+/// Which fixed-capacity table ran out. Capacities are chosen by the embedder through the core's
+/// const generics; running out is never a panic.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum Capacity {
+    /// The probe table (`PROBES`).
+    Probes,
+    /// The consumer table (`CONSUMERS`).
+    Consumers,
+    /// The installed-breakpoint table (`SITES`).
+    Sites,
+    /// The address-space table (`SPACES`).
+    Spaces,
+    /// The per-task state table (`TASKS`).
+    Tasks,
+    /// The out-of-line slots of one address space (`XOL`).
+    XolSlots,
+    /// The blacklist.
+    Blacklist,
+    /// A CPU number at or above `CPUS`.
+    Cpus,
+    /// Return-probe instances.
+    ReturnInstances,
+    /// The per-space mapping table.
+    Mappings,
+}
+
+/// Why a memory access failed. Returned by [`AddressSpace`](crate::platform::AddressSpace)
+/// implementations and passed through unchanged.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum MemErrorKind {
+    /// Nothing is mapped there.
+    Unmapped,
+    /// Mapped, but the platform refused the access.
+    Denied,
+    /// The address space (or the file) is gone.
+    Gone,
+    /// The platform's own I/O failed (e.g. a short write to `/proc/PID/mem`).
+    Io,
+}
+
+/// A failed memory access at `addr`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct MemError {
+    /// Where the access failed.
+    pub addr: Addr,
+    /// Why.
+    pub kind: MemErrorKind,
+}
+
+impl MemError {
+    /// A new memory error.
+    pub const fn new(addr: Addr, kind: MemErrorKind) -> MemError {
+        MemError { addr, kind }
+    }
+}
+
+impl fmt::Display for MemError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let why = match self.kind {
+            MemErrorKind::Unmapped => "nothing is mapped there",
+            MemErrorKind::Denied => "the platform denied the access",
+            MemErrorKind::Gone => "the address space or file is gone",
+            MemErrorKind::Io => "the platform's I/O failed",
+        };
+        write!(f, "memory access at {} failed: {}", self.addr, why)
+    }
+}
+
+impl core::error::Error for MemError {}
+
+/// Errors of the core's control operations (register, unregister, events).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A fixed-capacity table is full; raise the named capacity.
+    CapacityExhausted {
+        /// Which table.
+        what: Capacity,
+    },
+    /// The consumer handle is not registered (never was, or already unregistered).
+    UnknownConsumer,
+    /// The offset lies outside the file.
+    OffsetOutsideFile {
+        /// The file.
+        file: FileId,
+        /// The requested offset.
+        offset: u64,
+        /// The file's size.
+        size: u64,
+    },
+    /// The location is on the blacklist and must never be probed.
+    Blacklisted {
+        /// The file.
+        file: FileId,
+        /// The requested offset.
+        offset: u64,
+    },
+    /// The location maps to a blacklisted address in some address space.
+    BlacklistedAddress {
+        /// The address space.
+        space: SpaceId,
+        /// The address.
+        addr: Addr,
+    },
+    /// The instruction cannot be probed.
+    Rejected(Reject),
+    /// A memory access failed.
+    Memory(MemError),
+    /// Installing or removing a breakpoint found other bytes than expected: someone else
+    /// changed the text. Nothing was written.
+    BytesChanged {
+        /// The address space.
+        space: SpaceId,
+        /// Where.
+        addr: Addr,
+    },
+    /// The platform knows no such address space.
+    NoSuchSpace(SpaceId),
+    /// The platform could not provide an out-of-line slot area for this space.
+    NoXolArea(SpaceId),
+    /// Another call is using this task's state right now (the platform called the core twice
+    /// for one task at once). Nothing was changed.
+    TaskBusy,
+    /// A consumer's options conflict with the probe's (e.g. a different SDT semaphore).
+    OptionsConflict,
+    /// The file is not known to the platform.
+    NoSuchFile(FileId),
+}
+
+impl From<MemError> for Error {
+    fn from(e: MemError) -> Error {
+        Error::Memory(e)
+    }
+}
+
+impl From<Reject> for Error {
+    fn from(r: Reject) -> Error {
+        Error::Rejected(r)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Error::CapacityExhausted { what } => {
+                write!(
+                    f,
+                    "capacity exhausted: the {what:?} table is full; raise its capacity"
+                )
+            }
+            Error::UnknownConsumer => {
+                write!(
+                    f,
+                    "no such consumer: it was never registered or is already unregistered"
+                )
+            }
+            Error::OffsetOutsideFile { file, offset, size } => write!(
+                f,
+                "offset {offset:#x} is outside file {file} ({size} bytes)"
+            ),
+            Error::Blacklisted { file, offset } => {
+                write!(
+                    f,
+                    "file {file} offset {offset:#x} is blacklisted and must not be probed"
+                )
+            }
+            Error::BlacklistedAddress { space, addr } => write!(
+                f,
+                "the probe would land at blacklisted address {addr} in space {space}"
+            ),
+            Error::Rejected(r) => write!(f, "instruction cannot be probed: {r}"),
+            Error::Memory(m) => fmt::Display::fmt(&m, f),
+            Error::BytesChanged { space, addr } => write!(
+                f,
+                "the text at {addr} in space {space} is not what the probe expects; left untouched"
+            ),
+            Error::NoSuchSpace(s) => write!(f, "no such address space: {s}"),
+            Error::NoXolArea(s) => write!(f, "no out-of-line slot area in space {s}"),
+            Error::TaskBusy => write!(f, "the task's state is in use by another call"),
+            Error::OptionsConflict => {
+                write!(
+                    f,
+                    "the consumer's options conflict with the probe's existing options"
+                )
+            }
+            Error::NoSuchFile(file) => write!(f, "no such file: {file}"),
+        }
+    }
+}
+
+impl core::error::Error for Error {}

@@ -1,0 +1,37 @@
+//! # probe-core
+//!
+//! An embeddable, `#![no_std]` rebuild of the Linux kernel's kprobes/uprobes machinery.
+//!
+//! Layers, bottom up:
+//!
+//! - [`addr`]: checked addresses and identities ([`Addr`], [`FileId`], [`SpaceId`], [`TaskId`]).
+//! - [`sync`]: the one shim through which every atomic, cell and lock goes, so that `loom`
+//!   can replace them (`--cfg loom`).
+//! - [`arch`]: the [`Arch`] trait (breakpoint, analysis into a plan, slot encoding, emulation,
+//!   return addresses) and `arch::x86_64` (iced-x86).
+//! - [`platform`]: what the core asks the platform ([`Platform`], [`AddressSpace`]).
+//! - [`consumer`]: what an embedder attaches to a probe ([`Consumer`]).
+//! - the engine, [`ProbeCore`]: register/unregister, the rmap walk, the hit path, filters,
+//!   events (mmap, munmap, fork, exec, exit) and reclamation.
+//!
+//! The core owns no threads, clocks or I/O. The platform calls into it on events and applies
+//! the action it returns. No allocation happens on the hit, return or single-step paths; the
+//! tables are fixed-capacity and sized by the embedder through const generics.
+#![no_std]
+#![deny(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(feature = "x86_64")]
+extern crate alloc;
+
+pub mod addr;
+pub mod arch;
+pub mod consumer;
+pub mod error;
+pub mod platform;
+
+pub use addr::{Addr, CpuId, FileId, ProbeKey, Range, SpaceId, TaskId};
+pub use arch::{Arch, PlanKind, Registers, Reject};
+pub use consumer::{Consumer, ConsumerHandle, ConsumerOptions, HandlerAction, HitContext};
+pub use error::{Capacity, Error, MemError, MemErrorKind};
+pub use platform::{AddressSpace, Mapping, Platform};
