@@ -103,3 +103,81 @@ impl ConsumerHandle {
         ((self.generation as u64) << 32) | self.index as u64
     }
 }
+
+mod slot {
+    use crate::consumer::ConsumerOptions;
+    use crate::sync::{AtomicBool, AtomicU32, AtomicU64, OwnedCell, Ordering, PublishCell};
+    use crate::table::NIL;
+
+    const FREE: u64 = 0;
+    const LIVE: u64 = 1;
+    const DEAD: u64 = 2;
+
+    /// Storage of one registered consumer.
+    #[derive(Debug)]
+    pub(crate) struct ConsumerSlot<C> {
+        /// `generation << 2 | {FREE, LIVE, DEAD}`.
+        state: AtomicU64,
+        /// Next consumer of the same probe (readers follow it).
+        pub(crate) next: AtomicU32,
+        /// The probe's index (writer only).
+        pub(crate) probe: AtomicU32,
+        /// Cached `has_filter()`.
+        pub(crate) has_filter: AtomicBool,
+        pub(crate) value: OwnedCell<C>,
+        pub(crate) opts: PublishCell<ConsumerOptions>,
+    }
+
+    impl<C> ConsumerSlot<C> {
+        crate::sync::const_fn! {
+            pub(crate) fn new() -> ConsumerSlot<C> {
+                ConsumerSlot {
+                    state: AtomicU64::new(FREE),
+                    next: AtomicU32::new(NIL),
+                    probe: AtomicU32::new(NIL),
+                    has_filter: AtomicBool::new(false),
+                    value: OwnedCell::new(),
+                    opts: PublishCell::new(ConsumerOptions::new()),
+                }
+            }
+        }
+
+        /// Whether the slot is free for a new consumer.
+        pub(crate) fn is_free(&self) -> bool {
+            self.state.load(Ordering::Acquire) & 3 == FREE
+        }
+
+        /// Whether the consumer is registered (readers: whether to run it).
+        #[inline]
+        pub(crate) fn is_live(&self) -> bool {
+            self.state.load(Ordering::Acquire) & 3 == LIVE
+        }
+
+        /// The current generation.
+        pub(crate) fn generation(&self) -> u32 {
+            (self.state.load(Ordering::Acquire) >> 2) as u32
+        }
+
+        /// Make a free slot live with the next generation; returns it.
+        pub(crate) fn activate(&self) -> u32 {
+            let g = self.generation().wrapping_add(1);
+            self.state.store(((g as u64) << 2) | LIVE, Ordering::Release);
+            g
+        }
+
+        /// Mark dead: readers stop running it from now on.
+        pub(crate) fn kill(&self) {
+            let g = self.generation() as u64;
+            self.state.store((g << 2) | DEAD, Ordering::Release);
+        }
+
+        /// Back to free (after a grace period).
+        pub(crate) fn free(&self) {
+            let g = self.generation() as u64;
+            self.next.store(NIL, Ordering::Relaxed);
+            self.probe.store(NIL, Ordering::Relaxed);
+            self.state.store(g << 2 | FREE, Ordering::Release);
+        }
+    }
+}
+pub(crate) use slot::ConsumerSlot;

@@ -35,3 +35,19 @@ pub use arch::{Arch, PlanKind, Registers, Reject};
 pub use consumer::{Consumer, ConsumerHandle, ConsumerOptions, HandlerAction, HitContext};
 pub use error::{Capacity, Error, MemError, MemErrorKind};
 pub use platform::{AddressSpace, Mapping, Platform};
+
+pub(crate) mod blacklist;
+mod engine;
+mod hit;
+pub(crate) mod probe;
+mod reclaim;
+pub(crate) mod site;
+pub(crate) mod sync;
+pub(crate) mod table;
+pub mod task;
+pub(crate) mod xol;
+
+pub use blacklist::BLACKLIST_CAPACITY;
+pub use engine::ProbeCore;
+pub use hit::{Hit, Step};
+pub use task::TaskState;

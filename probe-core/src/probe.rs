@@ -1,0 +1,73 @@
+//! Probes: one per (file, offset), holding the original instruction, its analysis (the plan)
+//! and the chain of consumers. Stored in the probe table keyed by `(file, offset)`.
+//!
+//! Every file with probes also has a *file entry* in the same table, keyed by
+//! `(file, FILE_ENTRY)`: the head of the list of that file's probes, which the mmap event and
+//! filter re-evaluation walk (the kernel keeps its tree sorted on inode:offset for the same
+//! range query).
+
+use crate::arch::Arch;
+use crate::consumer::ConsumerOptions;
+use crate::sync::{AtomicU32, Ordering, PublishCell};
+use crate::table::{Payload, NIL};
+
+/// The key offset of a file entry; no instruction lives at offset `u64::MAX`.
+pub(crate) const FILE_ENTRY: u64 = u64::MAX;
+
+/// Longest original instruction the core stores.
+pub(crate) const MAX_ORIG: usize = 16;
+
+/// A probe table entry.
+#[derive(Debug)]
+pub(crate) struct ProbePayload<A: Arch> {
+    /// The analysis (`None` for a file entry).
+    pub(crate) plan: PublishCell<Option<A::Plan>>,
+    /// The original instruction's bytes (its first `insn_len` are meaningful).
+    pub(crate) orig: PublishCell<[u8; MAX_ORIG]>,
+    /// Options shared by all consumers (the SDT semaphore).
+    pub(crate) opts: PublishCell<ConsumerOptions>,
+    /// Head of the consumer chain (readers follow it).
+    pub(crate) consumers: AtomicU32,
+    /// Writer only: head of this probe's site list.
+    pub(crate) sites: AtomicU32,
+    /// Writer only: for a file entry, the head of the file's probe list; for a probe, the next
+    /// probe of the same file.
+    pub(crate) next_of_file: AtomicU32,
+    /// Writer only: the previous probe of the same file (NIL for the first).
+    pub(crate) prev_of_file: AtomicU32,
+}
+
+impl<A: Arch> Payload for ProbePayload<A> {
+    #[cfg(not(loom))]
+    const BLANK: Self = ProbePayload {
+        plan: PublishCell::new(None),
+        orig: PublishCell::new([0; MAX_ORIG]),
+        opts: PublishCell::new(ConsumerOptions::new()),
+        consumers: AtomicU32::new(NIL),
+        sites: AtomicU32::new(NIL),
+        next_of_file: AtomicU32::new(NIL),
+        prev_of_file: AtomicU32::new(NIL),
+    };
+    #[cfg(loom)]
+    fn blank() -> Self {
+        ProbePayload {
+            plan: PublishCell::new(None),
+            orig: PublishCell::new([0; MAX_ORIG]),
+            opts: PublishCell::new(ConsumerOptions::new()),
+            consumers: AtomicU32::new(NIL),
+            sites: AtomicU32::new(NIL),
+            next_of_file: AtomicU32::new(NIL),
+            prev_of_file: AtomicU32::new(NIL),
+        }
+    }
+}
+
+impl<A: Arch> ProbePayload<A> {
+    /// Reset the writer-side links of a freshly claimed entry.
+    pub(crate) fn reset(&self) {
+        self.consumers.store(NIL, Ordering::Relaxed);
+        self.sites.store(NIL, Ordering::Relaxed);
+        self.next_of_file.store(NIL, Ordering::Relaxed);
+        self.prev_of_file.store(NIL, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,203 @@
+//! The synchronisation shim: the only file that names atomics, cells and locks.
+//!
+//! Normal builds use `core`'s atomics and `spin`'s mutex; `--cfg loom` swaps in loom's, behind
+//! the same API, so that every concurrent protocol of the core can be model-checked (the same
+//! approach as tokio's `src/loom/` and crossbeam-epoch's `primitive` module). Neither `spin`
+//! nor `heapless` knows loom, so nothing the core synchronises goes through them directly.
+#![allow(unsafe_code)]
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+#[cfg(not(loom))]
+pub(crate) use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+/// Declares a constructor that is `const` in normal builds (so the core's tables can live in a
+/// `static`) and plain under loom (whose primitives have no const constructors).
+macro_rules! const_fn {
+    ($(#[$m:meta])* $vis:vis fn $name:ident() -> $ret:ty $body:block) => {
+        $(#[$m])*
+        #[cfg(not(loom))]
+        $vis const fn $name() -> $ret $body
+        $(#[$m])*
+        #[cfg(loom)]
+        $vis fn $name() -> $ret $body
+    };
+}
+pub(crate) use const_fn;
+
+/// Builds an array of `N` values from a constant expression: `[const { .. }; N]` in normal
+/// builds, `core::array::from_fn` under loom.
+macro_rules! array_of {
+    ($e:expr; $n:expr) => {{
+        #[cfg(not(loom))]
+        let a = [const { $e }; $n];
+        #[cfg(loom)]
+        let a = core::array::from_fn(|_| $e);
+        a
+    }};
+}
+pub(crate) use array_of;
+
+/// Tell the CPU (or loom's scheduler) that we are spinning.
+#[inline]
+pub(crate) fn spin_loop() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    core::hint::spin_loop();
+}
+
+/// A mutual-exclusion lock. `spin::Mutex` normally, `loom::sync::Mutex` under loom.
+#[derive(Debug)]
+pub(crate) struct Mutex<T> {
+    #[cfg(not(loom))]
+    inner: spin::Mutex<T>,
+    #[cfg(loom)]
+    inner: loom::sync::Mutex<T>,
+}
+
+/// The guard of a [`Mutex`].
+#[cfg(not(loom))]
+pub(crate) type MutexGuard<'a, T> = spin::MutexGuard<'a, T>;
+/// The guard of a [`Mutex`].
+#[cfg(loom)]
+pub(crate) type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+
+impl<T> Mutex<T> {
+    /// A new unlocked mutex.
+    #[cfg(not(loom))]
+    pub(crate) const fn new(v: T) -> Mutex<T> {
+        Mutex { inner: spin::Mutex::new(v) }
+    }
+    /// A new unlocked mutex.
+    #[cfg(loom)]
+    pub(crate) fn new(v: T) -> Mutex<T> {
+        Mutex { inner: loom::sync::Mutex::new(v) }
+    }
+
+    /// Lock, spinning (or yielding under loom) while another holder has it.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+        #[cfg(not(loom))]
+        return self.inner.lock();
+        #[cfg(loom)]
+        return self.inner.lock().unwrap_or_else(|e| e.into_inner());
+    }
+}
+
+#[cfg(not(loom))]
+type RawCell<T> = core::cell::UnsafeCell<T>;
+#[cfg(loom)]
+type RawCell<T> = loom::cell::UnsafeCell<T>;
+
+/// A cell written by the core's single writer while no reader can reach it, and read by any
+/// number of readers while it is published (the RCU discipline).
+///
+/// The protocol that makes this sound, enforced by every user in the core:
+/// 1. [`set`](PublishCell::set) is called only while the holder (a table entry) is
+///    unpublished: not reachable from any index, and past a grace period since it was last
+///    unpublished, so no reader still holds it. Writers are serialised by the writer lock.
+/// 2. A reader calls [`get`](PublishCell::get) only on an entry it reached through an index
+///    while pinned in the epoch, after an `Acquire` load that observed the entry's
+///    publication (which was a `Release` store after `set`).
+///
+/// Under loom, `RawCell` is loom's `UnsafeCell`, which checks rule violations at runtime.
+#[derive(Debug)]
+pub(crate) struct PublishCell<T: Copy> {
+    cell: RawCell<T>,
+}
+
+// SAFETY: the cell hands out copies of `T` (no references escape), and the publication protocol
+// above orders every write before the reads that may observe it; `T: Send + Sync` is required
+// so that sharing copies across threads is itself sound.
+unsafe impl<T: Copy + Send + Sync> Sync for PublishCell<T> {}
+
+impl<T: Copy> PublishCell<T> {
+    /// A cell holding `v`.
+    #[cfg(not(loom))]
+    pub(crate) const fn new(v: T) -> PublishCell<T> {
+        PublishCell { cell: RawCell::new(v) }
+    }
+    /// A cell holding `v`.
+    #[cfg(loom)]
+    pub(crate) fn new(v: T) -> PublishCell<T> {
+        PublishCell { cell: RawCell::new(v) }
+    }
+
+    /// Store `v`. Only while unpublished (rule 1 above).
+    pub(crate) fn set(&self, v: T) {
+        #[cfg(not(loom))]
+        // SAFETY: rule 1: the entry is unreachable to readers and writers are serialised, so
+        // nothing else accesses the cell during this write.
+        unsafe {
+            *self.cell.get() = v;
+        }
+        #[cfg(loom)]
+        // SAFETY: as above; loom checks it.
+        self.cell.with_mut(|p| unsafe { *p = v });
+    }
+
+    /// A copy of the value. Only while published and reached under a pin (rule 2 above), or
+    /// by the writer holding the writer lock.
+    pub(crate) fn get(&self) -> T {
+        #[cfg(not(loom))]
+        // SAFETY: rule 2: the write that produced this value happened before the Release store
+        // that published the entry, which this reader observed with Acquire; no write can
+        // happen until a grace period after unpublication, which this reader's pin prevents.
+        return unsafe { *self.cell.get() };
+        #[cfg(loom)]
+        // SAFETY: as above; loom checks it.
+        return self.cell.with(|p| unsafe { *p });
+    }
+}
+
+/// A cell holding an owned, non-`Copy` value (a consumer), with the same publication protocol as
+/// [`PublishCell`]; readers get shared references that live no longer than their pin.
+pub(crate) struct OwnedCell<T> {
+    cell: RawCell<Option<T>>,
+}
+
+impl<T> core::fmt::Debug for OwnedCell<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("OwnedCell")
+    }
+}
+
+// SAFETY: readers only take `&T` (needs `T: Sync`); the writer moves values in and out (needs
+// `T: Send`); the publication protocol of `PublishCell` orders those accesses.
+unsafe impl<T: Send + Sync> Sync for OwnedCell<T> {}
+
+impl<T> OwnedCell<T> {
+    /// An empty cell.
+    #[cfg(not(loom))]
+    pub(crate) const fn new() -> OwnedCell<T> {
+        OwnedCell { cell: RawCell::new(None) }
+    }
+    /// An empty cell.
+    #[cfg(loom)]
+    pub(crate) fn new() -> OwnedCell<T> {
+        OwnedCell { cell: RawCell::new(None) }
+    }
+
+    /// Put `v` in, returning what was there. Only while unpublished (rule 1).
+    pub(crate) fn replace(&self, v: Option<T>) -> Option<T> {
+        #[cfg(not(loom))]
+        // SAFETY: rule 1: unreachable to readers, writers serialised.
+        return unsafe { core::mem::replace(&mut *self.cell.get(), v) };
+        #[cfg(loom)]
+        // SAFETY: as above; loom checks it.
+        return self.cell.with_mut(|p| unsafe { core::mem::replace(&mut *p, v) });
+    }
+
+    /// Run `f` on a shared reference to the value. Only while published and reached under a
+    /// pin (rule 2); the reference cannot escape `f`.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&T>) -> R) -> R {
+        #[cfg(not(loom))]
+        // SAFETY: rule 2: no writer touches the cell while this pinned reader can reach it, so
+        // a shared reference for the duration of `f` is sound.
+        return f(unsafe { (*self.cell.get()).as_ref() });
+        #[cfg(loom)]
+        // SAFETY: as above; loom checks it.
+        return self.cell.with(|p| f(unsafe { (*p).as_ref() }));
+    }
+}
