@@ -758,7 +758,8 @@ impl<
     pub fn on_fork(&self, p: &P, parent: SpaceId, child: SpaceId) -> Result<(), Error> {
         let w = self.writer.lock();
         let Some(px) = self.spaces.lookup(parent.0, 0) else {
-            return Ok(());
+            // Nothing installed in the parent; the child may still be wanted.
+            return self.refilter_locked(p, &w, child);
         };
         let cx = self.space_entry(p, child)?;
         let pp = &self.spaces.at(px).val;

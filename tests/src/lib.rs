@@ -1,1 +1,4 @@
-//! Shared helpers of the integration tests.
+//! Shared helpers of the integration tests: the mock runner, the model-based test driver.
+
+pub mod mock;
+pub mod model;
