@@ -1,1 +1,74 @@
-//! platform-mock (being built).
+//! # platform-mock
+//!
+//! A simulated machine for `probe-core`: the platform the core's unit, scenario and `loom`
+//! tests run on. Everything is deterministic and safe (no `unsafe` at all).
+//!
+//! Layers, bottom up:
+//!
+//! - [`isa`]: a toy instruction set (4- and 8-byte instructions, 16 registers, `r15` = `sp`,
+//!   zero/negative flags) with a 4-byte breakpoint `brk` shorter than the longest
+//!   instruction; [`asm`]: an assembler with labels, so tests write programs in Rust.
+//! - [`arch`]: [`ToyArch`], the toy ISA as a [`probe_core::Arch`] (emulate, boost, single-step
+//!   plans; a `brk` trap reports `pc` = the `brk`'s own address, unlike x86).
+//! - [`file`](mod@file): immutable files stored as 64-byte pages ([`PAGE_SIZE`]), small on purpose so
+//!   that instructions and reads cross pages.
+//! - [`space`]: address spaces of private, copy-on-write file mappings and anonymous memory.
+//!   `patch_code` lands even in read-execute text and gives the space its own copy of the
+//!   page; `write` is denied outside writable mappings; reads stop at page boundaries.
+//! - [`task`] and [`interp`]: tasks (registers, a space, an output vector, an exit status, a
+//!   one-shot single-step flag) and an interpreter that executes one instruction per
+//!   [`Machine::step`], reporting a [`StepEvent`] (breakpoint, single-step done, system call,
+//!   exit, fault).
+//! - [`machine`]: the [`Machine`] (files, spaces, tasks behind one lock; `spawn`, `fork`,
+//!   `exec`, `mmap`/`munmap`, `exit`; access counters per space) and its
+//!   [`probe_core::Platform`] implementation, with the rmap walk over every space and a
+//!   slot area per space placed after the code.
+//! - [`sched`]: a pluggable event loop ([`Machine::run`], [`Machine::run_all`]) and a
+//!   deterministic [`Scheduler`] (round-robin or seeded).
+//! - [`syscall`]: `fork`, `exec`, `mmap`, `munmap`, `exit` and threads for test programs
+//!   ([`Machine::syscall`]), reporting each effect so a driver can tell the core.
+//! - [`fault`]: fault injection: the n-th read, write, patch, file read or slot-area request
+//!   fails ([`Machine::inject_fault`], or [`FaultySpace`] around any space).
+//!
+//! ```
+//! use platform_mock::{asm::Asm, isa::*, Machine};
+//!
+//! let mut a = Asm::new();
+//! a.label("main").li(R0, 0).li(R1, 10);
+//! a.label("loop").add(R0, R1).subi(R1, 1).jnz("loop");
+//! a.out(R0).halt();
+//! let prog = a.finish().unwrap();
+//!
+//! let m = Machine::new();
+//! let file = m.add_file(&prog.bytes);
+//! let (_space, task) = m.spawn(file, prog.offset("main")).unwrap();
+//! assert_eq!(m.run_to_exit(task, 1000), Some(55));
+//! assert_eq!(m.output(task), [55]);
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod arch;
+pub mod asm;
+pub mod fault;
+pub mod file;
+pub mod interp;
+pub mod isa;
+pub mod machine;
+pub mod sched;
+pub mod space;
+pub mod syscall;
+pub mod task;
+
+#[cfg(test)]
+mod tests;
+
+pub use arch::{ToyArch, ToyPlan, ToyRegs, ToyStepState};
+pub use asm::{Asm, AsmError, Program};
+pub use fault::{FaultOp, FaultPlan, FaultRule, FaultySpace};
+pub use file::PAGE_SIZE;
+pub use interp::StepEvent;
+pub use machine::{Machine, SpaceHandle, DATA_BASE, STACK_TOP, TEXT_BASE};
+pub use sched::{Policy, Resume, RunOutcome, Scheduler, StopReason};
+pub use space::{Backing, MapError, MapInfo, Prot, SpaceStats};
+pub use syscall::SysEffect;
+pub use task::TaskStatus;

@@ -85,6 +85,23 @@ impl<
 
 type ArchOf<P> = <P as Platform>::Arch;
 
+#[cfg(not(loom))]
+impl<
+        P: Platform,
+        C: Consumer<P>,
+        const PROBES: usize,
+        const CONSUMERS: usize,
+        const SITES: usize,
+        const SPACES: usize,
+        const XOL: usize,
+        const CPUS: usize,
+    > Default for ProbeCore<P, C, PROBES, CONSUMERS, SITES, SPACES, XOL, CPUS>
+{
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<
         P: Platform,
         C: Consumer<P>,

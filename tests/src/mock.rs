@@ -43,8 +43,11 @@ pub struct Counter {
     pub hits: Arc<AtomicU64>,
     /// Its filter.
     pub filter: Filter,
-    /// Whether the handler asks to be removed from the space after each hit.
+    /// Whether the handler asks to be removed from the space after its first hit (its filter
+    /// then declines every task).
     pub remove_after_hit: bool,
+    /// Set by the handler when it asked for removal.
+    pub declined: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Counter {
@@ -59,6 +62,7 @@ impl Counter {
             hits: Arc::new(AtomicU64::new(0)),
             filter,
             remove_after_hit: false,
+            declined: Arc::default(),
         }
     }
 
@@ -76,14 +80,15 @@ impl Default for Counter {
 
 impl Consumer<Machine> for Counter {
     fn has_filter(&self) -> bool {
-        self.filter != Filter::None
+        self.filter != Filter::None || self.remove_after_hit
     }
     fn filter(&self, _p: &Machine, space: SpaceId, _task: TaskId) -> bool {
-        self.filter.accepts(space)
+        !self.declined.load(Ordering::SeqCst) && self.filter.accepts(space)
     }
     fn handler(&self, _ctx: &mut HitContext<'_, Machine>) -> HandlerAction {
         self.hits.fetch_add(1, Ordering::Relaxed);
         if self.remove_after_hit {
+            self.declined.store(true, Ordering::SeqCst);
             HandlerAction::RemoveFromSpace
         } else {
             HandlerAction::Keep
