@@ -2,3 +2,4 @@
 
 pub mod mock;
 pub mod model;
+pub mod x86;

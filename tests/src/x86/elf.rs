@@ -1,0 +1,89 @@
+//! Function-entry instructions of real binaries (symbol tables read with `object`).
+
+use std::collections::BTreeSet;
+
+use iced_x86::{Decoder, DecoderOptions, FlowControl};
+use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
+
+/// One instruction taken from a binary.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Site {
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+    /// Its index in the function (0 = the entry instruction).
+    pub nth: usize,
+    /// Its virtual address in the binary.
+    pub addr: u64,
+}
+
+/// The first `per_function` instructions of every function (text symbols with a size) of the
+/// ELF file at `path`, deduplicated by address. Decoding stops early at an unconditional
+/// transfer (ret, jmp) or an invalid instruction.
+pub fn function_sites(path: &str, per_function: usize) -> std::io::Result<Vec<Site>> {
+    let data = std::fs::read(path)?;
+    let file = object::File::parse(&*data).map_err(std::io::Error::other)?;
+    let mut starts = BTreeSet::new();
+    for sym in file.symbols().chain(file.dynamic_symbols()) {
+        if sym.kind() == SymbolKind::Text && sym.size() > 0 && sym.address() != 0 {
+            starts.insert((sym.address(), sym.size()));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for (addr, size) in starts {
+        let Some(bytes) = bytes_at(&file, addr, size.min(128)) else {
+            continue;
+        };
+        let mut dec = Decoder::with_ip(64, &bytes, addr, DecoderOptions::NONE);
+        for nth in 0..per_function {
+            if !dec.can_decode() {
+                break;
+            }
+            let pos = dec.position();
+            let ins = dec.decode();
+            let end = dec.position();
+            if ins.is_invalid() {
+                // Keep it: analysis must reject it properly; then stop.
+                if nth == 0 {
+                    out.push(Site {
+                        bytes: bytes[pos..bytes.len().min(pos + 15)].to_vec(),
+                        nth,
+                        addr: ins.ip(),
+                    });
+                }
+                break;
+            }
+            if seen.insert(ins.ip()) {
+                out.push(Site {
+                    bytes: bytes[pos..end].to_vec(),
+                    nth,
+                    addr: ins.ip(),
+                });
+            }
+            if matches!(
+                ins.flow_control(),
+                FlowControl::Return
+                    | FlowControl::UnconditionalBranch
+                    | FlowControl::IndirectBranch
+                    | FlowControl::Interrupt
+                    | FlowControl::Exception
+            ) {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn bytes_at(file: &object::File<'_>, addr: u64, len: u64) -> Option<Vec<u8>> {
+    for sec in file.sections() {
+        let (start, size) = (sec.address(), sec.size());
+        if addr >= start && addr < start + size {
+            let data = sec.data().ok()?;
+            let off = usize::try_from(addr - start).ok()?;
+            let end = data.len().min(off + usize::try_from(len).ok()?);
+            return data.get(off..end).map(<[u8]>::to_vec);
+        }
+    }
+    None
+}
