@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use platform_mock::asm::Asm;
-use platform_mock::{Machine, ToyRegs, TEXT_BASE};
+use platform_mock::{Machine, ToyArch, ToyRegs, TEXT_BASE};
 use probe_core::{
     Consumer, ConsumerOptions, CpuId, HandlerAction, Hit, HitContext, ProbeCore, ProbeKey, TaskId,
     TaskState,
@@ -31,7 +31,7 @@ static BIG: Core = Core::new();
 static SMALL: Core = Core::new();
 
 fn bench(core: &Core, m: &Machine, space: probe_core::SpaceId, probes: usize, hits: u64) -> f64 {
-    let mut ts = TaskState::new();
+    let mut ts = TaskState::<ToyArch>::new();
     let mut regs = ToyRegs::default();
     // Visit the probes in a scattered order so the lookups are not all cache-hot.
     let mut i: u64 = 0;
@@ -41,7 +41,7 @@ fn bench(core: &Core, m: &Machine, space: probe_core::SpaceId, probes: usize, hi
         regs.pc = TEXT_BASE + 4 * i;
         let hit = core.on_breakpoint(m, CpuId(0), space, TaskId(1), &mut ts, &mut regs);
         debug_assert_eq!(hit, Hit::Emulated);
-        black_box(hit);
+        let _ = black_box(hit);
     }
     start.elapsed().as_nanos() as f64 / hits as f64
 }

@@ -11,6 +11,7 @@ mod loom_support;
 use loom::sync::atomic::Ordering;
 use loom::sync::Arc;
 use loom_support::*;
+use platform_mock::ToyArch;
 use probe_core::{Capacity, ConsumerOptions, CpuId, Error, Hit, ProbeKey, TaskId, TaskState};
 
 #[test]
@@ -26,7 +27,7 @@ fn loom_grace_period_races_reader() {
 
         let (p2, core2) = (p.clone(), core.clone());
         let reader = loom::thread::spawn(move || {
-            let mut ts = TaskState::new();
+            let mut ts = TaskState::<ToyArch>::new();
             let mut regs = regs_at(TEXT + NOP_AT);
             let hit = core2.on_breakpoint(&p2, CpuId(1), SPACE, TaskId(2), &mut ts, &mut regs);
             (hit, regs.pc)

@@ -10,6 +10,7 @@ mod loom_support;
 use loom::sync::atomic::Ordering;
 use loom::sync::Arc;
 use loom_support::*;
+use platform_mock::ToyArch;
 use probe_core::{ConsumerOptions, CpuId, Hit, ProbeKey, TaskState};
 
 #[test]
@@ -25,7 +26,7 @@ fn loom_hit_races_unregister() {
 
         let (p2, core2) = (p.clone(), core.clone());
         let hitter = loom::thread::spawn(move || {
-            let mut ts = TaskState::new();
+            let mut ts = TaskState::<ToyArch>::new();
             let mut regs = regs_at(TEXT + NOP_AT);
             let hit = core2.on_breakpoint(&p2, CpuId(0), SPACE, probe_core::TaskId(1), &mut ts, &mut regs);
             (hit, regs.pc)

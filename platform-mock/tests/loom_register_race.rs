@@ -9,6 +9,7 @@ mod loom_support;
 use loom::sync::atomic::Ordering;
 use loom::sync::Arc;
 use loom_support::*;
+use platform_mock::ToyArch;
 use probe_core::{ConsumerOptions, CpuId, Hit, ProbeKey, TaskId, TaskState};
 
 #[test]
@@ -32,7 +33,7 @@ fn loom_two_registrations_of_one_key() {
         assert_eq!(core.site_count(), 1);
         assert!(core.is_installed(SPACE, probe_core::Addr(TEXT + ADD_AT)));
 
-        let mut ts = TaskState::new();
+        let mut ts = TaskState::<ToyArch>::new();
         let mut regs = regs_at(TEXT + ADD_AT);
         let hit = core.on_breakpoint(&p, CpuId(0), SPACE, TaskId(1), &mut ts, &mut regs);
         assert!(matches!(hit, Hit::Boosted { .. }), "{hit:?}");

@@ -37,7 +37,7 @@ fn loom_slot_reuse_races_task_in_slot() {
 
         let (p2, core2) = (p.clone(), core.clone());
         let task = loom::thread::spawn(move || {
-            let mut ts = TaskState::new();
+            let mut ts = TaskState::<ToyArch>::new();
             let mut regs = regs_at(TEXT + ADD_AT);
             let hit = core2.on_breakpoint(&p2, CpuId(1), SPACE, TaskId(2), &mut ts, &mut regs);
             eprintln!("hit {hit:?}");

@@ -31,6 +31,51 @@ pub struct HitContext<'a, P: Platform> {
     pub regs: &'a mut RegsOf<P>,
 }
 
+/// What a return handler sees when a probed function returns.
+#[derive(Debug)]
+pub struct ReturnContext<'a, P: Platform> {
+    /// The platform.
+    pub platform: &'a P,
+    /// The CPU the return is handled on.
+    pub cpu: CpuId,
+    /// The task returning.
+    pub task: TaskId,
+    /// Its address space.
+    pub space: SpaceId,
+    /// The probe (the function's entry).
+    pub key: ProbeKey,
+    /// The function's entry address in this space.
+    pub func: Addr,
+    /// The real return address, where the task resumes.
+    pub ret: Addr,
+    /// The task's registers at the return (the return value is in them).
+    pub regs: &'a mut RegsOf<P>,
+}
+
+/// What an entry handler decides for one call of a return-probed function (seed 002).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum EntryAction {
+    /// Track this call: its return handler runs when it returns.
+    #[default]
+    Track,
+    /// Do not track this call: the instance is recycled and no return handler runs.
+    Decline,
+}
+
+/// Most bytes of per-instance data a return consumer may ask for.
+pub const RET_DATA_MAX: usize = 64;
+
+/// Options of a return consumer (seed 002).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ReturnOptions {
+    /// How many calls of the function may be tracked at once, over all tasks. A call that
+    /// finds none free is counted in `nmissed` and not tracked.
+    pub maxactive: u32,
+    /// Bytes of per-instance data shared by the entry and the return handler (at most
+    /// [`RET_DATA_MAX`]).
+    pub data_size: usize,
+}
+
 /// What a handler asks the core to do after it ran.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub enum HandlerAction {
@@ -61,10 +106,24 @@ pub trait Consumer<P: Platform>: Send + Sync {
         true
     }
 
-    /// Runs when a task the filter accepts executes the probed instruction.
+    /// Runs when a task the filter accepts executes the probed instruction. (For a return
+    /// consumer, [`entry_handler`](Consumer::entry_handler) runs instead.)
     fn handler(&self, ctx: &mut HitContext<'_, P>) -> HandlerAction {
         let _ = ctx;
         HandlerAction::Keep
+    }
+
+    /// Return consumers only: runs at the function's entry when an instance was free, with the
+    /// instance's data (`data_size` bytes, zeroed). Declining recycles the instance.
+    fn entry_handler(&self, ctx: &mut HitContext<'_, P>, data: &mut [u8]) -> EntryAction {
+        let _ = (ctx, data);
+        EntryAction::Track
+    }
+
+    /// Return consumers only: runs when a tracked call returns, with the data the entry
+    /// handler left.
+    fn return_handler(&self, ctx: &mut ReturnContext<'_, P>, data: &mut [u8]) {
+        let _ = (ctx, data);
     }
 }
 
@@ -75,12 +134,27 @@ pub struct ConsumerOptions {
     /// File offset of an SDT semaphore ("reference counter") this probe's installation
     /// increments (seed 004). All consumers of one probe must agree on it.
     pub semaphore: Option<u64>,
+    /// Make this a return consumer.
+    pub ret: Option<ReturnOptions>,
 }
 
 impl ConsumerOptions {
     /// No options: a plain entry consumer.
     pub const fn new() -> ConsumerOptions {
-        ConsumerOptions { semaphore: None }
+        ConsumerOptions {
+            semaphore: None,
+            ret: None,
+        }
+    }
+
+    /// A return consumer tracking up to `maxactive` calls at once, with `data_size` bytes of
+    /// per-instance data.
+    pub const fn with_return(mut self, maxactive: u32, data_size: usize) -> ConsumerOptions {
+        self.ret = Some(ReturnOptions {
+            maxactive,
+            data_size,
+        });
+        self
     }
 
     /// With an SDT semaphore at file offset `offset`.
@@ -126,6 +200,10 @@ mod slot {
         pub(crate) has_filter: AtomicBool,
         pub(crate) value: OwnedCell<C>,
         pub(crate) opts: PublishCell<ConsumerOptions>,
+        /// Return consumers: `generation << 32 | instances in use`.
+        active: AtomicU64,
+        /// Return consumers: calls that found no free instance.
+        pub(crate) nmissed: AtomicU64,
     }
 
     impl<C> ConsumerSlot<C> {
@@ -138,6 +216,8 @@ mod slot {
                     has_filter: AtomicBool::new(false),
                     value: OwnedCell::new(),
                     opts: PublishCell::new(ConsumerOptions::new()),
+                    active: AtomicU64::new(0),
+                    nmissed: AtomicU64::new(0),
                 }
             }
         }
@@ -161,8 +241,58 @@ mod slot {
         /// Make a free slot live with the next generation; returns it.
         pub(crate) fn activate(&self) -> u32 {
             let g = self.generation().wrapping_add(1);
+            self.active.store((g as u64) << 32, Ordering::Relaxed);
+            self.nmissed.store(0, Ordering::Relaxed);
             self.state.store(((g as u64) << 2) | LIVE, Ordering::Release);
             g
+        }
+
+        /// Take one of `max` instances for generation `g`; counts a miss when none is free.
+        #[inline]
+        pub(crate) fn take_instance(&self, g: u32, max: u32) -> bool {
+            let mut v = self.active.load(Ordering::Relaxed);
+            loop {
+                if (v >> 32) as u32 != g {
+                    return false;
+                }
+                if (v as u32) >= max {
+                    self.nmissed.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+                match self.active.compare_exchange_weak(
+                    v,
+                    v + 1,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return true,
+                    Err(now) => v = now,
+                }
+            }
+        }
+
+        /// Count an instance in unconditionally (a forked child's copy).
+        pub(crate) fn add_instance(&self, g: u32) {
+            let _ = self
+                .active
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
+                    ((v >> 32) as u32 == g).then_some(v + 1)
+                });
+        }
+
+        /// Give an instance of generation `g` back (ignored once the slot was reused).
+        #[inline]
+        pub(crate) fn put_instance(&self, g: u32) {
+            let _ = self
+                .active
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
+                    ((v >> 32) as u32 == g && v as u32 > 0).then_some(v - 1)
+                });
+        }
+
+        /// Instances in use.
+        pub(crate) fn instances(&self) -> u32 {
+            self.active.load(Ordering::Relaxed) as u32
         }
 
         /// Mark dead: readers stop running it from now on.

@@ -7,7 +7,7 @@ use core::ops::ControlFlow;
 use crate::addr::{Addr, CpuId, FileId, ProbeKey, Range, SpaceId};
 use crate::arch::{Arch, PlanKind};
 use crate::blacklist::Blacklist;
-use crate::consumer::{Consumer, ConsumerHandle, ConsumerOptions, ConsumerSlot};
+use crate::consumer::{Consumer, ConsumerHandle, ConsumerOptions, ConsumerSlot, RET_DATA_MAX};
 use crate::error::{Capacity, Error};
 use crate::platform::{read_file_exact, AddressSpace, Mapping, Platform};
 use crate::probe::{ProbePayload, FILE_ENTRY, MAX_ORIG};
@@ -165,13 +165,19 @@ impl<
         consumer: C,
         opts: ConsumerOptions,
     ) -> Result<ConsumerHandle, (Error, C)> {
+        if opts
+            .ret
+            .is_some_and(|r| r.maxactive == 0 || r.data_size > RET_DATA_MAX)
+        {
+            return Err((Error::BadOptions, consumer));
+        }
         let mut w = self.writer.lock();
         let (pi, created) = match self.find_or_create_probe(p, &w, key, opts) {
             Ok(x) => x,
             Err(e) => return Err((e, consumer)),
         };
         let probe = &self.probes.at(pi).val;
-        if !created && probe.opts.get() != opts {
+        if !created && probe.opts.get().semaphore != opts.semaphore {
             return Err((Error::OptionsConflict, consumer));
         }
         let Some(ci) = self.alloc_consumer(&mut w) else {
@@ -197,7 +203,18 @@ impl<
         // Publish at the head of the chain: readers see the filled slot.
         probe.consumers.store(ci as u32, Ordering::Release);
 
-        if let Err(e) = self.install_everywhere(p, &w, pi) {
+        let mut res = self.install_everywhere(p, &w, pi);
+        if res.is_ok() && opts.ret.is_some() {
+            // Every space where the probe is installed needs a return trampoline.
+            let mut s = probe.sites.load(Ordering::Relaxed);
+            while s != NIL && res.is_ok() {
+                let site = self.sites.at(s);
+                let sx = site.val.space.load(Ordering::Relaxed);
+                res = self.ensure_trampoline(p, sx, Addr(site.key().1)).map(|_| ());
+                s = site.val.next(List::Probe);
+            }
+        }
+        if let Err(e) = res {
             let c = self.unregister_locked(p, ci);
             // `unregister_locked` always finds the value it was given.
             return match c {
@@ -604,11 +621,162 @@ impl<
         self.link(si, List::Probe, &probe.sites);
         self.link(si, List::Space, &sp.sites);
         self.sites.publish(si);
+        if self.probe_has_ret(pi) {
+            if let Err(e) = self.ensure_trampoline(p, sx, addr) {
+                self.forget_site(si);
+                return Err(e);
+            }
+        }
         if let Err(e) = mem.patch_code(addr, ArchOf::<P>::BREAKPOINT) {
             self.forget_site(si);
             return Err(e.into());
         }
+        // The SDT semaphore goes up in step with the breakpoint (seed 004), where its
+        // mapping already exists; otherwise when it appears (`on_mmap`).
+        if let Err(e) = self.sem_install(p, si, pi, m.space) {
+            let _ = self.restore_bytes(p, pi, m.space, addr);
+            self.forget_site(si);
+            return Err(e);
+        }
         Ok(())
+    }
+
+    /// Whether some live consumer of probe `pi` is a return consumer.
+    pub(crate) fn probe_has_ret(&self, pi: u32) -> bool {
+        let mut ci = self.probes.at(pi).val.consumers.load(Ordering::Acquire);
+        let mut n = 0;
+        while ci != NIL && n < CONSUMERS {
+            let slot = &self.consumers[ci as usize];
+            if slot.is_live() && slot.opts.get().ret.is_some() {
+                return true;
+            }
+            ci = slot.next.load(Ordering::Acquire);
+            n += 1;
+        }
+        false
+    }
+
+    /// The slot area of space entry `sx`, created on first use near `near`.
+    fn ensure_xol_base(&self, p: &P, sx: u32, near: Addr) -> Result<Addr, Error> {
+        let sp = &self.spaces.at(sx).val;
+        let base = sp.xol_base.load(Ordering::Relaxed);
+        if base != 0 {
+            return Ok(Addr(base));
+        }
+        let space = SpaceId(self.spaces.at(sx).key().0);
+        let base = p
+            .xol_area(space, near, XOL)
+            .ok_or(Error::NoXolArea(space))?;
+        sp.xol_base.store(base.0, Ordering::Relaxed);
+        Ok(base)
+    }
+
+    /// Take a free slot of space entry `sx`, advancing the grace period once if none is.
+    fn take_slot(&self, sx: u32) -> Result<u32, Error> {
+        let sp = &self.spaces.at(sx).val;
+        match sp.alloc(&self.epochs) {
+            Some(s) => Ok(s),
+            None => {
+                self.epochs.try_advance();
+                self.epochs.try_advance();
+                sp.alloc(&self.epochs).ok_or(Error::CapacityExhausted {
+                    what: Capacity::XolSlots,
+                })
+            }
+        }
+    }
+
+    /// The return trampoline of space entry `sx`: one slot holding the breakpoint, created on
+    /// first use and kept for the life of the space.
+    pub(crate) fn ensure_trampoline(&self, p: &P, sx: u32, near: Addr) -> Result<Addr, Error> {
+        let sp = &self.spaces.at(sx).val;
+        let t = sp.trampoline.load(Ordering::Relaxed);
+        if t != 0 {
+            return Ok(Addr(t));
+        }
+        let space = SpaceId(self.spaces.at(sx).key().0);
+        let mem = p.space(space).ok_or(Error::NoSuchSpace(space))?;
+        self.ensure_xol_base(p, sx, near)?;
+        let slot = self.take_slot(sx)?;
+        let res = sp
+            .slot_addr(slot, ArchOf::<P>::SLOT_SIZE)
+            .ok_or(Error::NoXolArea(space))
+            .and_then(|a| {
+                mem.patch_code(a, ArchOf::<P>::BREAKPOINT)?;
+                Ok(a)
+            });
+        match res {
+            Ok(a) => {
+                sp.trampoline.store(a.0, Ordering::Release);
+                Ok(a)
+            }
+            Err(e) => {
+                sp.retire(slot, &self.epochs);
+                Err(e)
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- SDT semaphores
+
+    /// Add `delta` (+1 or -1) to the 16-bit little-endian counter at `addr`, saturating: the
+    /// counter never goes below zero, whatever the program wrote there, and only its two bytes
+    /// are ever written.
+    fn sem_update(&self, p: &P, space: SpaceId, addr: Addr, up: bool) -> Result<(), Error> {
+        let mem = p.space(space).ok_or(Error::NoSuchSpace(space))?;
+        let mut b = [0u8; 2];
+        mem.read_exact(addr, &mut b)?;
+        let v = u16::from_le_bytes(b);
+        let n = if up {
+            v.saturating_add(1)
+        } else {
+            v.saturating_sub(1)
+        };
+        mem.write(addr, &n.to_le_bytes())?;
+        Ok(())
+    }
+
+    /// Where the semaphore at file `offset` of `file` lives in `space`: a writable mapping of
+    /// the file covering both of its bytes.
+    fn sem_addr_in(&self, p: &P, file: FileId, space: SpaceId, offset: u64) -> Option<Addr> {
+        let mut found = None;
+        p.for_each_mapping(file, &mut |m| {
+            if m.space == space && m.write {
+                if let (Some(a), Some(_)) = (m.addr_of(offset), m.addr_of(offset + 1)) {
+                    found = Some(a);
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        });
+        found
+    }
+
+    /// Increment the semaphore of probe `pi` for its site `si` in `space`, if it has one, the
+    /// site has not counted yet, and the counter's mapping exists.
+    fn sem_install(&self, p: &P, si: u32, pi: u32, space: SpaceId) -> Result<(), Error> {
+        let Some(off) = self.probes.at(pi).val.opts.get().semaphore else {
+            return Ok(());
+        };
+        let site = &self.sites.at(si).val;
+        if site.sem_addr.load(Ordering::Relaxed) != 0 {
+            return Ok(());
+        }
+        let (file, _) = self.probes.at(pi).key();
+        if let Some(a) = self.sem_addr_in(p, FileId(file), space, off) {
+            self.sem_update(p, space, a, true)?;
+            site.sem_addr.store(a.0, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Decrement what site `si` incremented, if anything.
+    fn sem_remove(&self, p: &P, si: u32, space: SpaceId) -> Result<(), Error> {
+        let a = self.sites.at(si).val.sem_addr.swap(0, Ordering::Relaxed);
+        if a == 0 {
+            return Ok(());
+        }
+        self.sem_update(p, space, Addr(a), false)
     }
 
     fn alloc_slot(
@@ -622,22 +790,8 @@ impl<
         const { assert!(<ArchOf<P> as Arch>::SLOT_SIZE <= MAX_SLOT) };
         let sp = &self.spaces.at(sx).val;
         let space = SpaceId(self.spaces.at(sx).key().0);
-        if sp.xol_base.load(Ordering::Relaxed) == 0 {
-            let base = p
-                .xol_area(space, addr, XOL)
-                .ok_or(Error::NoXolArea(space))?;
-            sp.xol_base.store(base.0, Ordering::Relaxed);
-        }
-        let slot = match sp.alloc(&self.epochs) {
-            Some(s) => s,
-            None => {
-                self.epochs.try_advance();
-                self.epochs.try_advance();
-                sp.alloc(&self.epochs).ok_or(Error::CapacityExhausted {
-                    what: Capacity::XolSlots,
-                })?
-            }
-        };
+        self.ensure_xol_base(p, sx, addr)?;
+        let slot = self.take_slot(sx)?;
         let size = ArchOf::<P>::SLOT_SIZE;
         let res = (|| {
             let slot_addr = sp.slot_addr(slot, size).ok_or(Error::NoXolArea(space))?;
@@ -702,6 +856,7 @@ impl<
         let mut res = Ok(());
         if restore {
             res = self.restore_bytes(p, site.val.probe.load(Ordering::Relaxed), space, addr);
+            res = res.and(self.sem_remove(p, si, space));
         }
         self.forget_site(si);
         res
@@ -742,13 +897,34 @@ impl<
     /// proceed.
     pub fn on_mmap(&self, p: &P, m: Mapping) -> Result<(), Error> {
         let w = self.writer.lock();
-        if !m.exec {
+        let Some(fe) = self.probes.lookup(m.file.0, FILE_ENTRY) else {
             return Ok(());
+        };
+        let mut first = Ok(());
+        if m.exec {
+            first = self.install_file_in_mapping(p, &w, fe, &m);
         }
-        match self.probes.lookup(m.file.0, FILE_ENTRY) {
-            Some(fe) => self.install_file_in_mapping(p, &w, fe, &m),
-            None => Ok(()),
+        if m.write {
+            // A data mapping holding SDT semaphores of probes already installed here.
+            let mut pi = self.probes.at(fe).val.next_of_file.load(Ordering::Relaxed);
+            let mut n = 0;
+            while pi != NIL && n < PROBES {
+                let probe = &self.probes.at(pi).val;
+                if probe.opts.get().semaphore.is_some() {
+                    let mut s = probe.sites.load(Ordering::Relaxed);
+                    while s != NIL {
+                        let site = self.sites.at(s);
+                        if site.key().0 == m.space.0 {
+                            first = first.and(self.sem_install(p, s, pi, m.space));
+                        }
+                        s = site.val.next(List::Probe);
+                    }
+                }
+                pi = probe.next_of_file.load(Ordering::Relaxed);
+                n += 1;
+            }
         }
+        first
     }
 
     /// `range` of `space` was unmapped: its breakpoints are forgotten (the memory is gone).
@@ -761,7 +937,14 @@ impl<
         while s != NIL {
             let site = self.sites.at(s);
             let nxt = site.val.next(List::Space);
+            let sem = site.val.sem_addr.load(Ordering::Relaxed);
+            if sem != 0 && range.contains(Addr(sem)) {
+                // The counter is gone with its mapping: never write there again.
+                site.val.sem_addr.store(0, Ordering::Relaxed);
+            }
             if range.contains(Addr(site.key().1)) {
+                // The text is gone; its semaphore (still mapped) goes down in step.
+                let _ = self.sem_remove(_p, s, space);
                 self.forget_site(s);
             }
             s = nxt;
@@ -783,6 +966,16 @@ impl<
         let cp = &self.spaces.at(cx).val;
         cp.xol_base
             .store(pp.xol_base.load(Ordering::Relaxed), Ordering::Relaxed);
+        let tramp = pp.trampoline.load(Ordering::Relaxed);
+        if tramp != 0 {
+            // The child's memory holds the trampoline at the same address, in the same slot.
+            let base = pp.xol_base.load(Ordering::Relaxed);
+            let size = ArchOf::<P>::SLOT_SIZE as u64;
+            if let Some(i) = tramp.checked_sub(base).map(|d| d / size) {
+                cp.mark_used(i as u32);
+            }
+            cp.trampoline.store(tramp, Ordering::Relaxed);
+        }
         let mut first = Ok(());
         let mut s = pp.sites.load(Ordering::Relaxed);
         while s != NIL {
@@ -802,6 +995,9 @@ impl<
                     c.slot.store(slot, Ordering::Relaxed);
                     c.slot_addr
                         .store(site.val.slot_addr.load(Ordering::Relaxed), Ordering::Relaxed);
+                    // The child's copy of the counter was incremented with the parent's.
+                    c.sem_addr
+                        .store(site.val.sem_addr.load(Ordering::Relaxed), Ordering::Relaxed);
                     if slot != NIL {
                         cp.mark_used(slot);
                     }
@@ -823,7 +1019,7 @@ impl<
     /// `space` executed a new program: its old mappings are gone, so are its breakpoints and
     /// slots. `task` is the task that called exec; its out-of-line state is dropped. The
     /// platform then reports the new image's mappings with [`on_mmap`](Self::on_mmap).
-    pub fn on_exec(&self, p: &P, space: SpaceId, task: &mut TaskState<P::Arch>) {
+    pub fn on_exec<const D: usize>(&self, p: &P, space: SpaceId, task: &mut TaskState<P::Arch, D>) {
         self.forget_task(task);
         self.on_space_exit(p, space);
     }
@@ -844,16 +1040,106 @@ impl<
         self.spaces.remove(sx, &self.epochs);
     }
 
-    /// A task exited: release what the core held for it.
-    pub fn on_task_exit(&self, task: &mut TaskState<P::Arch>) {
+    /// A task exited: release what the core held for it (its slot, its return instances).
+    pub fn on_task_exit<const D: usize>(&self, task: &mut TaskState<P::Arch, D>) {
         self.forget_task(task);
     }
 
-    pub(crate) fn forget_task(&self, task: &mut TaskState<P::Arch>) {
+    pub(crate) fn forget_task<const D: usize>(&self, task: &mut TaskState<P::Arch, D>) {
         task.step = None;
         if let Some(r) = task.xol.take() {
             self.leave_slot(&r);
         }
+        while let Some(i) = task.rets.pop() {
+            self.put_instance(i.consumer, i.generation);
+        }
+    }
+
+    /// Give back a return instance of consumer `ci`, generation `g`.
+    pub(crate) fn put_instance(&self, ci: u32, g: u32) {
+        if let Some(slot) = self.consumers.get(ci as usize) {
+            slot.put_instance(g);
+        }
+    }
+
+    /// A task forked `child` from `parent` (a new process): the child's stack is a copy, so it
+    /// inherits the parent's hijacked return addresses and the instances that undo them.
+    pub fn on_task_fork<const D: usize>(
+        &self,
+        parent: &TaskState<P::Arch, D>,
+        child: &mut TaskState<P::Arch, D>,
+    ) {
+        self.forget_task(child);
+        for i in parent.rets.iter() {
+            if child.rets.push(*i).is_ok() {
+                if let Some(slot) = self.consumers.get(i.consumer as usize) {
+                    slot.add_instance(i.generation);
+                }
+            }
+        }
+    }
+
+    /// Detach from a task: put every hijacked return address on its stack back (where the
+    /// slot still holds the trampoline) and drop its instances, so that the program returns
+    /// normally without the core. Returns the first error; the rest proceed.
+    pub fn restore_returns<const D: usize>(
+        &self,
+        p: &P,
+        space: SpaceId,
+        task: &mut TaskState<P::Arch, D>,
+    ) -> Result<(), Error> {
+        let mut first = Ok(());
+        let tramp = self
+            .spaces
+            .lookup(space.0, 0)
+            .map(|sx| self.spaces.at(sx).val.trampoline.load(Ordering::Relaxed))
+            .unwrap_or(0);
+        if tramp != 0 && !task.rets.is_empty() {
+            match p.space(space) {
+                Some(mem) => {
+                    for i in task.rets.iter().filter(|i| !i.chained) {
+                        if let Err(e) = ArchOf::<P>::restore_return_address(
+                            i.frame,
+                            &mem,
+                            Addr(tramp),
+                            i.ret,
+                        ) {
+                            first = first.and(Err(Error::Memory(e)));
+                        }
+                    }
+                }
+                None => first = Err(Error::NoSuchSpace(space)),
+            }
+        }
+        self.forget_task(task);
+        first
+    }
+
+    /// The return trampoline's address in `space`, if it has one.
+    pub fn trampoline(&self, space: SpaceId) -> Option<Addr> {
+        let sx = self.spaces.lookup(space.0, 0)?;
+        let t = self.spaces.at(sx).val.trampoline.load(Ordering::Acquire);
+        (t != 0).then_some(Addr(t))
+    }
+
+    /// Calls of a return consumer that found no free instance (seed 002's `nmissed`).
+    pub fn nmissed(&self, h: ConsumerHandle) -> Result<u64, Error> {
+        let slot = self
+            .consumers
+            .get(h.index as usize)
+            .filter(|s| s.is_live() && s.generation() == h.generation)
+            .ok_or(Error::UnknownConsumer)?;
+        Ok(slot.nmissed.load(Ordering::Relaxed))
+    }
+
+    /// Instances of a return consumer in use right now.
+    pub fn instances_in_use(&self, h: ConsumerHandle) -> Result<u32, Error> {
+        let slot = self
+            .consumers
+            .get(h.index as usize)
+            .filter(|s| s.is_live() && s.generation() == h.generation)
+            .ok_or(Error::UnknownConsumer)?;
+        Ok(slot.instances())
     }
 
     /// Process what handlers deferred (removal requests) and advance the grace period. Call it

@@ -134,6 +134,9 @@ pub enum Error {
     OptionsConflict,
     /// The file is not known to the platform.
     NoSuchFile(FileId),
+    /// The consumer's options are invalid (e.g. `maxactive` of 0, or more per-instance data
+    /// than `RET_DATA_MAX`).
+    BadOptions,
 }
 
 impl From<MemError> for Error {
@@ -193,6 +196,11 @@ impl fmt::Display for Error {
                 )
             }
             Error::NoSuchFile(file) => write!(f, "no such file: {file}"),
+            Error::BadOptions => write!(
+                f,
+                "invalid consumer options: maxactive must be at least 1 and data_size at most {}",
+                crate::consumer::RET_DATA_MAX
+            ),
         }
     }
 }

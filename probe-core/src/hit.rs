@@ -8,13 +8,13 @@
 
 use crate::addr::{Addr, CpuId, ProbeKey, SpaceId, TaskId};
 use crate::arch::{Arch, PlanKind, Registers};
-use crate::consumer::{Consumer, HandlerAction, HitContext, RegsOf};
+use crate::consumer::{Consumer, EntryAction, HandlerAction, HitContext, RegsOf, ReturnContext};
 use crate::engine::ProbeCore;
 use crate::error::Error;
 use crate::platform::{AddressSpace, Platform};
 use crate::sync::Ordering;
 use crate::table::NIL;
-use crate::task::{StepRecord, TaskState, XolRecord};
+use crate::task::{RetInstance, StepRecord, TaskState, XolRecord};
 
 /// What the platform must do after a breakpoint trap. In every case but
 /// [`NotOurs`](Hit::NotOurs) the core has already updated the registers; the platform writes
@@ -42,6 +42,15 @@ pub enum Hit {
     /// Not our breakpoint: deliver the trap as the platform normally would (e.g. SIGTRAP).
     /// Registers are untouched.
     NotOurs,
+    /// A return through the trampoline: the return handlers ran and the registers' IP is the
+    /// real return address; resume.
+    Returned {
+        /// The real return address.
+        to: Addr,
+    },
+    /// The task hit the return trampoline but has no tracked call (it jumped there by
+    /// itself): deliver the trap as the platform normally would. Registers are untouched.
+    StrayTrampoline,
     /// The probed instruction could not be resumed (e.g. emulation faulted on the stack); the
     /// registers point at the probed instruction. Deliver a fault the platform's way.
     Failed(Error),
@@ -72,13 +81,13 @@ impl<
 {
     /// A breakpoint trap of `task` (running in `space`, handled on `cpu`) with registers
     /// `regs` as the trap left them.
-    pub fn on_breakpoint(
+    pub fn on_breakpoint<const D: usize>(
         &self,
         p: &P,
         cpu: CpuId,
         space: SpaceId,
         task: TaskId,
-        ts: &mut TaskState<P::Arch>,
+        ts: &mut TaskState<P::Arch, D>,
         regs: &mut RegsOf<P>,
     ) -> Hit {
         // A trapping task is not inside a slot (slots hold no breakpoints).
@@ -91,6 +100,11 @@ impl<
             Err(e) => return Hit::Failed(e),
         };
         let Some(si) = self.sites.lookup(space.0, bp.0) else {
+            if let Some(sx) = self.spaces.lookup(space.0, 0) {
+                if self.spaces.at(sx).val.trampoline.load(Ordering::Acquire) == bp.0 {
+                    return self.on_trampoline(p, cpu, space, task, ts, regs);
+                }
+            }
             drop(guard);
             return self.miss(p, space, bp, regs);
         };
@@ -111,28 +125,98 @@ impl<
         let trap_ip = regs.ip();
         regs.set_ip(bp.0);
         let mut remove = false;
+        // The return address as found at entry, and whether it is hijacked yet.
+        let mut hijacked = false;
         let mut ci = pe.val.consumers.load(Ordering::Acquire);
         let mut n = 0;
         while ci != NIL && n < CONSUMERS {
             let slot = &self.consumers[ci as usize];
+            let generation = slot.generation();
             if slot.is_live() {
                 let filtered = slot.has_filter.load(Ordering::Relaxed);
+                let ret = slot.opts.get().ret;
                 slot.value.with(|c| {
-                    if let Some(c) = c {
-                        if !filtered || c.filter(p, space, task) {
-                            let mut ctx = HitContext {
-                                platform: p,
-                                cpu,
-                                task,
-                                space,
-                                key,
-                                addr: bp,
-                                regs: &mut *regs,
-                            };
-                            if c.handler(&mut ctx) == HandlerAction::RemoveFromSpace {
-                                remove = true;
+                    let Some(c) = c else { return };
+                    if filtered && !c.filter(p, space, task) {
+                        return;
+                    }
+                    let Some(ret) = ret else {
+                        let mut ctx = HitContext {
+                            platform: p,
+                            cpu,
+                            task,
+                            space,
+                            key,
+                            addr: bp,
+                            regs: &mut *regs,
+                        };
+                        if c.handler(&mut ctx) == HandlerAction::RemoveFromSpace {
+                            remove = true;
+                        }
+                        return;
+                    };
+                    // A return consumer: take an instance (seed 002), run the entry handler,
+                    // hijack the return address.
+                    let sx = site.space.load(Ordering::Relaxed);
+                    let tramp = Addr(self.spaces.at(sx).val.trampoline.load(Ordering::Acquire));
+                    if tramp.0 == 0 || !slot.take_instance(generation, ret.maxactive) {
+                        return;
+                    }
+                    if ts.rets.is_full() && !self.drop_abandoned(ts, regs.sp(), false) {
+                        slot.nmissed.fetch_add(1, Ordering::Relaxed);
+                        slot.put_instance(generation);
+                        return;
+                    }
+                    let mut inst = RetInstance {
+                        consumer: ci,
+                        generation,
+                        key,
+                        func: bp,
+                        ret: Addr(0),
+                        frame: regs.sp(),
+                        chained: false,
+                        data_len: ret.data_size as u8,
+                        data: [0; crate::consumer::RET_DATA_MAX],
+                    };
+                    let action = {
+                        let mut ctx = HitContext {
+                            platform: p,
+                            cpu,
+                            task,
+                            space,
+                            key,
+                            addr: bp,
+                            regs: &mut *regs,
+                        };
+                        c.entry_handler(&mut ctx, &mut inst.data[..ret.data_size])
+                    };
+                    if action == EntryAction::Decline {
+                        slot.put_instance(generation);
+                        return;
+                    }
+                    match <P::Arch as Arch>::return_address(regs, &mem) {
+                        Ok(cur) => {
+                            if !hijacked {
+                                // Frames abandoned by longjmp or unwinding are dropped first.
+                                self.drop_abandoned(ts, regs.sp(), cur == tramp);
+                            }
+                            inst.ret = cur;
+                            inst.chained = cur == tramp;
+                            if !hijacked
+                                && cur != tramp
+                                && <P::Arch as Arch>::set_return_address(regs, &mem, tramp)
+                                    .is_err()
+                            {
+                                slot.put_instance(generation);
+                                return;
+                            }
+                            hijacked = true;
+                            if ts.rets.push(inst).is_err() {
+                                slot.nmissed.fetch_add(1, Ordering::Relaxed);
+                                slot.put_instance(generation);
                             }
                         }
+                        Err(_) => slot.put_instance(generation),
                     }
                 });
             }
@@ -224,11 +308,11 @@ impl<
 
     /// A single-step trap of `task`. Completes the step the core started (fixing up the
     /// registers), or says it is not ours.
-    pub fn on_single_step(
+    pub fn on_single_step<const D: usize>(
         &self,
         p: &P,
         space: SpaceId,
-        ts: &mut TaskState<P::Arch>,
+        ts: &mut TaskState<P::Arch, D>,
         regs: &mut RegsOf<P>,
     ) -> Step {
         let Some(rec) = ts.step.take() else {
@@ -256,7 +340,11 @@ impl<
     /// The single step did not complete (a signal arrived first, or the platform must deliver
     /// something else): put the task back at the probed instruction so that it traps again
     /// later. Returns whether a step was pending.
-    pub fn abort_single_step(&self, ts: &mut TaskState<P::Arch>, regs: &mut RegsOf<P>) -> bool {
+    pub fn abort_single_step<const D: usize>(
+        &self,
+        ts: &mut TaskState<P::Arch, D>,
+        regs: &mut RegsOf<P>,
+    ) -> bool {
         let Some(rec) = ts.step.take() else {
             return false;
         };
@@ -270,7 +358,7 @@ impl<
     /// The platform saw `task` with its IP at `ip` (e.g. at a context switch or any stop): if
     /// it was counted into a slot and is now outside it, it is counted out (seed 001). Cheap;
     /// call it as often as convenient.
-    pub fn task_quiescent(&self, ts: &mut TaskState<P::Arch>, ip: u64) {
+    pub fn task_quiescent<const D: usize>(&self, ts: &mut TaskState<P::Arch, D>, ip: u64) {
         if ts.step.is_some() {
             return;
         }
@@ -281,6 +369,86 @@ impl<
                 self.leave_slot(&r);
             }
         }
+    }
+
+    /// Drop the task's instances whose frames are gone: at a function entry with stack
+    /// pointer `sp`, every tracked frame at or below `sp` was abandoned (longjmp, unwinding)
+    /// — except, when the return address is already the trampoline (`chained`: a tail call or
+    /// a second return probe on this frame), the frame at exactly `sp`. Returns whether any
+    /// was dropped.
+    pub(crate) fn drop_abandoned<const D: usize>(
+        &self,
+        ts: &mut TaskState<P::Arch, D>,
+        sp: u64,
+        chained: bool,
+    ) -> bool {
+        let mut dropped = false;
+        while let Some(top) = ts.rets.last() {
+            let dead = if chained { top.frame < sp } else { top.frame <= sp };
+            if !dead {
+                break;
+            }
+            let i = ts.rets.pop();
+            if let Some(i) = i {
+                self.put_instance(i.consumer, i.generation);
+            }
+            dropped = true;
+        }
+        dropped
+    }
+
+    /// A hit on the return trampoline (seed 003): drop instances of abandoned deeper frames,
+    /// then consume the task's instances in order, running their return handlers, until one
+    /// whose saved return address is not the trampoline; resume there.
+    #[allow(clippy::too_many_arguments)]
+    fn on_trampoline<const D: usize>(
+        &self,
+        p: &P,
+        cpu: CpuId,
+        space: SpaceId,
+        task: TaskId,
+        ts: &mut TaskState<P::Arch, D>,
+        regs: &mut RegsOf<P>,
+    ) -> Hit {
+        let frame = <P::Arch as Arch>::returned_frame(regs.sp());
+        // Deeper frames than the returning one were abandoned.
+        while ts.rets.last().is_some_and(|top| top.frame < frame) {
+            if let Some(i) = ts.rets.pop() {
+                self.put_instance(i.consumer, i.generation);
+            }
+        }
+        // The real return address: the first unchained instance from the top.
+        let Some(real) = ts.rets.iter().rev().find(|i| !i.chained).map(|i| i.ret) else {
+            return Hit::StrayTrampoline;
+        };
+        regs.set_ip(real.0);
+        while let Some(mut inst) = ts.rets.pop() {
+            let slot = &self.consumers[inst.consumer as usize % CONSUMERS];
+            if slot.is_live() && slot.generation() == inst.generation {
+                slot.value.with(|c| {
+                    if let Some(c) = c {
+                        let mut ctx = ReturnContext {
+                            platform: p,
+                            cpu,
+                            task,
+                            space,
+                            key: inst.key,
+                            func: inst.func,
+                            ret: real,
+                            regs: &mut *regs,
+                        };
+                        let n = (inst.data_len as usize).min(inst.data.len());
+                        c.return_handler(&mut ctx, &mut inst.data[..n]);
+                    }
+                });
+            }
+            slot.put_instance(inst.generation);
+            if !inst.chained {
+                break;
+            }
+        }
+        regs.set_ip(real.0);
+        Hit::Returned { to: real }
     }
 
     pub(crate) fn leave_slot(&self, r: &XolRecord) {

@@ -32,7 +32,10 @@ pub mod platform;
 
 pub use addr::{Addr, CpuId, FileId, ProbeKey, Range, SpaceId, TaskId};
 pub use arch::{Arch, PlanKind, Registers, Reject};
-pub use consumer::{Consumer, ConsumerHandle, ConsumerOptions, HandlerAction, HitContext};
+pub use consumer::{
+    Consumer, ConsumerHandle, ConsumerOptions, EntryAction, HandlerAction, HitContext,
+    ReturnContext, ReturnOptions, RET_DATA_MAX,
+};
 pub use error::{Capacity, Error, MemError, MemErrorKind};
 pub use platform::{AddressSpace, Mapping, Platform};
 
@@ -50,4 +53,4 @@ pub(crate) mod xol;
 pub use blacklist::BLACKLIST_CAPACITY;
 pub use engine::ProbeCore;
 pub use hit::{Hit, Step};
-pub use task::TaskState;
+pub use task::{ReturnChain, TaskState};

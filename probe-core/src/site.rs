@@ -19,6 +19,8 @@ pub(crate) struct SitePayload {
     pub(crate) slot: AtomicU32,
     /// The slot's address.
     pub(crate) slot_addr: AtomicU64,
+    /// Writer only: the address of the SDT semaphore this site incremented (0: none).
+    pub(crate) sem_addr: AtomicU64,
     /// Writer only: links of the probe's site list.
     pub(crate) next_of_probe: AtomicU32,
     pub(crate) prev_of_probe: AtomicU32,
@@ -34,6 +36,7 @@ impl Payload for SitePayload {
         space: AtomicU32::new(NIL),
         slot: AtomicU32::new(NIL),
         slot_addr: AtomicU64::new(0),
+        sem_addr: AtomicU64::new(0),
         next_of_probe: AtomicU32::new(NIL),
         prev_of_probe: AtomicU32::new(NIL),
         next_of_space: AtomicU32::new(NIL),
@@ -46,6 +49,7 @@ impl Payload for SitePayload {
             space: AtomicU32::new(NIL),
             slot: AtomicU32::new(NIL),
             slot_addr: AtomicU64::new(0),
+            sem_addr: AtomicU64::new(0),
             next_of_probe: AtomicU32::new(NIL),
             prev_of_probe: AtomicU32::new(NIL),
             next_of_space: AtomicU32::new(NIL),

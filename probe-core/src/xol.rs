@@ -54,6 +54,8 @@ impl XolSlot {
 pub(crate) struct SpacePayload<const XOL: usize> {
     /// Base of the slot area (0: not created yet).
     pub(crate) xol_base: AtomicU64,
+    /// The return trampoline's address (0: none yet); it occupies one slot.
+    pub(crate) trampoline: AtomicU64,
     /// Writer only: head of the space's site list.
     pub(crate) sites: AtomicU32,
     /// Writer only: where the next slot search starts.
@@ -67,6 +69,7 @@ impl<const XOL: usize> Payload for SpacePayload<XOL> {
     #[cfg(not(loom))]
     const BLANK: Self = SpacePayload {
         xol_base: AtomicU64::new(0),
+        trampoline: AtomicU64::new(0),
         sites: AtomicU32::new(NIL),
         cursor: AtomicU32::new(0),
         refilter: AtomicBool::new(false),
@@ -76,6 +79,7 @@ impl<const XOL: usize> Payload for SpacePayload<XOL> {
     fn blank() -> Self {
         SpacePayload {
             xol_base: AtomicU64::new(0),
+            trampoline: AtomicU64::new(0),
             sites: AtomicU32::new(NIL),
             cursor: AtomicU32::new(0),
             refilter: AtomicBool::new(false),
@@ -88,6 +92,7 @@ impl<const XOL: usize> SpacePayload<XOL> {
     /// Reset a freshly claimed space entry.
     pub(crate) fn reset(&self) {
         self.xol_base.store(0, Ordering::Relaxed);
+        self.trampoline.store(0, Ordering::Relaxed);
         self.sites.store(NIL, Ordering::Relaxed);
         self.cursor.store(0, Ordering::Relaxed);
         self.refilter.store(false, Ordering::Relaxed);

@@ -112,6 +112,8 @@ pub struct RunStats {
     pub stepped: u64,
     /// Restarts (probe gone while trapping).
     pub restarts: u64,
+    /// Returns through the trampoline.
+    pub returns: u64,
 }
 
 /// Feeds a machine's events to a core.
@@ -155,6 +157,7 @@ impl Runner {
                             m.set_single_step(t, true);
                         }
                         Hit::Restart => stats.restarts += 1,
+                        Hit::Returned { .. } => stats.returns += 1,
                         other => panic!("unexpected hit outcome {other:?} at {:#x}", regs.pc),
                     }
                     let _ = core.maintain(m);

@@ -206,4 +206,32 @@ pub trait Arch: Sized + 'static {
         mem: &M,
         ret: Addr,
     ) -> Result<(), MemError>;
+
+    /// At the return trampoline, with the stack pointer `sp` as the return left it: the stack
+    /// pointer the returning function had at its first instruction (its *frame*, as recorded
+    /// by return probes). The default is for ISAs whose call pushes a 64-bit return address
+    /// that the return pops.
+    fn returned_frame(sp: u64) -> u64 {
+        sp.wrapping_sub(8)
+    }
+
+    /// Put `ret` back in the return-address slot of the function whose frame (its stack
+    /// pointer at entry) is `frame`, if the slot still holds `trampoline`; returns whether it
+    /// wrote. Used to take hijacked return addresses back out of a stack on detach. The
+    /// default is for ISAs whose call pushes a 64-bit little-endian return address at the
+    /// entry stack pointer.
+    fn restore_return_address<M: AddressSpace + ?Sized>(
+        frame: u64,
+        mem: &M,
+        trampoline: Addr,
+        ret: Addr,
+    ) -> Result<bool, MemError> {
+        let mut cur = [0u8; 8];
+        mem.read_exact(Addr(frame), &mut cur)?;
+        if u64::from_le_bytes(cur) != trampoline.0 {
+            return Ok(false);
+        }
+        mem.write(Addr(frame), &ret.0.to_le_bytes())?;
+        Ok(true)
+    }
 }
