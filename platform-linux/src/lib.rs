@@ -1,1 +1,25 @@
-//! platform-linux (being built).
+//! The Linux backend of `probe-core`: a ptrace tracer for real, unmodified programs, and
+//! the pieces of the `probe` command line.
+//!
+//! Layers, bottom up:
+//! - [`sys`]: the only unsafe code: ptrace, wait, signals, affinity, spawning a tracee.
+//! - [`attach`]: seizing every thread of a running process (`-p PID`).
+//! - [`mem`]: a tracee's memory through `/proc/PID/mem` (patches read-only text too).
+//! - [`maps`]: `/proc/PID/maps` as typed mappings.
+//! - [`elf`]: function symbols of executables and libraries, keyed by file offset.
+//! - [`resolve`]: probe specs (`uprobe:libc:malloc`, `libc:str*`) into (file, offset)s.
+//! - [`remote`]: system calls injected into a stopped tracee (remote `mmap` of slot pages).
+//! - [`wait`]: how the tracer waits for the next stop (blocking, spinning, CPU placement).
+//! - [`cli`]: the `probe` command line.
+#![deny(unsafe_code)]
+
+pub mod attach;
+pub mod cli;
+pub mod elf;
+pub mod maps;
+pub mod mem;
+pub mod remote;
+pub mod resolve;
+#[allow(unsafe_code)]
+pub mod sys;
+pub mod wait;

@@ -1,0 +1,130 @@
+//! Attaching to a running process: every thread, with `PTRACE_SEIZE`, each brought to a
+//! stop where its registers and memory can be used.
+
+use std::collections::BTreeMap;
+
+use crate::sys::{self, Event, Options, Pid, SysError, WaitStatus};
+
+/// A thread we hold stopped after attaching.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoppedThread {
+    /// The thread.
+    pub tid: Pid,
+    /// A signal the thread was about to receive when it stopped: pass it to
+    /// [`sys::cont`] when resuming, or it is lost.
+    pub pending_signal: Option<i32>,
+}
+
+/// Brings a seized, running thread to a stop: `PTRACE_INTERRUPT`, then waits, stepping
+/// out of event stops that happen first (an exec or clone in progress). `Ok(None)` means
+/// the thread exited meanwhile. New tasks reported by clone/fork events are added to
+/// `born` (they are auto-attached and report their own first stop).
+pub fn stop_thread(tid: Pid, born: &mut Vec<Pid>) -> Result<Option<StoppedThread>, SysError> {
+    sys::interrupt(tid)?;
+    loop {
+        match sys::wait(Some(tid))? {
+            WaitStatus::Event(_, _, Event::Stop) => {
+                return Ok(Some(StoppedThread {
+                    tid,
+                    pending_signal: None,
+                }))
+            }
+            WaitStatus::Stopped(_, sig) => {
+                return Ok(Some(StoppedThread {
+                    tid,
+                    pending_signal: Some(sig),
+                }))
+            }
+            WaitStatus::Event(_, _, ev) => {
+                if matches!(ev, Event::Clone | Event::Fork | Event::VFork) {
+                    born.push(Pid(sys::event_msg(tid)? as i32));
+                }
+                // The interrupt was absorbed by this event stop: ask again.
+                sys::interrupt(tid)?;
+                sys::cont(tid, 0)?;
+            }
+            WaitStatus::Exited(..) | WaitStatus::Signaled(..) => return Ok(None),
+            _ => sys::cont(tid, 0)?,
+        }
+    }
+}
+
+/// Waits for the first stop of a task auto-attached through a clone/fork event.
+pub fn wait_new_task(tid: Pid) -> Result<Option<StoppedThread>, SysError> {
+    let mut born = Vec::new();
+    match sys::wait(Some(tid))? {
+        WaitStatus::Event(_, _, Event::Stop) => Ok(Some(StoppedThread {
+            tid,
+            pending_signal: None,
+        })),
+        WaitStatus::Stopped(_, sig) => Ok(Some(StoppedThread {
+            tid,
+            pending_signal: Some(sig),
+        })),
+        WaitStatus::Exited(..) | WaitStatus::Signaled(..) => Ok(None),
+        _ => stop_thread(tid, &mut born),
+    }
+}
+
+/// Seizes every thread of process `pid` and stops each one; threads created while we
+/// attach are caught too (rescanning `/proc/PID/task` until it holds nothing new).
+/// Returns the stopped threads, the main thread first if it is alive.
+pub fn attach_process(pid: Pid, options: Options) -> Result<Vec<StoppedThread>, SysError> {
+    let mut held: BTreeMap<Pid, StoppedThread> = BTreeMap::new();
+    let mut auto: Vec<Pid> = Vec::new();
+    loop {
+        let tids = sys::threads(pid)?;
+        let fresh: Vec<Pid> = tids
+            .into_iter()
+            .filter(|t| !held.contains_key(t) && !auto.contains(t))
+            .collect();
+        if fresh.is_empty() && auto.iter().all(|t| held.contains_key(t)) {
+            break;
+        }
+        for tid in fresh {
+            match sys::seize(tid, options) {
+                Ok(()) => {}
+                // Gone between listing and seizing.
+                Err(SysError::NoSuchProcess { .. }) => continue,
+                Err(e) => {
+                    if held.is_empty() {
+                        return Err(e);
+                    }
+                    // Already ours (auto-attached by a clone we have not seen yet)?
+                    auto.push(tid);
+                    continue;
+                }
+            }
+            if let Some(t) = stop_thread(tid, &mut auto)? {
+                held.insert(tid, t);
+            }
+        }
+        let pending: Vec<Pid> = auto
+            .iter()
+            .copied()
+            .filter(|t| !held.contains_key(t))
+            .collect();
+        for tid in pending {
+            match wait_new_task(tid)? {
+                Some(t) => {
+                    held.insert(tid, t);
+                }
+                None => auto.retain(|&a| a != tid),
+            }
+        }
+    }
+    let mut out: Vec<StoppedThread> = held.into_values().collect();
+    out.sort_by_key(|t| (t.tid != pid, t.tid));
+    Ok(out)
+}
+
+/// Detaches from stopped threads, handing each its pending signal.
+pub fn detach_all(threads: &[StoppedThread]) -> Result<(), SysError> {
+    let mut first_err = None;
+    for t in threads {
+        if let Err(e) = sys::detach(t.tid, t.pending_signal.unwrap_or(0)) {
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}

@@ -1,0 +1,928 @@
+//! The only file of this crate that calls `libc` unsafely: ptrace, wait, signals, CPU
+//! affinity and the fork/exec of a traced child, each behind a safe wrapper.
+//!
+//! Every wrapper returns a [`SysError`] whose text names the cause and, where there is one,
+//! the fix (a refused attach explains Yama's `ptrace_scope`, ownership and `CAP_SYS_PTRACE`).
+//!
+//! Ptrace requests must come from the thread that attached the tracee: keep one tracer
+//! thread per traced process tree.
+
+use core::fmt;
+use core::mem::MaybeUninit;
+use core::ptr;
+use std::ffi::{CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// A Linux process or thread id (a tid is a pid for every call here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pid(pub i32);
+
+impl fmt::Display for Pid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An `errno` value, printed the way `strerror` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    /// The calling thread's current `errno`.
+    pub fn last() -> Self {
+        Errno(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", std::io::Error::from_raw_os_error(self.0))
+    }
+}
+
+/// Why a system call on a tracee failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SysError {
+    /// The kernel refused to let us trace the process.
+    #[error(
+        "not permitted to trace process {pid} ({op}): {}",
+        permission_hint(*pid, *yama_scope, *tracer)
+    )]
+    NotPermitted {
+        /// The ptrace request.
+        op: &'static str,
+        /// The process we tried to trace.
+        pid: Pid,
+        /// `/proc/sys/kernel/yama/ptrace_scope`, if Yama is enabled.
+        yama_scope: Option<u8>,
+        /// The pid of the tracer already attached to `pid`, if any.
+        tracer: Option<i32>,
+    },
+    /// The process or thread does not exist, or it is not in a ptrace-stop for us.
+    #[error(
+        "{op} on {pid}: no such process, or it is not stopped under our trace \
+         (it exited, or it is running: stop it first)"
+    )]
+    NoSuchProcess {
+        /// The request.
+        op: &'static str,
+        /// The process or thread.
+        pid: Pid,
+    },
+    /// Any other failure of a request on a process.
+    #[error("{op} on {pid} failed: {errno}")]
+    Failed {
+        /// The request.
+        op: &'static str,
+        /// The process or thread (0 where none applies).
+        pid: Pid,
+        /// The kernel's reason.
+        errno: Errno,
+    },
+    /// The command to trace could not be started.
+    #[error("cannot run `{program}`: {errno}{}", spawn_hint(*errno))]
+    Spawn {
+        /// The program, as given.
+        program: String,
+        /// Why `fork` or `execve` failed.
+        errno: Errno,
+    },
+    /// A wait was cut short by SIGINT, SIGTERM or SIGHUP (see [`install_stop_handlers`]).
+    #[error("interrupted by signal {0}")]
+    Interrupted(i32),
+    /// A program name or argument holds a NUL byte.
+    #[error("argument `{0}` contains a NUL byte")]
+    NulInArgument(String),
+}
+
+fn spawn_hint(errno: Errno) -> &'static str {
+    match errno.0 {
+        libc::ENOENT => " (check the path, or that it is on PATH)",
+        libc::EACCES => " (is it executable? chmod +x, and not on a noexec mount)",
+        libc::ENOEXEC => " (not an executable this system can run)",
+        _ => "",
+    }
+}
+
+fn permission_hint(pid: Pid, scope: Option<u8>, tracer: Option<i32>) -> String {
+    if let Some(t) = tracer {
+        return format!(
+            "it is already traced by process {t} (a debugger or another tracer); \
+             detach that one first"
+        );
+    }
+    let mut s = String::from("the kernel refused ptrace. ");
+    match scope {
+        Some(0) | None => {}
+        Some(1) => s.push_str(
+            "Yama's /proc/sys/kernel/yama/ptrace_scope is 1: only a parent may trace its \
+             children. Start the program under `probe ... -- CMD`, or run as root / with \
+             CAP_SYS_PTRACE, or `echo 0 | sudo tee /proc/sys/kernel/yama/ptrace_scope`. ",
+        ),
+        Some(2) => s.push_str(
+            "Yama's /proc/sys/kernel/yama/ptrace_scope is 2: only CAP_SYS_PTRACE may trace. \
+             Run as root or grant CAP_SYS_PTRACE. ",
+        ),
+        Some(n) => s.push_str(&format!(
+            "Yama's /proc/sys/kernel/yama/ptrace_scope is {n}: ptrace is disabled until \
+             reboot. "
+        )),
+    }
+    s.push_str(&format!(
+        "Process {pid} must belong to your user (or you need CAP_SYS_PTRACE), must not be \
+         setuid, and in a container the seccomp profile must allow ptrace \
+         (docker: --cap-add=SYS_PTRACE)."
+    ));
+    s
+}
+
+fn read_yama_scope() -> Option<u8> {
+    std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+fn read_tracer(pid: Pid) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("TracerPid:"))?;
+    let t: i32 = line["TracerPid:".len()..].trim().parse().ok()?;
+    (t != 0).then_some(t)
+}
+
+fn ptrace_error(op: &'static str, pid: Pid, errno: Errno) -> SysError {
+    match errno.0 {
+        libc::ESRCH => SysError::NoSuchProcess { op, pid },
+        libc::EPERM if op == "PTRACE_SEIZE" || op == "PTRACE_ATTACH" => SysError::NotPermitted {
+            op,
+            pid,
+            yama_scope: read_yama_scope(),
+            tracer: read_tracer(pid),
+        },
+        _ => SysError::Failed { op, pid, errno },
+    }
+}
+
+/// The registers of a stopped thread, exactly as `PTRACE_GETREGS` hands them.
+pub type Regs = libc::user_regs_struct;
+
+/// The zeroed register set, a starting point for tests and builders.
+pub fn zeroed_regs() -> Regs {
+    // SAFETY: `user_regs_struct` is a plain struct of integers: all-zero is a valid value.
+    unsafe { MaybeUninit::<Regs>::zeroed().assume_init() }
+}
+
+/// What a traced process asks to follow, for [`seize`] and [`set_options`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Options {
+    /// Follow `clone` (threads and clone()d processes).
+    pub clone: bool,
+    /// Follow `fork`.
+    pub fork: bool,
+    /// Follow `vfork`.
+    pub vfork: bool,
+    /// Stop at `execve`.
+    pub exec: bool,
+    /// Stop at exit, while the task can still be inspected.
+    pub exit: bool,
+    /// Kill the tracees if the tracer dies (for spawned commands, not attached ones).
+    pub exit_kill: bool,
+}
+
+impl Options {
+    /// Follow everything; kill the tracees if we die. For commands we start ourselves.
+    pub const SPAWNED: Options = Options {
+        clone: true,
+        fork: true,
+        vfork: true,
+        exec: true,
+        exit: true,
+        exit_kill: true,
+    };
+    /// Follow everything, and let the tracees live on if we die. For `-p PID`.
+    pub const ATTACHED: Options = Options {
+        exit_kill: false,
+        ..Options::SPAWNED
+    };
+
+    fn bits(self) -> libc::c_int {
+        let mut b = 0;
+        if self.clone {
+            b |= libc::PTRACE_O_TRACECLONE;
+        }
+        if self.fork {
+            b |= libc::PTRACE_O_TRACEFORK;
+        }
+        if self.vfork {
+            b |= libc::PTRACE_O_TRACEVFORK;
+        }
+        if self.exec {
+            b |= libc::PTRACE_O_TRACEEXEC;
+        }
+        if self.exit {
+            b |= libc::PTRACE_O_TRACEEXIT;
+        }
+        if self.exit_kill {
+            b |= libc::PTRACE_O_EXITKILL;
+        }
+        b
+    }
+}
+
+/// A ptrace event reported in a stop (`status >> 16`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Event {
+    /// A new thread or `clone`d process; [`event_msg`] gives its id.
+    Clone,
+    /// A `fork`; [`event_msg`] gives the child's pid.
+    Fork,
+    /// A `vfork`; [`event_msg`] gives the child's pid.
+    VFork,
+    /// A `vfork`ed child released its parent.
+    VForkDone,
+    /// A successful `execve`; [`event_msg`] gives the former thread id.
+    Exec,
+    /// The task is about to exit; [`event_msg`] gives the wait status.
+    Exit,
+    /// A group-stop or a [`interrupt`] stop of a seized task.
+    Stop,
+    /// An event this crate does not name.
+    Other(i32),
+}
+
+impl Event {
+    fn from_raw(e: i32) -> Self {
+        match e {
+            libc::PTRACE_EVENT_CLONE => Event::Clone,
+            libc::PTRACE_EVENT_FORK => Event::Fork,
+            libc::PTRACE_EVENT_VFORK => Event::VFork,
+            libc::PTRACE_EVENT_VFORK_DONE => Event::VForkDone,
+            libc::PTRACE_EVENT_EXEC => Event::Exec,
+            libc::PTRACE_EVENT_EXIT => Event::Exit,
+            libc::PTRACE_EVENT_STOP => Event::Stop,
+            other => Event::Other(other),
+        }
+    }
+}
+
+/// A decoded `waitpid` status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WaitStatus {
+    /// The task exited with this code.
+    Exited(Pid, i32),
+    /// The task was killed by this signal (`true`: it dumped core).
+    Signaled(Pid, i32, bool),
+    /// A signal-delivery-stop: the task is about to receive this signal (a breakpoint or a
+    /// single-step shows as `SIGTRAP`).
+    Stopped(Pid, i32),
+    /// A ptrace event stop, with the stop's signal.
+    Event(Pid, i32, Event),
+    /// A syscall-stop (only with `PTRACE_O_TRACESYSGOOD`, never set here).
+    Syscall(Pid),
+    /// A stopped child we do not trace yet (before [`seize`]).
+    Continued(Pid),
+    /// `WNOHANG` and nothing to report.
+    StillAlive,
+}
+
+impl WaitStatus {
+    /// Decodes the `status` word returned by `waitpid` for `pid`.
+    pub fn from_raw(pid: Pid, status: i32) -> Self {
+        if libc::WIFEXITED(status) {
+            WaitStatus::Exited(pid, libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            WaitStatus::Signaled(pid, libc::WTERMSIG(status), libc::WCOREDUMP(status))
+        } else if libc::WIFSTOPPED(status) {
+            let sig = libc::WSTOPSIG(status);
+            let event = (status >> 16) & 0xff;
+            if event != 0 {
+                WaitStatus::Event(pid, sig, Event::from_raw(event))
+            } else if sig == libc::SIGTRAP | 0x80 {
+                WaitStatus::Syscall(pid)
+            } else {
+                WaitStatus::Stopped(pid, sig)
+            }
+        } else {
+            WaitStatus::Continued(pid)
+        }
+    }
+
+    /// The task this status is about, if any.
+    pub fn pid(&self) -> Option<Pid> {
+        match *self {
+            WaitStatus::Exited(p, _)
+            | WaitStatus::Signaled(p, _, _)
+            | WaitStatus::Stopped(p, _)
+            | WaitStatus::Event(p, _, _)
+            | WaitStatus::Syscall(p)
+            | WaitStatus::Continued(p) => Some(p),
+            WaitStatus::StillAlive => None,
+        }
+    }
+}
+
+fn check(op: &'static str, pid: Pid, ret: libc::c_long) -> Result<libc::c_long, SysError> {
+    if ret == -1 {
+        Err(ptrace_error(op, pid, Errno::last()))
+    } else {
+        Ok(ret)
+    }
+}
+
+/// `PTRACE_SEIZE`: attach to `pid` (one thread) without stopping it.
+pub fn seize(pid: Pid, options: Options) -> Result<(), SysError> {
+    // SAFETY: PTRACE_SEIZE takes no pointer; addr is ignored and data carries option bits.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_SEIZE,
+            pid.0,
+            ptr::null_mut::<libc::c_void>(),
+            options.bits() as libc::c_long,
+        )
+    };
+    check("PTRACE_SEIZE", pid, r).map(drop)
+}
+
+/// `PTRACE_SETOPTIONS` on a stopped tracee.
+pub fn set_options(pid: Pid, options: Options) -> Result<(), SysError> {
+    // SAFETY: PTRACE_SETOPTIONS takes no pointer; data carries option bits.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_SETOPTIONS,
+            pid.0,
+            ptr::null_mut::<libc::c_void>(),
+            options.bits() as libc::c_long,
+        )
+    };
+    check("PTRACE_SETOPTIONS", pid, r).map(drop)
+}
+
+/// `PTRACE_INTERRUPT`: stop a seized, running thread (it reports [`Event::Stop`]).
+pub fn interrupt(pid: Pid) -> Result<(), SysError> {
+    // SAFETY: PTRACE_INTERRUPT takes no pointers.
+    let r = unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, pid.0, 0usize, 0usize) };
+    check("PTRACE_INTERRUPT", pid, r).map(drop)
+}
+
+fn restart(req: libc::c_uint, op: &'static str, pid: Pid, sig: i32) -> Result<(), SysError> {
+    // SAFETY: restarting requests take no pointer: addr is ignored, data is a signal number.
+    let r = unsafe { libc::ptrace(req, pid.0, 0usize, sig as libc::c_long) };
+    check(op, pid, r).map(drop)
+}
+
+/// `PTRACE_CONT`, delivering `sig` (0 for none).
+pub fn cont(pid: Pid, sig: i32) -> Result<(), SysError> {
+    restart(libc::PTRACE_CONT, "PTRACE_CONT", pid, sig)
+}
+
+/// `PTRACE_SINGLESTEP`, delivering `sig` (0 for none).
+pub fn single_step(pid: Pid, sig: i32) -> Result<(), SysError> {
+    restart(libc::PTRACE_SINGLESTEP, "PTRACE_SINGLESTEP", pid, sig)
+}
+
+/// `PTRACE_LISTEN`: leave a seized task in its group-stop but let it report new events.
+pub fn listen(pid: Pid) -> Result<(), SysError> {
+    restart(libc::PTRACE_LISTEN, "PTRACE_LISTEN", pid, 0)
+}
+
+/// `PTRACE_DETACH`, delivering `sig` (0 for none).
+pub fn detach(pid: Pid, sig: i32) -> Result<(), SysError> {
+    restart(libc::PTRACE_DETACH, "PTRACE_DETACH", pid, sig)
+}
+
+/// `PTRACE_GETREGS`.
+pub fn get_regs(pid: Pid) -> Result<Regs, SysError> {
+    let mut regs = MaybeUninit::<Regs>::uninit();
+    // SAFETY: data points to a writable `user_regs_struct`, which GETREGS fills on success.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETREGS,
+            pid.0,
+            ptr::null_mut::<libc::c_void>(),
+            regs.as_mut_ptr(),
+        )
+    };
+    check("PTRACE_GETREGS", pid, r)?;
+    // SAFETY: the call succeeded, so the kernel wrote the whole struct.
+    Ok(unsafe { regs.assume_init() })
+}
+
+/// `PTRACE_SETREGS`.
+pub fn set_regs(pid: Pid, regs: &Regs) -> Result<(), SysError> {
+    // SAFETY: data points to a valid `user_regs_struct` that the kernel only reads.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_SETREGS,
+            pid.0,
+            ptr::null_mut::<libc::c_void>(),
+            ptr::from_ref(regs),
+        )
+    };
+    check("PTRACE_SETREGS", pid, r).map(drop)
+}
+
+/// `PTRACE_GETEVENTMSG`: the new pid of a clone/fork/vfork, the former tid of an exec,
+/// or the exit status of an exit event.
+pub fn event_msg(pid: Pid) -> Result<u64, SysError> {
+    let mut msg: libc::c_ulong = 0;
+    // SAFETY: data points to a writable `unsigned long`, as GETEVENTMSG requires.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETEVENTMSG,
+            pid.0,
+            ptr::null_mut::<libc::c_void>(),
+            ptr::from_mut(&mut msg),
+        )
+    };
+    check("PTRACE_GETEVENTMSG", pid, r)?;
+    Ok(msg)
+}
+
+/// The parts of a stop's `siginfo_t` a tracer needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SigInfo {
+    /// The signal.
+    pub signo: i32,
+    /// `si_code`: `SI_KERNEL` (0x80) for an `int3`, `TRAP_TRACE` (2) for a single-step,
+    /// `SI_USER`/`SI_TKILL` for a signal sent by a process.
+    pub code: i32,
+    /// The sender's pid for signals sent by a process (`si_pid`), else 0.
+    pub sender: i32,
+}
+
+/// `PTRACE_GETSIGINFO`.
+pub fn sig_info(pid: Pid) -> Result<SigInfo, SysError> {
+    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
+    // SAFETY: data points to a writable `siginfo_t`, which GETSIGINFO fills on success.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETSIGINFO,
+            pid.0,
+            ptr::null_mut::<libc::c_void>(),
+            info.as_mut_ptr(),
+        )
+    };
+    check("PTRACE_GETSIGINFO", pid, r)?;
+    // SAFETY: the call succeeded, so the kernel wrote the struct (it was zeroed before).
+    let info = unsafe { info.assume_init() };
+    let sender = if info.si_code <= 0 {
+        // SAFETY: si_code <= 0 means a user-sent signal, whose union member is `_kill`.
+        unsafe { info.si_pid() }
+    } else {
+        0
+    };
+    Ok(SigInfo {
+        signo: info.si_signo,
+        code: info.si_code,
+        sender,
+    })
+}
+
+static STOP_SIGNAL: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_stop_signal(sig: libc::c_int) {
+    STOP_SIGNAL.store(sig, core::sync::atomic::Ordering::SeqCst);
+}
+
+/// Makes SIGINT, SIGTERM and SIGHUP end blocking waits with [`SysError::Interrupted`]
+/// instead of killing the tracer, so it can restore the tracees' code and detach.
+///
+/// The handlers only record the signal; [`stop_requested`] reads it. They are installed
+/// without `SA_RESTART`, so a blocked `waitpid` returns `EINTR`.
+pub fn install_stop_handlers() -> Result<(), SysError> {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: all-zero is a valid sigaction (empty mask, no flags) that we fill in.
+        let mut act: libc::sigaction = unsafe { core::mem::zeroed() };
+        act.sa_sigaction = on_stop_signal as *const () as libc::sighandler_t;
+        // SAFETY: act.sa_mask is a valid sigset_t to clear; the handler only stores to an
+        // atomic, which is async-signal-safe; the old action is not asked for.
+        let r = unsafe {
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(sig, &act, ptr::null_mut())
+        };
+        if r == -1 {
+            return Err(SysError::Failed {
+                op: "sigaction",
+                pid: Pid(0),
+                errno: Errno::last(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The stop signal received since [`install_stop_handlers`], if any.
+pub fn stop_requested() -> Option<i32> {
+    match STOP_SIGNAL.load(core::sync::atomic::Ordering::SeqCst) {
+        0 => None,
+        sig => Some(sig),
+    }
+}
+
+fn wait_raw(pid: i32, flags: i32) -> Result<WaitStatus, SysError> {
+    loop {
+        if flags & libc::WNOHANG == 0 {
+            if let Some(sig) = stop_requested() {
+                return Err(SysError::Interrupted(sig));
+            }
+        }
+        let mut status = 0;
+        // SAFETY: status points to a writable int.
+        let r = unsafe { libc::waitpid(pid, &mut status, flags) };
+        if r == -1 {
+            let e = Errno::last();
+            if e.0 == libc::EINTR {
+                continue;
+            }
+            return Err(SysError::Failed {
+                op: "waitpid",
+                pid: Pid(pid),
+                errno: e,
+            });
+        }
+        if r == 0 {
+            return Ok(WaitStatus::StillAlive);
+        }
+        return Ok(WaitStatus::from_raw(Pid(r), status));
+    }
+}
+
+/// `waitpid(pid, __WALL | __WNOTHREAD)`, blocking; `None` waits for any tracee or child
+/// *of the calling thread* (other threads' tracees are theirs to reap). Returns
+/// [`SysError::Interrupted`] once a stop signal arrived (see [`install_stop_handlers`]).
+pub fn wait(pid: Option<Pid>) -> Result<WaitStatus, SysError> {
+    wait_raw(pid.map_or(-1, |p| p.0), libc::__WALL | libc::__WNOTHREAD)
+}
+
+/// Like [`wait`] with `WNOHANG`: [`WaitStatus::StillAlive`] if nothing is pending.
+pub fn try_wait(pid: Option<Pid>) -> Result<WaitStatus, SysError> {
+    wait_raw(
+        pid.map_or(-1, |p| p.0),
+        libc::__WALL | libc::__WNOTHREAD | libc::WNOHANG,
+    )
+}
+
+/// `kill(pid, sig)`.
+pub fn kill(pid: Pid, sig: i32) -> Result<(), SysError> {
+    // SAFETY: kill takes no pointers.
+    if unsafe { libc::kill(pid.0, sig) } == -1 {
+        return Err(ptrace_error("kill", pid, Errno::last()));
+    }
+    Ok(())
+}
+
+/// `tgkill(tgid, tid, sig)`: a signal to one thread.
+pub fn tgkill(tgid: Pid, tid: Pid, sig: i32) -> Result<(), SysError> {
+    // SAFETY: tgkill takes three integers and no pointers.
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, tgid.0, tid.0, sig) };
+    if r == -1 {
+        return Err(ptrace_error("tgkill", tid, Errno::last()));
+    }
+    Ok(())
+}
+
+/// The calling thread's id.
+pub fn gettid() -> Pid {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    Pid(unsafe { libc::gettid() })
+}
+
+/// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`).
+pub fn thread_cpu_time() -> core::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts points to a writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    core::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// The CPU the calling thread runs on now.
+pub fn current_cpu() -> Option<usize> {
+    // SAFETY: sched_getcpu takes no arguments.
+    let c = unsafe { libc::sched_getcpu() };
+    usize::try_from(c).ok()
+}
+
+/// The number of CPUs this process may run on.
+pub fn cpus_allowed() -> Vec<usize> {
+    let mut set = MaybeUninit::<libc::cpu_set_t>::zeroed();
+    // SAFETY: set points to a writable cpu_set_t of the size passed.
+    let r = unsafe {
+        libc::sched_getaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), set.as_mut_ptr())
+    };
+    if r == -1 {
+        return vec![0];
+    }
+    // SAFETY: zeroed is a valid cpu_set_t and the call filled it.
+    let set = unsafe { set.assume_init() };
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET only reads the set; `c` is below CPU_SETSIZE.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
+/// `sched_setaffinity(tid, cpus)`; `None` means the calling thread.
+pub fn set_affinity(tid: Option<Pid>, cpus: &[usize]) -> Result<(), SysError> {
+    // SAFETY: all-zero is a valid, empty cpu_set_t (a plain bit array).
+    let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
+    for &c in cpus {
+        if c < libc::CPU_SETSIZE as usize {
+            // SAFETY: `c` is below CPU_SETSIZE, so CPU_SET writes inside the set.
+            unsafe { libc::CPU_SET(c, &mut set) };
+        }
+    }
+    let pid = tid.map_or(0, |p| p.0);
+    // SAFETY: set is a valid cpu_set_t of the size passed; the kernel only reads it.
+    let r = unsafe { libc::sched_setaffinity(pid, core::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if r == -1 {
+        return Err(SysError::Failed {
+            op: "sched_setaffinity",
+            pid: Pid(pid),
+            errno: Errno::last(),
+        });
+    }
+    Ok(())
+}
+
+/// Finds `program` the way `execvp` would: as given if it holds a `/`, else on `PATH`.
+pub fn find_program(program: &OsStr) -> Option<PathBuf> {
+    let p = Path::new(program);
+    if program.as_bytes().contains(&b'/') {
+        return p.exists().then(|| p.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(p))
+        .find(|cand| is_executable(cand))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn cstring(s: &OsStr) -> Result<CString, SysError> {
+    CString::new(s.as_bytes())
+        .map_err(|_| SysError::NulInArgument(s.to_string_lossy().into_owned()))
+}
+
+/// Starts `program args...` as a seized tracee of the calling thread.
+///
+/// The child stops itself before `execve`, we `PTRACE_SEIZE` it with `options` and let
+/// it run to its exec stop, then let it leave the `execve` call and stop again
+/// ([`leave_syscall`]): the new program has not run one instruction, and the thread is in
+/// an [`Event::Stop`] where its registers can be changed freely (at the exec stop itself
+/// the kernel would still overwrite `rax` with `execve`'s result). A failed exec is
+/// reported as [`SysError::Spawn`] with the child's `errno`.
+///
+/// `cpus` pins the child (and what it starts) to these CPUs before the exec, if given.
+pub fn spawn_traced(
+    program: &OsStr,
+    args: &[&OsStr],
+    options: Options,
+    cpus: Option<&[usize]>,
+) -> Result<Pid, SysError> {
+    let shown = program.to_string_lossy().into_owned();
+    let path = find_program(program).ok_or(SysError::Spawn {
+        program: shown.clone(),
+        errno: Errno(libc::ENOENT),
+    })?;
+    // Everything the child touches is built before fork: after fork only async-signal-safe
+    // calls are allowed (we may be one thread of many).
+    let c_path = cstring(path.as_os_str())?;
+    let mut c_args = vec![cstring(program)?];
+    for a in args {
+        c_args.push(cstring(a)?);
+    }
+    let mut argv: Vec<*const libc::c_char> = c_args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(ptr::null());
+    let c_env: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    let mut envp: Vec<*const libc::c_char> = c_env.iter().map(|a| a.as_ptr()).collect();
+    envp.push(ptr::null());
+    // SAFETY: all-zero is a valid, empty cpu_set_t (a plain bit array).
+    let mut cpu_set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
+    if let Some(cpus) = cpus {
+        for &c in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+            // SAFETY: `c` is below CPU_SETSIZE.
+            unsafe { libc::CPU_SET(c, &mut cpu_set) };
+        }
+    }
+    let pin = cpus.is_some();
+
+    let mut fds = [0; 2];
+    // SAFETY: fds points to two writable ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } == -1 {
+        return Err(SysError::Spawn {
+            program: shown,
+            errno: Errno::last(),
+        });
+    }
+    let (rd, wr) = (fds[0], fds[1]);
+
+    // SAFETY: fork is safe to call; the child below only makes async-signal-safe calls on
+    // memory prepared before the fork, then execs or _exits.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        // SAFETY: child side: signal/sigemptyset/pthread_sigmask/getpid/kill/
+        // sched_setaffinity/execve/write/_exit are async-signal-safe (a zeroed sigset_t is
+        // a valid value) and use only pointers built before fork (argv and envp are
+        // NUL-terminated arrays of NUL-terminated strings that outlive the exec).
+        unsafe {
+            libc::close(rd);
+            if pin {
+                libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &cpu_set);
+            }
+            // As std::process::Command does: the Rust runtime ignores SIGPIPE, and an
+            // ignored disposition or a blocked mask would survive exec and change how the
+            // program behaves (`probe -- yes | head` must end `yes` by SIGPIPE).
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            let mut empty: libc::sigset_t = core::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &empty, ptr::null_mut());
+            libc::kill(libc::getpid(), libc::SIGSTOP);
+            libc::execve(c_path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            let err = *libc::__errno_location();
+            libc::write(wr, ptr::from_ref(&err).cast(), core::mem::size_of::<i32>());
+            libc::_exit(127);
+        }
+    }
+    // SAFETY: closing our copy of the write end, a valid fd we own.
+    unsafe { libc::close(wr) };
+    if child == -1 {
+        let errno = Errno::last();
+        // SAFETY: rd is a valid fd we own.
+        unsafe { libc::close(rd) };
+        return Err(SysError::Spawn {
+            program: shown,
+            errno,
+        });
+    }
+    let pid = Pid(child);
+    let result = finish_spawn(pid, options, rd, &shown);
+    // SAFETY: rd is a valid fd we own.
+    unsafe { libc::close(rd) };
+    if result.is_err() {
+        let _ = kill(pid, libc::SIGKILL);
+        let _ = wait(Some(pid));
+    }
+    result.map(|()| pid)
+}
+
+fn finish_spawn(pid: Pid, options: Options, rd: i32, shown: &str) -> Result<(), SysError> {
+    // Wait for the child's self-inflicted SIGSTOP (it is not traced yet: WUNTRACED).
+    let mut status = 0;
+    loop {
+        // SAFETY: status points to a writable int.
+        let r = unsafe { libc::waitpid(pid.0, &mut status, libc::WUNTRACED) };
+        if r == -1 && Errno::last().0 == libc::EINTR {
+            continue;
+        }
+        if r == -1 {
+            return Err(SysError::Failed {
+                op: "waitpid",
+                pid,
+                errno: Errno::last(),
+            });
+        }
+        break;
+    }
+    if !libc::WIFSTOPPED(status) {
+        return Err(SysError::Spawn {
+            program: shown.to_owned(),
+            errno: Errno(libc::ECHILD),
+        });
+    }
+    seize(pid, options)?;
+    kill(pid, libc::SIGCONT)?;
+    loop {
+        match wait(Some(pid))? {
+            WaitStatus::Event(_, _, Event::Exec) => return leave_syscall(pid),
+            WaitStatus::Event(_, _, Event::Stop) => cont(pid, 0)?,
+            WaitStatus::Stopped(_, sig) if sig == libc::SIGCONT || sig == libc::SIGSTOP => {
+                cont(pid, 0)?
+            }
+            WaitStatus::Stopped(_, sig) => cont(pid, sig)?,
+            WaitStatus::Event(..) | WaitStatus::Syscall(_) | WaitStatus::Continued(_) => {
+                cont(pid, 0)?
+            }
+            WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
+                let mut err = 0i32;
+                // SAFETY: err is a writable int of the size passed; rd is our pipe end.
+                let n = unsafe {
+                    libc::read(
+                        rd,
+                        ptr::from_mut(&mut err).cast(),
+                        core::mem::size_of::<i32>(),
+                    )
+                };
+                let errno = if n == 4 { err } else { libc::ECHILD };
+                return Err(SysError::Spawn {
+                    program: shown.to_owned(),
+                    errno: Errno(errno),
+                });
+            }
+            WaitStatus::StillAlive => {}
+        }
+    }
+}
+
+/// Takes a thread stopped *inside* a system call (the clone, fork, vfork, exec and exit
+/// event stops) out of it, to a [`Event::Stop`] just before its next user instruction.
+///
+/// In those stops the kernel has yet to store the call's result, so a register write
+/// there loses `rax`; after this, registers can be read and written as in any stop (the
+/// result is in `rax`). Signals that arrive meanwhile are passed on.
+pub fn leave_syscall(tid: Pid) -> Result<(), SysError> {
+    interrupt(tid)?;
+    cont(tid, 0)?;
+    loop {
+        match wait(Some(tid))? {
+            WaitStatus::Event(_, _, Event::Stop) => return Ok(()),
+            WaitStatus::Stopped(_, sig) => cont(tid, sig)?,
+            WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
+                return Err(SysError::NoSuchProcess {
+                    op: "leaving a system call",
+                    pid: tid,
+                })
+            }
+            _ => cont(tid, 0)?,
+        }
+    }
+}
+
+/// The thread ids of process `pid`, from `/proc/PID/task`.
+pub fn threads(pid: Pid) -> Result<Vec<Pid>, SysError> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| SysError::Failed {
+        op: "reading /proc/PID/task",
+        pid,
+        errno: Errno(e.raw_os_error().unwrap_or(libc::EIO)),
+    })?;
+    let mut tids: Vec<Pid> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok().map(Pid))
+        .collect();
+    tids.sort();
+    Ok(tids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_attach_explains_the_fix() {
+        let e = SysError::NotPermitted {
+            op: "PTRACE_SEIZE",
+            pid: Pid(42),
+            yama_scope: Some(1),
+            tracer: None,
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("/proc/sys/kernel/yama/ptrace_scope is 1"),
+            "{text}"
+        );
+        assert!(text.contains("CAP_SYS_PTRACE"), "{text}");
+        let e = SysError::NotPermitted {
+            op: "PTRACE_SEIZE",
+            pid: Pid(42),
+            yama_scope: Some(0),
+            tracer: Some(7),
+        };
+        assert!(e.to_string().contains("already traced by process 7"), "{e}");
+    }
+
+    #[test]
+    fn wait_statuses_decode() {
+        let pid = Pid(5);
+        assert_eq!(
+            WaitStatus::from_raw(pid, 3 << 8),
+            WaitStatus::Exited(pid, 3)
+        );
+        assert_eq!(
+            WaitStatus::from_raw(pid, 9),
+            WaitStatus::Signaled(pid, 9, false)
+        );
+        let trap = (libc::SIGTRAP << 8) | 0x7f;
+        assert_eq!(
+            WaitStatus::from_raw(pid, trap),
+            WaitStatus::Stopped(pid, libc::SIGTRAP)
+        );
+        let exec = trap | (libc::PTRACE_EVENT_EXEC << 16);
+        assert_eq!(
+            WaitStatus::from_raw(pid, exec),
+            WaitStatus::Event(pid, libc::SIGTRAP, Event::Exec)
+        );
+    }
+}
