@@ -29,6 +29,7 @@ pub mod arch;
 pub mod consumer;
 pub mod error;
 pub mod platform;
+pub mod sdt;
 
 pub use addr::{Addr, CpuId, FileId, ProbeKey, Range, SpaceId, TaskId};
 pub use arch::{Arch, PlanKind, Registers, Reject};

@@ -2,4 +2,5 @@
 
 pub mod mock;
 pub mod model;
+pub mod sdt_fuzz;
 pub mod x86;
