@@ -5,8 +5,8 @@
 //! Each hit is a full `on_breakpoint`: pin, site lookup, consumer chain, handler, emulation of
 //! the probed `nop`, unpin. The platform's own cost (the mock's memory handle) is included.
 
-use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
+use core::hint::black_box;
+use core::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use platform_mock::asm::Asm;
@@ -61,15 +61,26 @@ fn main() {
     let (space, _task) = m.spawn(file, 0).expect("spawn");
 
     let t = Instant::now();
-    for core in [&SMALL] {
-        core.register(&m, ProbeKey::new(small_file, 0), Count(AtomicU64::new(0)), ConsumerOptions::new())
-            .map_err(|(e, _)| e)
-            .expect("register");
+    {
+        let core = &SMALL;
+        core.register(
+            &m,
+            ProbeKey::new(small_file, 0),
+            Count(AtomicU64::new(0)),
+            ConsumerOptions::new(),
+        )
+        .map_err(|(e, _)| e)
+        .expect("register");
     }
     for k in 0..N_PROBES as u64 {
-        BIG.register(&m, ProbeKey::new(file, 4 * k), Count(AtomicU64::new(0)), ConsumerOptions::new())
-            .map_err(|(e, _)| e)
-            .expect("register");
+        BIG.register(
+            &m,
+            ProbeKey::new(file, 4 * k),
+            Count(AtomicU64::new(0)),
+            ConsumerOptions::new(),
+        )
+        .map_err(|(e, _)| e)
+        .expect("register");
     }
     let reg = t.elapsed();
 
@@ -81,7 +92,10 @@ fn main() {
     let many = bench(&BIG, &m, space, N_PROBES, hits);
     println!("core hit path on the mock (emulated nop, one consumer):");
     println!("  1 probe registered:        {one:8.1} ns/hit");
-    println!("  {N_PROBES} probes registered: {many:8.1} ns/hit  ({:.2}x the 1-probe cost)", many / one);
+    println!(
+        "  {N_PROBES} probes registered: {many:8.1} ns/hit  ({:.2}x the 1-probe cost)",
+        many / one
+    );
     println!(
         "registration: {N_PROBES} probes in {:.2} s ({:.1} us each, rmap walk and install included)",
         reg.as_secs_f64(),
@@ -89,7 +103,7 @@ fn main() {
     );
     println!(
         "sizes: ProbeCore<131072 probes, 131072 consumers, 131072 sites, 4 spaces, 4 slots, 1 cpu> = {} bytes; TaskState<ToyArch> = {} bytes",
-        std::mem::size_of::<Core>(),
-        std::mem::size_of::<TaskState<platform_mock::ToyArch>>()
+        core::mem::size_of::<Core>(),
+        core::mem::size_of::<TaskState<platform_mock::ToyArch>>()
     );
 }

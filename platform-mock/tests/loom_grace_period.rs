@@ -22,7 +22,12 @@ fn loom_grace_period_races_reader() {
         let core: Arc<Core<2, 2>> = Arc::new(Core::new());
         let x = Counter::new();
         let hx = core
-            .register(&p, ProbeKey::new(FILE, NOP_AT), x.clone(), ConsumerOptions::new())
+            .register(
+                &p,
+                ProbeKey::new(FILE, NOP_AT),
+                x.clone(),
+                ConsumerOptions::new(),
+            )
             .unwrap();
 
         let (p2, core2) = (p.clone(), core.clone());
@@ -50,7 +55,12 @@ fn loom_grace_period_races_reader() {
                 core.unregister(&p, h).unwrap();
             }
             // The reader still pinned the old entries: the writer may not reuse them.
-            Err((Error::CapacityExhausted { what: Capacity::Probes }, _)) => {}
+            Err((
+                Error::CapacityExhausted {
+                    what: Capacity::Probes,
+                },
+                _,
+            )) => {}
             Err((e, _)) => panic!("unexpected {e:?}"),
         }
         assert!(p.text_pristine());

@@ -20,7 +20,12 @@ fn loom_hit_races_unregister() {
         let core: Arc<Core<8, 2>> = Arc::new(Core::new());
         let c = Counter::new();
         let h = core
-            .register(&p, ProbeKey::new(FILE, NOP_AT), c.clone(), ConsumerOptions::new())
+            .register(
+                &p,
+                ProbeKey::new(FILE, NOP_AT),
+                c.clone(),
+                ConsumerOptions::new(),
+            )
             .unwrap();
         assert!(!p.text_pristine());
 
@@ -28,7 +33,14 @@ fn loom_hit_races_unregister() {
         let hitter = loom::thread::spawn(move || {
             let mut ts = TaskState::<ToyArch>::new();
             let mut regs = regs_at(TEXT + NOP_AT);
-            let hit = core2.on_breakpoint(&p2, CpuId(0), SPACE, probe_core::TaskId(1), &mut ts, &mut regs);
+            let hit = core2.on_breakpoint(
+                &p2,
+                CpuId(0),
+                SPACE,
+                probe_core::TaskId(1),
+                &mut ts,
+                &mut regs,
+            );
             (hit, regs.pc)
         });
 

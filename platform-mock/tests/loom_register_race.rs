@@ -26,7 +26,9 @@ fn loom_two_registrations_of_one_key() {
                 .register(&p2, key, b2, ConsumerOptions::new())
                 .unwrap()
         });
-        let ha = core.register(&p, key, a.clone(), ConsumerOptions::new()).unwrap();
+        let ha = core
+            .register(&p, key, a.clone(), ConsumerOptions::new())
+            .unwrap();
         let hb = t.join().unwrap();
 
         assert_eq!(core.probe_count(), 1);
@@ -42,7 +44,10 @@ fn loom_two_registrations_of_one_key() {
         core.task_quiescent(&mut ts, TEXT + SUB_AT);
 
         core.unregister(&p, ha).unwrap();
-        assert!(!p.text_pristine(), "the other consumer keeps the breakpoint");
+        assert!(
+            !p.text_pristine(),
+            "the other consumer keeps the breakpoint"
+        );
         core.unregister(&p, hb).unwrap();
         assert!(p.text_pristine());
     });

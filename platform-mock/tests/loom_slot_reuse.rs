@@ -31,7 +31,12 @@ fn loom_slot_reuse_races_task_in_slot() {
         let core: Arc<Core<8, 1>> = Arc::new(Core::new());
         let x = Counter::new();
         let hx = core
-            .register(&p, ProbeKey::new(FILE, ADD_AT), x.clone(), ConsumerOptions::new())
+            .register(
+                &p,
+                ProbeKey::new(FILE, ADD_AT),
+                x.clone(),
+                ConsumerOptions::new(),
+            )
             .unwrap();
         let x_code = slot_code(ADD_AT);
 
@@ -58,7 +63,12 @@ fn loom_slot_reuse_races_task_in_slot() {
 
         let back = core.unregister(&p, hx).unwrap();
         back.unregistered.store(true, Ordering::SeqCst);
-        let hy = core.register(&p, ProbeKey::new(FILE, SUB_AT), Counter::new(), ConsumerOptions::new());
+        let hy = core.register(
+            &p,
+            ProbeKey::new(FILE, SUB_AT),
+            Counter::new(),
+            ConsumerOptions::new(),
+        );
         task.join().unwrap();
         eprintln!("hy ok={}", hy.is_ok());
         match hy {
@@ -66,7 +76,12 @@ fn loom_slot_reuse_races_task_in_slot() {
                 assert_eq!(p.peek(XOL_BASE, 4), slot_code(SUB_AT)[..4].to_vec());
                 core.unregister(&p, h).unwrap();
             }
-            Err((Error::CapacityExhausted { what: Capacity::XolSlots }, _)) => {}
+            Err((
+                Error::CapacityExhausted {
+                    what: Capacity::XolSlots,
+                },
+                _,
+            )) => {}
             Err((e, _)) => panic!("unexpected {e:?}"),
         }
         assert!(p.text_pristine());

@@ -29,6 +29,8 @@ pub struct HitContext<'a, P: Platform> {
     pub addr: Addr,
     /// The task's registers, as at the probed instruction (before it executes).
     pub regs: &'a mut RegsOf<P>,
+    /// The task's tracked calls, for unwinders that meet the return trampoline on the stack.
+    pub returns: crate::task::ReturnChain<'a>,
 }
 
 /// What a return handler sees when a probed function returns.
@@ -180,7 +182,7 @@ impl ConsumerHandle {
 
 mod slot {
     use crate::consumer::ConsumerOptions;
-    use crate::sync::{AtomicBool, AtomicU32, AtomicU64, OwnedCell, Ordering, PublishCell};
+    use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering, OwnedCell, PublishCell};
     use crate::table::NIL;
 
     const FREE: u64 = 0;
@@ -243,7 +245,8 @@ mod slot {
             let g = self.generation().wrapping_add(1);
             self.active.store((g as u64) << 32, Ordering::Relaxed);
             self.nmissed.store(0, Ordering::Relaxed);
-            self.state.store(((g as u64) << 2) | LIVE, Ordering::Release);
+            self.state
+                .store(((g as u64) << 2) | LIVE, Ordering::Release);
             g
         }
 

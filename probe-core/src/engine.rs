@@ -136,7 +136,11 @@ impl<
 
     /// Never probe `offsets` of `file`: registration there fails with
     /// [`Error::Blacklisted`].
-    pub fn blacklist_file(&self, file: FileId, offsets: core::ops::Range<u64>) -> Result<(), Error> {
+    pub fn blacklist_file(
+        &self,
+        file: FileId,
+        offsets: core::ops::Range<u64>,
+    ) -> Result<(), Error> {
         self.writer
             .lock()
             .blacklist
@@ -210,7 +214,9 @@ impl<
             while s != NIL && res.is_ok() {
                 let site = self.sites.at(s);
                 let sx = site.val.space.load(Ordering::Relaxed);
-                res = self.ensure_trampoline(p, sx, Addr(site.key().1)).map(|_| ());
+                res = self
+                    .ensure_trampoline(p, sx, Addr(site.key().1))
+                    .map(|_| ());
                 s = site.val.next(List::Probe);
             }
         }
@@ -829,7 +835,12 @@ impl<
         prev.store(NIL, Ordering::Relaxed);
         next.store(old, Ordering::Relaxed);
         if old != NIL {
-            self.sites.at(old).val.links(l).0.store(si, Ordering::Relaxed);
+            self.sites
+                .at(old)
+                .val
+                .links(l)
+                .0
+                .store(si, Ordering::Relaxed);
         }
         head.store(si, Ordering::Relaxed);
     }
@@ -993,8 +1004,10 @@ impl<
                     c.probe.store(pi, Ordering::Relaxed);
                     c.space.store(cx, Ordering::Relaxed);
                     c.slot.store(slot, Ordering::Relaxed);
-                    c.slot_addr
-                        .store(site.val.slot_addr.load(Ordering::Relaxed), Ordering::Relaxed);
+                    c.slot_addr.store(
+                        site.val.slot_addr.load(Ordering::Relaxed),
+                        Ordering::Relaxed,
+                    );
                     // The child's copy of the counter was incremented with the parent's.
                     c.sem_addr
                         .store(site.val.sem_addr.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -1098,12 +1111,9 @@ impl<
             match p.space(space) {
                 Some(mem) => {
                     for i in task.rets.iter().filter(|i| !i.chained) {
-                        if let Err(e) = ArchOf::<P>::restore_return_address(
-                            i.frame,
-                            &mem,
-                            Addr(tramp),
-                            i.ret,
-                        ) {
+                        if let Err(e) =
+                            ArchOf::<P>::restore_return_address(i.frame, &mem, Addr(tramp), i.ret)
+                        {
                             first = first.and(Err(Error::Memory(e)));
                         }
                     }

@@ -14,7 +14,10 @@ use crate::error::Error;
 use crate::platform::{AddressSpace, Platform};
 use crate::sync::Ordering;
 use crate::table::NIL;
-use crate::task::{RetInstance, StepRecord, TaskState, XolRecord};
+use crate::task::{RetInstance, ReturnChain, StepRecord, TaskState, XolRecord};
+
+/// Most return consumers of one probe that one hit can track.
+const PENDING_RETURNS: usize = 8;
 
 /// What the platform must do after a breakpoint trap. In every case but
 /// [`NotOurs`](Hit::NotOurs) the core has already updated the registers; the platform writes
@@ -125,8 +128,12 @@ impl<
         let trap_ip = regs.ip();
         regs.set_ip(bp.0);
         let mut remove = false;
-        // The return address as found at entry, and whether it is hijacked yet.
-        let mut hijacked = false;
+        // Return instances taken by this hit; pushed on the task's chain after the handlers.
+        let mut pending: heapless::Vec<RetInstance, PENDING_RETURNS> = heapless::Vec::new();
+        let sx = site.space.load(Ordering::Relaxed);
+        let tramp = Addr(self.spaces.at(sx).val.trampoline.load(Ordering::Acquire));
+        let room = D.saturating_sub(ts.rets.len());
+        let returns = ReturnChain { rets: &ts.rets };
         let mut ci = pe.val.consumers.load(Ordering::Acquire);
         let mut n = 0;
         while ci != NIL && n < CONSUMERS {
@@ -140,29 +147,28 @@ impl<
                     if filtered && !c.filter(p, space, task) {
                         return;
                     }
+                    let mut ctx = HitContext {
+                        platform: p,
+                        cpu,
+                        task,
+                        space,
+                        key,
+                        addr: bp,
+                        regs: &mut *regs,
+                        returns,
+                    };
                     let Some(ret) = ret else {
-                        let mut ctx = HitContext {
-                            platform: p,
-                            cpu,
-                            task,
-                            space,
-                            key,
-                            addr: bp,
-                            regs: &mut *regs,
-                        };
                         if c.handler(&mut ctx) == HandlerAction::RemoveFromSpace {
                             remove = true;
                         }
                         return;
                     };
-                    // A return consumer: take an instance (seed 002), run the entry handler,
-                    // hijack the return address.
-                    let sx = site.space.load(Ordering::Relaxed);
-                    let tramp = Addr(self.spaces.at(sx).val.trampoline.load(Ordering::Acquire));
+                    // A return consumer (seed 002): take an instance, run the entry handler.
                     if tramp.0 == 0 || !slot.take_instance(generation, ret.maxactive) {
                         return;
                     }
-                    if ts.rets.is_full() && !self.drop_abandoned(ts, regs.sp(), false) {
+                    if pending.len() >= room || pending.is_full() {
+                        // The task's chain is at its depth limit.
                         slot.nmissed.fetch_add(1, Ordering::Relaxed);
                         slot.put_instance(generation);
                         return;
@@ -173,55 +179,25 @@ impl<
                         key,
                         func: bp,
                         ret: Addr(0),
-                        frame: regs.sp(),
+                        frame: 0,
                         chained: false,
                         data_len: ret.data_size as u8,
                         data: [0; crate::consumer::RET_DATA_MAX],
                     };
-                    let action = {
-                        let mut ctx = HitContext {
-                            platform: p,
-                            cpu,
-                            task,
-                            space,
-                            key,
-                            addr: bp,
-                            regs: &mut *regs,
-                        };
-                        c.entry_handler(&mut ctx, &mut inst.data[..ret.data_size])
-                    };
-                    if action == EntryAction::Decline {
+                    if c.entry_handler(&mut ctx, &mut inst.data[..ret.data_size])
+                        == EntryAction::Decline
+                    {
                         slot.put_instance(generation);
                         return;
                     }
-                    match <P::Arch as Arch>::return_address(regs, &mem) {
-                        Ok(cur) => {
-                            if !hijacked {
-                                // Frames abandoned by longjmp or unwinding are dropped first.
-                                self.drop_abandoned(ts, regs.sp(), cur == tramp);
-                            }
-                            inst.ret = cur;
-                            inst.chained = cur == tramp;
-                            if !hijacked
-                                && cur != tramp
-                                && <P::Arch as Arch>::set_return_address(regs, &mem, tramp)
-                                    .is_err()
-                            {
-                                slot.put_instance(generation);
-                                return;
-                            }
-                            hijacked = true;
-                            if ts.rets.push(inst).is_err() {
-                                slot.nmissed.fetch_add(1, Ordering::Relaxed);
-                                slot.put_instance(generation);
-                            }
-                        }
-                        Err(_) => slot.put_instance(generation),
-                    }
+                    let _ = pending.push(inst);
                 });
             }
             ci = slot.next.load(Ordering::Acquire);
             n += 1;
+        }
+        if !pending.is_empty() {
+            self.hijack_return(ts, regs, &mem, tramp, &mut pending);
         }
         if remove {
             let sx = site.space.load(Ordering::Relaxed);
@@ -319,10 +295,10 @@ impl<
             return Step::NotOurs;
         };
         let res = match p.space(space) {
-            Some(mem) => {
-                <P::Arch as Arch>::finish_step(&rec.plan, rec.insn, rec.slot, regs, &rec.state, &mem)
-                    .map_err(Error::Memory)
-            }
+            Some(mem) => <P::Arch as Arch>::finish_step(
+                &rec.plan, rec.insn, rec.slot, regs, &rec.state, &mem,
+            )
+            .map_err(Error::Memory),
             None => Err(Error::NoSuchSpace(space)),
         };
         if let Some(r) = ts.xol.take() {
@@ -371,6 +347,43 @@ impl<
         }
     }
 
+    /// Replace the return address with the trampoline and push this hit's instances on the
+    /// task's chain. The first keeps the return address it found (the trampoline itself when
+    /// an outer instance already hijacked this frame: a tail call); the others are chained.
+    fn hijack_return<const D: usize, M: AddressSpace>(
+        &self,
+        ts: &mut TaskState<P::Arch, D>,
+        regs: &mut RegsOf<P>,
+        mem: &M,
+        tramp: Addr,
+        pending: &mut heapless::Vec<RetInstance, PENDING_RETURNS>,
+    ) {
+        let give_back = |pending: &mut heapless::Vec<RetInstance, PENDING_RETURNS>| {
+            for i in pending.iter() {
+                self.put_instance(i.consumer, i.generation);
+            }
+        };
+        let Ok(cur) = <P::Arch as Arch>::return_address(regs, mem) else {
+            give_back(pending);
+            return;
+        };
+        let chained = cur == tramp;
+        // Frames abandoned by longjmp or unwinding go first.
+        self.drop_abandoned(ts, regs.sp(), chained);
+        if !chained && <P::Arch as Arch>::set_return_address(regs, mem, tramp).is_err() {
+            give_back(pending);
+            return;
+        }
+        for (k, mut inst) in pending.drain(..).enumerate() {
+            inst.frame = regs.sp();
+            inst.ret = if k == 0 { cur } else { tramp };
+            inst.chained = k > 0 || chained;
+            if let Err(inst) = ts.rets.push(inst) {
+                self.put_instance(inst.consumer, inst.generation);
+            }
+        }
+    }
+
     /// Drop the task's instances whose frames are gone: at a function entry with stack
     /// pointer `sp`, every tracked frame at or below `sp` was abandoned (longjmp, unwinding)
     /// — except, when the return address is already the trampoline (`chained`: a tail call or
@@ -384,7 +397,11 @@ impl<
     ) -> bool {
         let mut dropped = false;
         while let Some(top) = ts.rets.last() {
-            let dead = if chained { top.frame < sp } else { top.frame <= sp };
+            let dead = if chained {
+                top.frame < sp
+            } else {
+                top.frame <= sp
+            };
             if !dead {
                 break;
             }

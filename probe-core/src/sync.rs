@@ -68,12 +68,16 @@ impl<T> Mutex<T> {
     /// A new unlocked mutex.
     #[cfg(not(loom))]
     pub(crate) const fn new(v: T) -> Mutex<T> {
-        Mutex { inner: spin::Mutex::new(v) }
+        Mutex {
+            inner: spin::Mutex::new(v),
+        }
     }
     /// A new unlocked mutex.
     #[cfg(loom)]
     pub(crate) fn new(v: T) -> Mutex<T> {
-        Mutex { inner: loom::sync::Mutex::new(v) }
+        Mutex {
+            inner: loom::sync::Mutex::new(v),
+        }
     }
 
     /// Lock, spinning (or yielding under loom) while another holder has it.
@@ -116,12 +120,16 @@ impl<T: Copy> PublishCell<T> {
     /// A cell holding `v`.
     #[cfg(not(loom))]
     pub(crate) const fn new(v: T) -> PublishCell<T> {
-        PublishCell { cell: RawCell::new(v) }
+        PublishCell {
+            cell: RawCell::new(v),
+        }
     }
     /// A cell holding `v`.
     #[cfg(loom)]
     pub(crate) fn new(v: T) -> PublishCell<T> {
-        PublishCell { cell: RawCell::new(v) }
+        PublishCell {
+            cell: RawCell::new(v),
+        }
     }
 
     /// Store `v`. Only while unpublished (rule 1 above).
@@ -171,12 +179,16 @@ impl<T> OwnedCell<T> {
     /// An empty cell.
     #[cfg(not(loom))]
     pub(crate) const fn new() -> OwnedCell<T> {
-        OwnedCell { cell: RawCell::new(None) }
+        OwnedCell {
+            cell: RawCell::new(None),
+        }
     }
     /// An empty cell.
     #[cfg(loom)]
     pub(crate) fn new() -> OwnedCell<T> {
-        OwnedCell { cell: RawCell::new(None) }
+        OwnedCell {
+            cell: RawCell::new(None),
+        }
     }
 
     /// Put `v` in, returning what was there. Only while unpublished (rule 1).
@@ -186,7 +198,9 @@ impl<T> OwnedCell<T> {
         return unsafe { core::mem::replace(&mut *self.cell.get(), v) };
         #[cfg(loom)]
         // SAFETY: as above; loom checks it.
-        return self.cell.with_mut(|p| unsafe { core::mem::replace(&mut *p, v) });
+        return self
+            .cell
+            .with_mut(|p| unsafe { core::mem::replace(&mut *p, v) });
     }
 
     /// Run `f` on a shared reference to the value. Only while published and reached under a

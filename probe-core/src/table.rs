@@ -69,7 +69,10 @@ impl<V> Entry<V> {
     /// The entry's key (meaningful while live, or to a pinned reader that reached it live).
     #[inline]
     pub(crate) fn key(&self) -> (u64, u64) {
-        (self.k0.load(Ordering::Relaxed), self.k1.load(Ordering::Relaxed))
+        (
+            self.k0.load(Ordering::Relaxed),
+            self.k1.load(Ordering::Relaxed),
+        )
     }
 
     /// Whether the entry is live (published and not removed).
@@ -139,9 +142,7 @@ impl<V, const N: usize> Table<V, N> {
             if s == EMPTY {
                 return None;
             }
-            if s == LIVE
-                && e.k0.load(Ordering::Relaxed) == k0
-                && e.k1.load(Ordering::Relaxed) == k1
+            if s == LIVE && e.k0.load(Ordering::Relaxed) == k0 && e.k1.load(Ordering::Relaxed) == k1
             {
                 return Some(i as u32);
             }
@@ -173,8 +174,7 @@ impl<V, const N: usize> Table<V, N> {
             let s = e.state.load(Ordering::Acquire);
             let free = s == EMPTY || (is_retired(s) && epochs.expired(s >> 2));
             if free
-                && e
-                    .state
+                && e.state
                     .compare_exchange(s, CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
             {
@@ -198,7 +198,9 @@ impl<V, const N: usize> Table<V, N> {
     /// call is visible to the readers that find it.
     #[inline]
     pub(crate) fn publish(&self, i: u32) {
-        self.entries[i as usize].state.store(LIVE, Ordering::Release);
+        self.entries[i as usize]
+            .state
+            .store(LIVE, Ordering::Release);
     }
 
     /// Unpublish entry `i`; it is reused after a grace period. Writer only.

@@ -2,16 +2,16 @@
 //! traps, single-step completions, exits) to the core and applies what it returns, plus a
 //! counting consumer. Used by the end-to-end tests, the model-based test and the benchmark.
 
+use core::ops::ControlFlow;
+use core::sync::atomic::{AtomicU64, Ordering};
 use std::collections::HashMap;
-use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use platform_mock::sched::Resume;
 use platform_mock::{Machine, StepEvent, ToyArch};
 use probe_core::{
-    Consumer, CpuId, FileId, HandlerAction, Hit, HitContext, Mapping, Platform, ProbeCore,
-    SpaceId, Step, TaskId, TaskState,
+    Consumer, CpuId, FileId, HandlerAction, Hit, HitContext, Mapping, Platform, ProbeCore, SpaceId,
+    Step, TaskId, TaskState,
 };
 
 /// Which tasks a [`Counter`] wants.
@@ -47,7 +47,7 @@ pub struct Counter {
     /// then declines every task).
     pub remove_after_hit: bool,
     /// Set by the handler when it asked for removal.
-    pub declined: Arc<std::sync::atomic::AtomicBool>,
+    pub declined: Arc<core::sync::atomic::AtomicBool>,
 }
 
 impl Counter {
@@ -134,7 +134,14 @@ impl Runner {
     /// Run `task` until it exits (or `max_steps`), handling every probe event. Returns the exit
     /// code. Panics on a trap the core does not claim or a failed hit: in these tests every
     /// `brk` is the core's.
-    pub fn run<const A: usize, const B: usize, const C: usize, const D: usize, const E: usize, const F: usize>(
+    pub fn run<
+        const A: usize,
+        const B: usize,
+        const C: usize,
+        const D: usize,
+        const E: usize,
+        const F: usize,
+    >(
         &mut self,
         m: &Machine,
         core: &ProbeCore<Machine, Counter, A, B, C, D, E, F>,
@@ -182,7 +189,14 @@ impl Runner {
 }
 
 /// Report every file mapping of `space` to the core (as a platform does after spawn or exec).
-pub fn report_mappings<const A: usize, const B: usize, const C: usize, const D: usize, const E: usize, const F: usize>(
+pub fn report_mappings<
+    const A: usize,
+    const B: usize,
+    const C: usize,
+    const D: usize,
+    const E: usize,
+    const F: usize,
+>(
     m: &Machine,
     core: &ProbeCore<Machine, Counter, A, B, C, D, E, F>,
     space: SpaceId,

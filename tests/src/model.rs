@@ -17,8 +17,7 @@ use platform_mock::asm::Asm;
 use platform_mock::isa::Reg;
 use platform_mock::{Machine, Prot, ToyArch};
 use probe_core::{
-    Addr, Arch, ConsumerHandle, ConsumerOptions, FileId, Platform, ProbeKey, Range, SpaceId,
-    TaskId,
+    Addr, Arch, ConsumerHandle, ConsumerOptions, FileId, Platform, ProbeKey, Range, SpaceId, TaskId,
 };
 
 use crate::mock::{report_mappings, Counter, Filter, MockCore, RunStats, Runner};
@@ -47,8 +46,14 @@ fn program(variant: u8) -> Vec<u8> {
     a.label("main").li(r(0), 0).li(r(1), n);
     a.label("loop").call("f").subi(r(1), 1).jnz("loop");
     a.out(r(0)).halt();
-    a.label("f").push(r(2)).li(r(2), 3 + variant as i32).add(r(0), r(2));
-    a.mov(r(3), r(0)).ldpc(r(4), "data").add(r(0), r(4)).cmpi(r(0), 1000);
+    a.label("f")
+        .push(r(2))
+        .li(r(2), 3 + variant as i32)
+        .add(r(0), r(2));
+    a.mov(r(3), r(0))
+        .ldpc(r(4), "data")
+        .add(r(0), r(4))
+        .cmpi(r(0), 1000);
     a.jlt("small").subi(r(0), 7);
     a.label("small").pop(r(2)).ret();
     a.label("data").word(5 + variant as u64);
@@ -103,7 +108,7 @@ fn text_base(m: &Machine, space: SpaceId, file: FileId) -> u64 {
         if mp.space == space && mp.file_offset == 0 && base.is_none() {
             base = Some(mp.range.start.0);
         }
-        std::ops::ControlFlow::Continue(())
+        core::ops::ControlFlow::Continue(())
     });
     base.expect("program mapped")
 }
@@ -148,7 +153,14 @@ pub fn run(data: &[u8]) -> RunStats {
         let a = it.next().unwrap_or(0) as usize;
         let b = it.next().unwrap_or(0) as usize;
         if std::env::var_os("PROBE_MODEL_TRACE").is_some() {
-            eprintln!("op {} a={a} b={b} spaces={:?}", op % 9, spaces.iter().map(|s| (s.id.0, s.prog, s.extra)).collect::<Vec<_>>());
+            eprintln!(
+                "op {} a={a} b={b} spaces={:?}",
+                op % 9,
+                spaces
+                    .iter()
+                    .map(|s| (s.id.0, s.prog, s.extra))
+                    .collect::<Vec<_>>()
+            );
         }
         match op % 9 {
             0 if spaces.len() < 6 => {
@@ -236,7 +248,8 @@ pub fn run(data: &[u8]) -> RunStats {
                 let id = spaces[i].id;
                 let anchor = first_task(&m, id);
                 let ts = runner.tasks.entry(anchor).or_default();
-                m.exec(anchor, progs[prog].file, progs[prog].entry).expect("exec");
+                m.exec(anchor, progs[prog].file, progs[prog].entry)
+                    .expect("exec");
                 core.on_exec(&m, id, ts);
                 report_mappings(&m, &core, id, &files).expect("mmap event");
                 spaces[i].prog = prog;
@@ -251,9 +264,17 @@ pub fn run(data: &[u8]) -> RunStats {
                 let i = a % spaces.len();
                 if spaces[i].extra.is_none() {
                     let prog = b % progs.len();
-                    let len = (progs[prog].bytes.len() as u64).next_multiple_of(platform_mock::PAGE_SIZE as u64);
+                    let len =
+                        (progs[prog].bytes.len() as u64).next_multiple_of(platform_mock::PAGE_SIZE);
                     let mp = m
-                        .mmap_file(spaces[i].id, Addr(EXTRA_BASE), len, progs[prog].file, 0, Prot::RX)
+                        .mmap_file(
+                            spaces[i].id,
+                            Addr(EXTRA_BASE),
+                            len,
+                            progs[prog].file,
+                            0,
+                            Prot::RX,
+                        )
                         .expect("mmap");
                     core.on_mmap(&m, mp).expect("mmap event");
                     spaces[i].extra = Some((prog, EXTRA_BASE));
@@ -262,7 +283,8 @@ pub fn run(data: &[u8]) -> RunStats {
             8 if !spaces.is_empty() => {
                 let i = a % spaces.len();
                 if let Some((prog, base)) = spaces[i].extra.take() {
-                    let len = (progs[prog].bytes.len() as u64).next_multiple_of(platform_mock::PAGE_SIZE as u64);
+                    let len =
+                        (progs[prog].bytes.len() as u64).next_multiple_of(platform_mock::PAGE_SIZE);
                     m.munmap(spaces[i].id, Addr(base), len).expect("munmap");
                     core.on_munmap(&m, spaces[i].id, Range::new(Addr(base), Addr(base + len)));
                 }
@@ -286,12 +308,18 @@ fn first_task(m: &Machine, space: SpaceId) -> TaskId {
     let mut t = None;
     m.for_each_task(space, &mut |id| {
         t = Some(id);
-        std::ops::ControlFlow::Break(())
+        core::ops::ControlFlow::Break(())
     });
     t.expect("the space has its anchor task")
 }
 
-fn check(m: &Machine, core: &MockCore, progs: &[Prog], spaces: &[ModelSpace], consumers: &[ModelConsumer]) {
+fn check(
+    m: &Machine,
+    core: &MockCore,
+    progs: &[Prog],
+    spaces: &[ModelSpace],
+    consumers: &[ModelConsumer],
+) {
     let brk = ToyArch::BREAKPOINT;
     for s in spaces {
         let mut maps = vec![(s.prog, text_base(m, s.id, progs[s.prog].file))];
@@ -315,7 +343,11 @@ fn check(m: &Machine, core: &MockCore, progs: &[Prog], spaces: &[ModelSpace], co
                 if want {
                     assert_eq!(now, brk, "breakpoint bytes at {addr}");
                 } else {
-                    assert_eq!(now, &p.bytes[off as usize..off as usize + brk.len()], "original bytes at {addr}");
+                    assert_eq!(
+                        now,
+                        &p.bytes[off as usize..off as usize + brk.len()],
+                        "original bytes at {addr}"
+                    );
                 }
             }
         }

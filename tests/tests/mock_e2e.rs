@@ -6,8 +6,8 @@ use platform_mock::asm::Asm;
 use platform_mock::isa::Reg;
 use platform_mock::{FaultOp, FaultRule, Machine, ToyArch, PAGE_SIZE};
 use probe_core::{
-    Addr, Arch, Capacity, ConsumerOptions, Error, FileId, MemErrorKind, ProbeCore, ProbeKey,
-    Range, Reject, SpaceId,
+    Addr, Arch, Capacity, ConsumerOptions, Error, FileId, MemErrorKind, ProbeCore, ProbeKey, Range,
+    Reject, SpaceId,
 };
 use probe_tests::mock::{report_mappings, Counter, Filter, MockCore, Runner};
 
@@ -22,7 +22,12 @@ fn program() -> (Vec<u8>, u64, u64) {
     a.label("loop").call("f").subi(r(1), 1).jnz("loop");
     a.out(r(0)).halt();
     a.nops_to(PAGE_SIZE as usize - 4);
-    a.label("f").li(r(2), 2).add(r(0), r(2)).ldpc(r(3), "d").add(r(0), r(3)).ret();
+    a.label("f")
+        .li(r(2), 2)
+        .add(r(0), r(2))
+        .ldpc(r(3), "d")
+        .add(r(0), r(3))
+        .ret();
     a.label("d").word(1);
     let p = a.finish().unwrap();
     let f = p.offset("f");
@@ -76,9 +81,14 @@ fn every_plan_kind_counts_exactly_and_restores_every_space() {
         .iter()
         .zip(&counters)
         .map(|(&o, c)| {
-            core.register(&m, ProbeKey::new(file, o), c.clone(), ConsumerOptions::new())
-                .map_err(|(e, _)| e)
-                .unwrap()
+            core.register(
+                &m,
+                ProbeKey::new(file, o),
+                c.clone(),
+                ConsumerOptions::new(),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap()
         })
         .collect();
     assert_eq!(core.site_count(), 8, "4 probes x 2 spaces");
@@ -125,7 +135,12 @@ fn filters_decide_where_the_breakpoint_lives_and_refilter_follows_changes() {
     assert!(!core.is_installed(odd, at));
     // A second, unfiltered consumer wants every space.
     let h2 = core
-        .register(&m, ProbeKey::new(file, f + 8), Counter::new(), ConsumerOptions::new())
+        .register(
+            &m,
+            ProbeKey::new(file, f + 8),
+            Counter::new(),
+            ConsumerOptions::new(),
+        )
         .map_err(|(e, _)| e)
         .unwrap();
     assert!(core.is_installed(odd, at));
@@ -146,7 +161,12 @@ fn a_handler_can_remove_the_probe_from_its_space() {
     let mut c = Counter::new();
     c.remove_after_hit = true;
     let h = core
-        .register(&m, ProbeKey::new(file, f + 8), c.clone(), ConsumerOptions::new())
+        .register(
+            &m,
+            ProbeKey::new(file, f + 8),
+            c.clone(),
+            ConsumerOptions::new(),
+        )
         .map_err(|(e, _)| e)
         .unwrap();
     let at = Addr(platform_mock::TEXT_BASE + f + 8);
@@ -170,36 +190,80 @@ fn bad_calls_get_typed_errors_and_change_nothing() {
     let len = bytes.len() as u64;
 
     let e = core
-        .register(&m, ProbeKey::new(file, len + 3), Counter::new(), ConsumerOptions::new())
+        .register(
+            &m,
+            ProbeKey::new(file, len + 3),
+            Counter::new(),
+            ConsumerOptions::new(),
+        )
         .map(|_| ())
         .unwrap_err()
         .0;
-    assert_eq!(e, Error::OffsetOutsideFile { file, offset: len + 3, size: len });
+    assert_eq!(
+        e,
+        Error::OffsetOutsideFile {
+            file,
+            offset: len + 3,
+            size: len
+        }
+    );
     let e = core
-        .register(&m, ProbeKey::new(FileId(999), 0), Counter::new(), ConsumerOptions::new())
+        .register(
+            &m,
+            ProbeKey::new(FileId(999), 0),
+            Counter::new(),
+            ConsumerOptions::new(),
+        )
         .map(|_| ())
         .unwrap_err()
         .0;
     assert_eq!(e, Error::NoSuchFile(FileId(999)));
     // Not an instruction boundary: the data word decodes as garbage or truncated.
     let e = core
-        .register(&m, ProbeKey::new(file, len - 2), Counter::new(), ConsumerOptions::new())
+        .register(
+            &m,
+            ProbeKey::new(file, len - 2),
+            Counter::new(),
+            ConsumerOptions::new(),
+        )
         .map(|_| ())
         .unwrap_err()
         .0;
-    assert!(matches!(e, Error::Rejected(Reject::Truncated { .. } | Reject::Invalid)), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::Rejected(Reject::Truncated { .. } | Reject::Invalid)
+        ),
+        "{e:?}"
+    );
 
     core.blacklist_file(file, f..f + 4).unwrap();
     let e = core
-        .register(&m, ProbeKey::new(file, f), Counter::new(), ConsumerOptions::new())
+        .register(
+            &m,
+            ProbeKey::new(file, f),
+            Counter::new(),
+            ConsumerOptions::new(),
+        )
         .map(|_| ())
         .unwrap_err()
         .0;
     assert_eq!(e, Error::Blacklisted { file, offset: f });
-    core.blacklist_addr(Some(s1), Range::new(Addr(platform_mock::TEXT_BASE + f + 8), Addr(platform_mock::TEXT_BASE + f + 12)))
-        .unwrap();
+    core.blacklist_addr(
+        Some(s1),
+        Range::new(
+            Addr(platform_mock::TEXT_BASE + f + 8),
+            Addr(platform_mock::TEXT_BASE + f + 12),
+        ),
+    )
+    .unwrap();
     let e = core
-        .register(&m, ProbeKey::new(file, f + 8), Counter::new(), ConsumerOptions::new())
+        .register(
+            &m,
+            ProbeKey::new(file, f + 8),
+            Counter::new(),
+            ConsumerOptions::new(),
+        )
         .map(|_| ())
         .unwrap_err()
         .0;
@@ -212,11 +276,19 @@ fn bad_calls_get_typed_errors_and_change_nothing() {
         ..FaultRule::new(FaultOp::Patch, 1)
     });
     let e = core
-        .register(&m, ProbeKey::new(file, f + 20), Counter::new(), ConsumerOptions::new())
+        .register(
+            &m,
+            ProbeKey::new(file, f + 20),
+            Counter::new(),
+            ConsumerOptions::new(),
+        )
         .map(|_| ())
         .unwrap_err()
         .0;
-    assert!(matches!(e, Error::Memory(me) if me.kind == MemErrorKind::Io), "{e:?}");
+    assert!(
+        matches!(e, Error::Memory(me) if me.kind == MemErrorKind::Io),
+        "{e:?}"
+    );
     m.clear_faults();
 
     for s in [s1, s2] {
@@ -227,7 +299,12 @@ fn bad_calls_get_typed_errors_and_change_nothing() {
 
     // Double unregister and a stale handle.
     let h = core
-        .register(&m, ProbeKey::new(file, f + 20), Counter::new(), ConsumerOptions::new())
+        .register(
+            &m,
+            ProbeKey::new(file, f + 20),
+            Counter::new(),
+            ConsumerOptions::new(),
+        )
         .map_err(|(e, _)| e)
         .unwrap();
     core.unregister(&m, h).unwrap();
@@ -242,27 +319,57 @@ fn capacities_run_out_with_typed_errors() {
     let (_s, _) = m.spawn(file, 0).unwrap();
     report_mappings(&m, &core, _s, &[file]).unwrap();
     let h1 = core
-        .register(&m, ProbeKey::new(file, f + 8), Counter::new(), ConsumerOptions::new())
+        .register(
+            &m,
+            ProbeKey::new(file, f + 8),
+            Counter::new(),
+            ConsumerOptions::new(),
+        )
         .map_err(|(e, _)| e)
         .unwrap();
     // The single-stepped `ret` needs a second slot.
     let e = core
-        .register(&m, ProbeKey::new(file, f + 24), Counter::new(), ConsumerOptions::new())
+        .register(
+            &m,
+            ProbeKey::new(file, f + 24),
+            Counter::new(),
+            ConsumerOptions::new(),
+        )
         .map(|_| ())
         .unwrap_err()
         .0;
-    assert_eq!(e, Error::CapacityExhausted { what: Capacity::XolSlots });
+    assert_eq!(
+        e,
+        Error::CapacityExhausted {
+            what: Capacity::XolSlots
+        }
+    );
     // An emulated probe needs none.
     let h2 = core
-        .register(&m, ProbeKey::new(file, f), Counter::new(), ConsumerOptions::new())
+        .register(
+            &m,
+            ProbeKey::new(file, f),
+            Counter::new(),
+            ConsumerOptions::new(),
+        )
         .map_err(|(e, _)| e)
         .unwrap();
     let e = core
-        .register(&m, ProbeKey::new(file, f), Counter::new(), ConsumerOptions::new())
+        .register(
+            &m,
+            ProbeKey::new(file, f),
+            Counter::new(),
+            ConsumerOptions::new(),
+        )
         .map(|_| ())
         .unwrap_err()
         .0;
-    assert_eq!(e, Error::CapacityExhausted { what: Capacity::Consumers });
+    assert_eq!(
+        e,
+        Error::CapacityExhausted {
+            what: Capacity::Consumers
+        }
+    );
     core.unregister(&m, h1).unwrap();
     core.unregister(&m, h2).unwrap();
 }
@@ -273,7 +380,12 @@ fn exec_and_munmap_forget_breakpoints_and_a_new_mapping_gets_them() {
     let (s1, t1) = spawn(&m, &core, file);
     let c = Counter::new();
     let h = core
-        .register(&m, ProbeKey::new(file, f + 8), c.clone(), ConsumerOptions::new())
+        .register(
+            &m,
+            ProbeKey::new(file, f + 8),
+            c.clone(),
+            ConsumerOptions::new(),
+        )
         .map_err(|(e, _)| e)
         .unwrap();
     assert_eq!(core.site_count(), 1);
@@ -282,7 +394,11 @@ fn exec_and_munmap_forget_breakpoints_and_a_new_mapping_gets_them() {
     core.on_exec(&m, s1, &mut ts);
     assert_eq!(core.site_count(), 0, "exec starts clean");
     report_mappings(&m, &core, s1, &[file]).unwrap();
-    assert_eq!(core.site_count(), 1, "the new image's mapping gets the probe");
+    assert_eq!(
+        core.site_count(),
+        1,
+        "the new image's mapping gets the probe"
+    );
     let mut run = Runner::new();
     run.run(&m, &core, t1, 10_000);
     assert_eq!(c.count(), 10);

@@ -25,7 +25,10 @@ fn random_operation_sequences_match_the_model() {
         total.stepped += s.stepped;
     }
     println!("{total:?}");
-    assert!(total.emulated > 0 && total.boosted > 0 && total.stepped > 0, "{total:?}");
+    assert!(
+        total.emulated > 0 && total.boosted > 0 && total.stepped > 0,
+        "{total:?}"
+    );
 }
 
 #[test]
@@ -33,8 +36,8 @@ fn every_operation_kind_in_a_fixed_sequence() {
     // spawn x2, register (unfiltered, even, odd), run, fork, run, mmap extra, exec, munmap,
     // unregister, run, exit.
     let ops: &[u8] = &[
-        0, 0, 0, 0, 1, 0, 1, 0, 2, 1, 3, 0, 3, 1, 1, 5, 2, 3, 0, 0, 4, 0, 0, 3, 2, 0, 7, 1, 1,
-        5, 0, 1, 8, 1, 0, 2, 0, 0, 3, 1, 0, 6, 0, 0, 3, 0, 0,
+        0, 0, 0, 0, 1, 0, 1, 0, 2, 1, 3, 0, 3, 1, 1, 5, 2, 3, 0, 0, 4, 0, 0, 3, 2, 0, 7, 1, 1, 5,
+        0, 1, 8, 1, 0, 2, 0, 0, 3, 1, 0, 6, 0, 0, 3, 0, 0,
     ];
     let _ = model::run(ops);
 }
