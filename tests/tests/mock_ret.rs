@@ -438,3 +438,62 @@ fn unregister_with_outstanding_instances_and_detach() {
     assert_eq!(m.output(t2), [34]);
     let _ = space;
 }
+
+#[test]
+fn a_stale_instance_never_touches_the_next_consumer_in_its_slot() {
+    // Two consumer slots, so that B reuses A's slot with a new generation.
+    type Small = ProbeCore<Machine, RetProbe, 64, 2, 256, 8, 16, 2>;
+    let prog = fib_program(9);
+    let m = Machine::new();
+    let file = m.add_file(&prog.bytes);
+    let core: Box<Small> = Box::new(Small::new());
+    let key = ProbeKey::new(file, prog.offset("fib"));
+    let (s1, t1) = m.spawn(file, 0).unwrap();
+    let (s2, t2) = m.spawn(file, 0).unwrap();
+    for s in [s1, s2] {
+        let mut maps = Vec::new();
+        probe_core::Platform::for_each_mapping(&m, file, &mut |mp| {
+            if mp.space == s {
+                maps.push(mp);
+            }
+            core::ops::ControlFlow::Continue(())
+        });
+        for mp in maps {
+            core.on_mmap(&m, mp).unwrap();
+        }
+    }
+    let hx = core
+        .register(&m, key, RetProbe::default(), ConsumerOptions::new())
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let ha = core.register(&m, key, RetProbe::default(), ret_opts(8)).map_err(|(e, _)| e).unwrap();
+    // Drive t1 into fib by hand: one entry trap.
+    let mut ts1 = TaskState::<ToyArch>::new();
+    let mut ts2 = TaskState::<ToyArch>::new();
+    let enter = |t, ts: &mut TaskState<ToyArch>, space| {
+        for _ in 0..10 {
+            if let platform_mock::StepEvent::Breakpoint { .. } = m.step(t) {
+                let mut regs = m.regs(t).unwrap();
+                let hit = core.on_breakpoint(&m, probe_core::CpuId(0), space, t, ts, &mut regs);
+                m.set_regs(t, regs);
+                assert!(matches!(hit, probe_core::Hit::Boosted { .. }), "{hit:?}");
+                return;
+            }
+        }
+        panic!("no entry trap");
+    };
+    enter(t1, &mut ts1, s1);
+    assert_eq!(ts1.returns().len(), 1, "A tracked t1's call");
+    core.unregister(&m, ha).unwrap();
+    let hb = core.register(&m, key, RetProbe::default(), ret_opts(8)).map_err(|(e, _)| e).unwrap();
+    assert_eq!(hb.id() as u32, ha.id() as u32, "B reuses A's slot");
+    enter(t2, &mut ts2, s2);
+    assert_eq!(core.instances_in_use(hb).unwrap(), 1);
+    // t1 dies holding A's (stale) instance: B's count must not move.
+    core.on_task_exit(&mut ts1);
+    assert_eq!(core.instances_in_use(hb).unwrap(), 1);
+    core.on_task_exit(&mut ts2);
+    assert_eq!(core.instances_in_use(hb).unwrap(), 0);
+    core.unregister(&m, hb).unwrap();
+    core.unregister(&m, hx).unwrap();
+}

@@ -20,6 +20,13 @@ pub const SPACE: SpaceId = SpaceId(1);
 pub const TEXT: u64 = 0x1000;
 pub const XOL_BASE: u64 = 0x1800;
 pub const MEM: usize = 0x2000;
+/// A writable mapping of the whole file (where its SDT semaphore lives).
+pub const DATA: u64 = 0x1400;
+/// File offset of the SDT semaphore.
+pub const SEM_OFF: u64 = 0x40;
+/// Stack tops of the two tasks.
+pub const STACK1: u64 = 0x1e00;
+pub const STACK2: u64 = 0x1d00;
 
 /// Offsets in the file: a `nop` (emulated), two ALU instructions (boosted).
 pub const NOP_AT: u64 = 0;
@@ -30,7 +37,8 @@ pub fn program() -> Vec<u8> {
     let r1 = Reg::new(1).unwrap();
     let r2 = Reg::new(2).unwrap();
     let mut a = Asm::new();
-    a.nop().add(r1, r2).sub(r1, r2).halt();
+    a.nop().add(r1, r2).sub(r1, r2).halt().nops_to(SEM_OFF as usize);
+    a.word(0);
     a.finish().unwrap().bytes
 }
 
@@ -46,11 +54,23 @@ impl LoomPlatform {
         let file = program();
         let mut mem = vec![0u8; MEM];
         mem[TEXT as usize..TEXT as usize + file.len()].copy_from_slice(&file);
+        mem[DATA as usize..DATA as usize + file.len()].copy_from_slice(&file);
         LoomPlatform {
             file,
             mem: std::sync::Mutex::new(mem),
             tasks: vec![TaskId(1), TaskId(2)],
         }
+    }
+
+    /// The SDT semaphore's value.
+    pub fn semaphore(&self) -> u16 {
+        let b = self.peek(DATA + SEM_OFF, 2);
+        u16::from_le_bytes([b[0], b[1]])
+    }
+
+    /// Write the return address `ret` at `sp` (what a `call` did before the entry hit).
+    pub fn push_return(&self, sp: u64, ret: u64) {
+        self.mem.lock().unwrap()[sp as usize..sp as usize + 8].copy_from_slice(&ret.to_le_bytes());
     }
 
     pub fn peek(&self, addr: u64, len: usize) -> Vec<u8> {
@@ -60,7 +80,7 @@ impl LoomPlatform {
 
     /// The text as it is now equals the file.
     pub fn text_pristine(&self) -> bool {
-        self.peek(TEXT, self.file.len()) == self.file
+        self.peek(TEXT, SEM_OFF as usize) == self.file[..SEM_OFF as usize]
     }
 }
 
@@ -106,13 +126,23 @@ impl Platform for LoomPlatform {
     }
     fn for_each_mapping(&self, file: FileId, f: &mut dyn FnMut(Mapping) -> ControlFlow<()>) {
         if file == FILE {
-            let _ = f(Mapping {
+            let len = self.file.len() as u64;
+            let text = Mapping {
                 space: SPACE,
-                range: Range::new(Addr(TEXT), Addr(TEXT + self.file.len() as u64)),
+                range: Range::new(Addr(TEXT), Addr(TEXT + len)),
                 file: FILE,
                 file_offset: 0,
                 exec: true,
                 write: false,
+            };
+            if f(text).is_break() {
+                return;
+            }
+            let _ = f(Mapping {
+                range: Range::new(Addr(DATA), Addr(DATA + len)),
+                exec: false,
+                write: true,
+                ..text
             });
         }
     }
@@ -146,6 +176,7 @@ impl Platform for LoomPlatform {
 #[derive(Debug, Clone)]
 pub struct Counter {
     pub hits: Arc<AtomicUsize>,
+    pub returns: Arc<AtomicUsize>,
     pub unregistered: Arc<AtomicBool>,
 }
 
@@ -153,6 +184,7 @@ impl Counter {
     pub fn new() -> Counter {
         Counter {
             hits: Arc::new(AtomicUsize::new(0)),
+            returns: Arc::new(AtomicUsize::new(0)),
             unregistered: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -166,6 +198,66 @@ impl Consumer<LoomPlatform> for Counter {
         );
         self.hits.fetch_add(1, Ordering::SeqCst);
         HandlerAction::Keep
+    }
+
+    fn entry_handler(
+        &self,
+        _ctx: &mut HitContext<'_, LoomPlatform>,
+        _data: &mut [u8],
+    ) -> probe_core::EntryAction {
+        assert!(
+            !self.unregistered.load(Ordering::SeqCst),
+            "entry handler ran after unregister returned"
+        );
+        self.hits.fetch_add(1, Ordering::SeqCst);
+        probe_core::EntryAction::Track
+    }
+
+    fn return_handler(&self, _ctx: &mut probe_core::ReturnContext<'_, LoomPlatform>, _data: &mut [u8]) {
+        assert!(
+            !self.unregistered.load(Ordering::SeqCst),
+            "return handler ran after unregister returned"
+        );
+        self.returns.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Run one call of the function at `TEXT + NOP_AT` on a task whose stack top is `sp`: the
+/// entry trap, then (when the core hijacked the return address) the return through the
+/// trampoline. Returns the address the task ends up at.
+pub fn call_once<const P: usize, const X: usize>(
+    core: &Core<P, X>,
+    p: &LoomPlatform,
+    cpu: u32,
+    task: u64,
+    sp: u64,
+    ts: &mut probe_core::TaskState<ToyArch>,
+) -> u64 {
+    use probe_core::{CpuId, Hit};
+    let ret = 0x1234;
+    p.push_return(sp, ret);
+    let mut regs = ToyRegs {
+        pc: TEXT + NOP_AT,
+        ..ToyRegs::default()
+    };
+    regs.r[15] = sp;
+    let hit = core.on_breakpoint(p, CpuId(cpu), SPACE, TaskId(task), ts, &mut regs);
+    assert!(matches!(hit, Hit::Emulated | Hit::Restart), "{hit:?}");
+    // The function body ran; now it returns: pop whatever is in the return slot.
+    let slot = u64::from_le_bytes(p.peek(sp, 8).try_into().unwrap());
+    regs.r[15] = sp + 8;
+    regs.pc = slot;
+    if slot == ret {
+        return ret;
+    }
+    let hit = core.on_breakpoint(p, CpuId(cpu), SPACE, TaskId(task), ts, &mut regs);
+    match hit {
+        Hit::Returned { to } => {
+            assert_eq!(to.0, ret);
+            assert_eq!(regs.pc, ret);
+            ret
+        }
+        other => panic!("at the trampoline: {other:?}"),
     }
 }
 

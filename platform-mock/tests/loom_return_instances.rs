@@ -1,0 +1,118 @@
+//! loom: return-probe instances (seeds 002 and 003) under concurrency.
+//!
+//! - `loom_instances_from_concurrent_tasks`: two tasks call a function with a return consumer
+//!   of `maxactive` 1 at once: never more than one instance is out, every call is tracked or
+//!   counted in `nmissed`, every tracked call returns through the trampoline to the right
+//!   address, and no instance is left in use.
+//! - `loom_task_exit_races_unregister`: a task holding instances of two consumers exits while
+//!   one of them is unregistered: nothing leaks into the slot's next registration.
+//! - `loom_unregister_with_outstanding_instance`: a consumer is unregistered while a task is
+//!   inside the function: its return handler never runs after `unregister` returned, the task
+//!   still returns to the real address, and the instance is not leaked.
+#![cfg(loom)]
+
+mod loom_support;
+
+use loom::sync::atomic::Ordering;
+use loom::sync::Arc;
+use loom_support::*;
+use platform_mock::ToyArch;
+use probe_core::{ConsumerOptions, ProbeKey, TaskState};
+
+fn ret_opts(max: u32) -> ConsumerOptions {
+    ConsumerOptions::new().with_return(max, 8)
+}
+
+#[test]
+fn loom_instances_from_concurrent_tasks() {
+    loom::model(|| {
+        let p = Arc::new(LoomPlatform::new());
+        let core: Arc<Core<8, 2>> = Arc::new(Core::new());
+        let c = Counter::new();
+        let h = core
+            .register(&p, ProbeKey::new(FILE, NOP_AT), c.clone(), ret_opts(1))
+            .unwrap();
+        let (p2, core2) = (p.clone(), core.clone());
+        let t = loom::thread::spawn(move || {
+            let mut ts = TaskState::<ToyArch>::new();
+            call_once(&core2, &p2, 1, 2, STACK2, &mut ts);
+            assert!(ts.returns().is_empty());
+        });
+        let mut ts = TaskState::<ToyArch>::new();
+        call_once(&core, &p, 0, 1, STACK1, &mut ts);
+        t.join().unwrap();
+        let tracked = c.returns.load(Ordering::SeqCst) as u64;
+        assert_eq!(c.hits.load(Ordering::SeqCst) as u64, tracked, "every tracked call returned");
+        assert_eq!(tracked + core.nmissed(h).unwrap(), 2);
+        assert_eq!(core.instances_in_use(h).unwrap(), 0);
+        core.unregister(&p, h).unwrap();
+    });
+}
+
+#[test]
+fn loom_task_exit_races_unregister() {
+    loom::model(|| {
+        let p = Arc::new(LoomPlatform::new());
+        let core: Arc<Core<8, 2>> = Arc::new(Core::new());
+        let (a, b) = (Counter::new(), Counter::new());
+        let key = ProbeKey::new(FILE, NOP_AT);
+        let ha = core.register(&p, key, a.clone(), ret_opts(4)).unwrap();
+        let hb = core.register(&p, key, b.clone(), ret_opts(4)).unwrap();
+        // The task enters the function (both consumers track it), then dies inside.
+        let mut ts = TaskState::<ToyArch>::new();
+        p.push_return(STACK1, 0x1234);
+        let mut regs = platform_mock::ToyRegs {
+            pc: TEXT + NOP_AT,
+            ..Default::default()
+        };
+        regs.r[15] = STACK1;
+        let _ = core.on_breakpoint(&p, probe_core::CpuId(0), SPACE, probe_core::TaskId(1), &mut ts, &mut regs);
+        assert_eq!(ts.returns().len(), 2);
+
+        let (p2, core2) = (p.clone(), core.clone());
+        let t = loom::thread::spawn(move || {
+            let back = core2.unregister(&p2, hb).unwrap();
+            back.unregistered.store(true, Ordering::SeqCst);
+        });
+        core.on_task_exit(&mut ts);
+        t.join().unwrap();
+        assert_eq!(core.instances_in_use(ha).unwrap(), 0);
+        // The unregistered slot's next consumer starts with nothing in use.
+        let c = Counter::new();
+        let hc = core.register(&p, key, c, ret_opts(4)).unwrap();
+        assert_eq!(core.instances_in_use(hc).unwrap(), 0);
+        core.unregister(&p, ha).unwrap();
+        core.unregister(&p, hc).unwrap();
+        assert!(p.text_pristine());
+    });
+}
+
+#[test]
+fn loom_unregister_with_outstanding_instance() {
+    loom::model(|| {
+        let p = Arc::new(LoomPlatform::new());
+        let core: Arc<Core<8, 2>> = Arc::new(Core::new());
+        let c = Counter::new();
+        let h = core
+            .register(&p, ProbeKey::new(FILE, NOP_AT), c.clone(), ret_opts(4))
+            .unwrap();
+        let (p2, core2) = (p.clone(), core.clone());
+        let t = loom::thread::spawn(move || {
+            let mut ts = TaskState::<ToyArch>::new();
+            // Returns to the real address whatever happened to the consumer meanwhile.
+            assert_eq!(call_once(&core2, &p2, 1, 2, STACK2, &mut ts), 0x1234);
+            assert!(ts.returns().is_empty());
+        });
+        let back = core.unregister(&p, h).unwrap();
+        back.unregistered.store(true, Ordering::SeqCst);
+        t.join().unwrap();
+        assert!(c.returns.load(Ordering::SeqCst) <= c.hits.load(Ordering::SeqCst));
+        // No leak: the slot's next registration starts empty.
+        let h2 = core
+            .register(&p, ProbeKey::new(FILE, NOP_AT), Counter::new(), ret_opts(4))
+            .unwrap();
+        assert_eq!(core.instances_in_use(h2).unwrap(), 0);
+        core.unregister(&p, h2).unwrap();
+        assert!(p.text_pristine());
+    });
+}
