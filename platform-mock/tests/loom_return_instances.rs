@@ -42,7 +42,11 @@ fn loom_instances_from_concurrent_tasks() {
         call_once(&core, &p, 0, 1, STACK1, &mut ts);
         t.join().unwrap();
         let tracked = c.returns.load(Ordering::SeqCst) as u64;
-        assert_eq!(c.hits.load(Ordering::SeqCst) as u64, tracked, "every tracked call returned");
+        assert_eq!(
+            c.hits.load(Ordering::SeqCst) as u64,
+            tracked,
+            "every tracked call returned"
+        );
         assert_eq!(tracked + core.nmissed(h).unwrap(), 2);
         assert_eq!(core.instances_in_use(h).unwrap(), 0);
         core.unregister(&p, h).unwrap();
@@ -66,7 +70,14 @@ fn loom_task_exit_races_unregister() {
             ..Default::default()
         };
         regs.r[15] = STACK1;
-        let _ = core.on_breakpoint(&p, probe_core::CpuId(0), SPACE, probe_core::TaskId(1), &mut ts, &mut regs);
+        let _ = core.on_breakpoint(
+            &p,
+            probe_core::CpuId(0),
+            SPACE,
+            probe_core::TaskId(1),
+            &mut ts,
+            &mut regs,
+        );
         assert_eq!(ts.returns().len(), 2);
 
         let (p2, core2) = (p.clone(), core.clone());

@@ -466,7 +466,10 @@ fn a_stale_instance_never_touches_the_next_consumer_in_its_slot() {
         .register(&m, key, RetProbe::default(), ConsumerOptions::new())
         .map_err(|(e, _)| e)
         .unwrap();
-    let ha = core.register(&m, key, RetProbe::default(), ret_opts(8)).map_err(|(e, _)| e).unwrap();
+    let ha = core
+        .register(&m, key, RetProbe::default(), ret_opts(8))
+        .map_err(|(e, _)| e)
+        .unwrap();
     // Drive t1 into fib by hand: one entry trap.
     let mut ts1 = TaskState::<ToyArch>::new();
     let mut ts2 = TaskState::<ToyArch>::new();
@@ -485,7 +488,10 @@ fn a_stale_instance_never_touches_the_next_consumer_in_its_slot() {
     enter(t1, &mut ts1, s1);
     assert_eq!(ts1.returns().len(), 1, "A tracked t1's call");
     core.unregister(&m, ha).unwrap();
-    let hb = core.register(&m, key, RetProbe::default(), ret_opts(8)).map_err(|(e, _)| e).unwrap();
+    let hb = core
+        .register(&m, key, RetProbe::default(), ret_opts(8))
+        .map_err(|(e, _)| e)
+        .unwrap();
     assert_eq!(hb.id() as u32, ha.id() as u32, "B reuses A's slot");
     enter(t2, &mut ts2, s2);
     assert_eq!(core.instances_in_use(hb).unwrap(), 1);

@@ -37,7 +37,11 @@ pub fn program() -> Vec<u8> {
     let r1 = Reg::new(1).unwrap();
     let r2 = Reg::new(2).unwrap();
     let mut a = Asm::new();
-    a.nop().add(r1, r2).sub(r1, r2).halt().nops_to(SEM_OFF as usize);
+    a.nop()
+        .add(r1, r2)
+        .sub(r1, r2)
+        .halt()
+        .nops_to(SEM_OFF as usize);
     a.word(0);
     a.finish().unwrap().bytes
 }
@@ -213,7 +217,11 @@ impl Consumer<LoomPlatform> for Counter {
         probe_core::EntryAction::Track
     }
 
-    fn return_handler(&self, _ctx: &mut probe_core::ReturnContext<'_, LoomPlatform>, _data: &mut [u8]) {
+    fn return_handler(
+        &self,
+        _ctx: &mut probe_core::ReturnContext<'_, LoomPlatform>,
+        _data: &mut [u8],
+    ) {
         assert!(
             !self.unregistered.load(Ordering::SeqCst),
             "return handler ran after unregister returned"
