@@ -43,6 +43,8 @@ pub use platform::{AddressSpace, Mapping, Platform};
 pub(crate) mod blacklist;
 mod engine;
 mod hit;
+#[cfg(not(loom))]
+mod layout;
 pub(crate) mod probe;
 mod reclaim;
 pub(crate) mod site;
