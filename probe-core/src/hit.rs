@@ -164,7 +164,12 @@ impl<
                         return;
                     };
                     // A return consumer (seed 002): take an instance, run the entry handler.
-                    if tramp.0 == 0 || !slot.take_instance(generation, ret.maxactive) {
+                    if tramp.0 == 0 {
+                        // No trampoline in this space (its slot area could not be made).
+                        slot.nmissed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    if !slot.take_instance(generation, ret.maxactive) {
                         return;
                     }
                     if pending.len() >= room || pending.is_full() {
