@@ -23,6 +23,8 @@ fn main() {
         ("int3-loop", "int3_loop.c", &[]),
         ("forker", "forker.c", &["-pthread"]),
         ("threads", "threads.c", &["-pthread"]),
+        ("workload", "workload.c", &["-fPIE", "-pie", "-pthread", "-ldl"]),
+        ("libplugin.so", "plugin.c", &["-fPIC", "-shared"]),
     ];
     let compiler = cc::Build::new()
         .cargo_metadata(false)

@@ -1,8 +1,14 @@
-//! The `probe` command line: argument parsing (clap) and the subcommands that do not need
-//! the core engine (`probe list`).
+//! The `probe` command line: argument parsing (clap), `probe trace` (a thin layer over
+//! [`Session`]) and `probe list`.
+//!
+//! Output of `probe trace`: hits (with `--print`) and the final counts go to standard output
+//! (or `-o FILE`), as bpftrace does; the counts are printed after the traced command exited,
+//! so its own output comes first and unchanged. Messages (probes attached, warnings, a
+//! killed or detached process) go to standard error. The exit status is the command's (128
+//! + the signal for a signal death, as shells report it); 0 after detaching from `-p PID`.
 //!
 //! ```text
-//! probe trace SPEC... [-p PID] [--print] [--args N] [--json] [-- CMD ARGS...]
+//! probe trace SPEC... [-p PID] [--print] [--args N] [--json] [-o FILE] [-- CMD ARGS...]
 //! probe list PATH [PATTERN] [-p PID]
 //! ```
 
@@ -11,8 +17,12 @@ use std::io::Write;
 
 use clap::{Args, Parser, Subcommand};
 
+use std::ffi::OsStr;
+
+use crate::output;
 use crate::resolve::{self, find_module, ResolveError, Resolver};
-use crate::sys::{Pid, SysError};
+use crate::sys::{self, Pid, SysError};
+use crate::tracer::{Outcome, Session, SessionOptions, TraceError};
 
 /// `probe`: entry and return probes on functions of unmodified programs, without root.
 #[derive(Debug, Parser)]
@@ -55,9 +65,13 @@ pub struct TraceArgs {
     /// With `--print`, show the first N integer arguments (0 to 6).
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=6))]
     pub args: u8,
-    /// Write JSON lines instead of text.
+    /// Write JSON lines instead of text: one object per hit with `--print`, and a final
+    /// summary object.
     #[arg(long)]
     pub json: bool,
+    /// Write the hits and the summary to this file instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
     /// The command to start and trace (after `--`).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -93,25 +107,24 @@ pub enum CliError {
     /// Writing the output failed (a closed pipe is not an error).
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
-    /// `probe trace` is not connected to the core engine yet.
-    #[error("tracing is not implemented yet ({0} probe points resolved); `probe list` works")]
-    NotImplemented(usize),
+    /// Tracing failed.
+    #[error(transparent)]
+    Trace(#[from] TraceError),
 }
 
 /// Runs a parsed command line; returns the process exit status.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<i32, CliError> {
     match cli.command {
         Command::List(args) => list(&args, out).map(|()| 0),
-        Command::Trace(args) => trace(&args),
+        Command::Trace(args) => trace(&args, out),
     }
 }
 
-fn trace(args: &TraceArgs) -> Result<i32, CliError> {
-    let specs = args
-        .specs
-        .iter()
-        .map(|t| resolve::parse_spec(t))
-        .collect::<Result<Vec<_>, _>>()?;
+fn trace(args: &TraceArgs, out: &mut dyn Write) -> Result<i32, CliError> {
+    // Syntax first: nothing is started for a bad spec.
+    for t in &args.specs {
+        resolve::parse_spec(t)?;
+    }
     match (args.pid, args.command.is_empty()) {
         (Some(_), false) => {
             return Err(CliError::Usage(
@@ -127,19 +140,130 @@ fn trace(args: &TraceArgs) -> Result<i32, CliError> {
         }
         _ => {}
     }
-    let mut resolver = Resolver::new(args.pid.map(Pid));
-    let mut points = 0;
-    for spec in specs {
-        let spec = match (&spec.module, args.command.first()) {
-            (None, Some(cmd)) => resolve::ProbeSpec {
-                module: Some(cmd.to_string_lossy().into_owned()),
-                ..spec
-            },
-            _ => spec,
-        };
-        points += resolver.resolve(&spec)?.len();
+    let mut file;
+    let out: &mut dyn Write = match &args.output {
+        Some(path) => {
+            file = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| {
+                CliError::Usage(format!("cannot create output file {}: {e}", path.display()))
+            })?);
+            &mut file
+        }
+        None => out,
+    };
+    sys::install_stop_handlers()?;
+    let opts = SessionOptions {
+        record_args: args.print.then_some(usize::from(args.args)),
+        ..SessionOptions::default()
+    };
+    let mut session = match args.pid {
+        Some(pid) => Session::attach(Pid(pid), opts)?,
+        None => {
+            let argv: Vec<&OsStr> = args.command[1..].iter().map(OsString::as_os_str).collect();
+            Session::spawn(&args.command[0], &argv, opts)?
+        }
+    };
+    let mut total = 0;
+    for spec in &args.specs {
+        match session.add_spec(spec) {
+            Ok(r) => {
+                total += r.added;
+                for n in &r.notes {
+                    eprintln!("probe: note: {n}");
+                }
+                if !r.failed.is_empty() {
+                    let (name, why) = &r.failed[0];
+                    eprintln!(
+                        "probe: {} of the functions matching `{spec}` cannot be probed and \
+                         were skipped (e.g. {name}: {why})",
+                        r.failed.len()
+                    );
+                }
+            }
+            Err(e) => {
+                let _ = session.abort();
+                return Err(e.into());
+            }
+        }
     }
-    Err(CliError::NotImplemented(points))
+    eprintln!(
+        "probe: attached {total} probe{} to process {}{}",
+        if total == 1 { "" } else { "s" },
+        session.pid(),
+        if args.pid.is_some() {
+            "; Ctrl-C to detach"
+        } else {
+            ""
+        }
+    );
+    let json = args.json;
+    let mut last_flush = std::time::Instant::now();
+    let mut write_err: Option<std::io::Error> = None;
+    let outcome = session.run(&mut |p, rec| {
+        if write_err.is_some() {
+            return;
+        }
+        let r = if json {
+            writeln!(out, "{}", output::hit_json(p, rec))
+        } else {
+            writeln!(out, "{}", output::hit_text(p, rec))
+        };
+        if r.is_ok() && last_flush.elapsed() > core::time::Duration::from_millis(50) {
+            last_flush = std::time::Instant::now();
+            let _ = out.flush();
+        }
+        if let Err(e) = r {
+            write_err = Some(e);
+        }
+    })?;
+    let outcome = match outcome {
+        Outcome::Detached(sig) if session.is_spawned() => {
+            // The command lives on without us: pass on a SIGTERM or SIGHUP meant for both
+            // (Ctrl-C already reached it from the terminal), and wait for it like a shell.
+            if sig == libc::SIGTERM || sig == libc::SIGHUP {
+                let _ = sys::kill(session.pid(), sig);
+            }
+            wait_child(session.pid()).unwrap_or(outcome)
+        }
+        o => o,
+    };
+    let counts = session.summary();
+    let res = if json {
+        writeln!(
+            out,
+            "{}",
+            output::summary_json(session.pid(), outcome, &counts)
+        )
+    } else {
+        output::summary_text(out, &counts)
+    };
+    let _ = res.and_then(|()| out.flush());
+    for w in session.warnings() {
+        eprintln!("probe: warning: {w}");
+    }
+    match outcome {
+        Outcome::Signaled(sig) => eprintln!(
+            "probe: process {} was killed by signal {sig} ({})",
+            session.pid(),
+            output::signal_name(sig)
+        ),
+        Outcome::Detached(_) => eprintln!(
+            "probe: detached from process {}, its code restored",
+            session.pid()
+        ),
+        Outcome::Exited(_) => {}
+    }
+    Ok(outcome.exit_code())
+}
+
+/// Waits for our (no longer traced) child to end.
+fn wait_child(pid: Pid) -> Option<Outcome> {
+    loop {
+        match sys::wait_through_stop(Some(pid)).ok()? {
+            sys::WaitStatus::Exited(_, c) => return Some(Outcome::Exited(c)),
+            sys::WaitStatus::Signaled(_, s, _) => return Some(Outcome::Signaled(s)),
+            _ => {}
+        }
+    }
 }
 
 fn list(args: &ListArgs, out: &mut dyn Write) -> Result<(), CliError> {

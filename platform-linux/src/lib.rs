@@ -10,6 +10,8 @@
 //! - [`resolve`]: probe specs (`uprobe:libc:malloc`, `libc:str*`) into (file, offset)s.
 //! - [`remote`]: system calls injected into a stopped tracee (remote `mmap` of slot pages).
 //! - [`wait`]: how the tracer waits for the next stop (blocking, spinning, CPU placement).
+//! - [`tracer`]: the core driven over ptrace: platform, consumers, event loop, sessions.
+//! - [`output`]: how `probe trace` prints hits and counts (text and JSON lines).
 //! - [`cli`]: the `probe` command line.
 #![deny(unsafe_code)]
 
@@ -18,8 +20,10 @@ pub mod cli;
 pub mod elf;
 pub mod maps;
 pub mod mem;
+pub mod output;
 pub mod remote;
 pub mod resolve;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod tracer;
 pub mod wait;

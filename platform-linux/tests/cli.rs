@@ -76,8 +76,10 @@ fn trace_reports_bad_specs_with_suggestions() {
 #[test]
 fn trace_without_a_file_uses_the_command() {
     let prog = format!("{}/hits", env!("PROBE_TEST_PROGRAMS"));
-    let o = probe(&["trace", "uprobe:probe_target", "--", &prog]);
-    let e = stderr(&o);
-    // Resolution succeeded (one point); tracing itself is wired to the core later.
-    assert!(e.contains("1 probe points resolved"), "{e}");
+    let o = probe(&["trace", "uprobe:probe_target", "--", &prog, "25"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    // The program's own output first, then the count.
+    assert!(out.starts_with("625\n"), "{out}");
+    assert!(out.contains("@[hits:probe_target]: 25"), "{out}");
 }

@@ -1,6 +1,8 @@
 //! `probe-bench`: the cost of one ptrace stop round trip under each waiting and placement
-//! strategy, a naive breakpoint hit (int3 + single-step in place), and gdb's per-hit cost,
-//! all from one run.
+//! strategy, a naive breakpoint hit (int3 + single-step in place), our per-hit cost through
+//! the real tracer ([`Session`]) for an emulated, a boosted, a RIP-relative boosted and a
+//! single-stepped first instruction, gdb's per-hit cost, and the time to put a probe on every
+//! function of libc in a running process and take them out again, all from one run.
 //!
 //! ```text
 //! cargo run --release -p platform-linux --bin probe-bench -- [ROUND_TRIPS]
@@ -19,6 +21,7 @@ use platform_linux::maps::{mappings_of_file, read_maps};
 use platform_linux::mem::ProcMem;
 use platform_linux::resolve::Resolver;
 use platform_linux::sys::{self, Options, Pid, WaitStatus};
+use platform_linux::tracer::{Outcome, Session, SessionOptions};
 use platform_linux::wait::{Placement, WaitStrategy};
 
 fn program(name: &str) -> PathBuf {
@@ -152,6 +155,68 @@ fn gdb_per_hit(n: u64) -> Option<Duration> {
     Some(two.saturating_sub(one) / n as u32)
 }
 
+/// Wall time of one traced run of `workload one KIND calls` with a probe on `kind_KIND`
+/// (from the first resume to the exit).
+fn traced_run(kind: &str, calls: u64, strategy: WaitStrategy) -> Duration {
+    let w = program("workload");
+    let args = ["one", kind, &calls.to_string()].map(|a| a.to_owned());
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    let opts = SessionOptions {
+        strategy,
+        ..SessionOptions::default()
+    };
+    let mut s = Session::spawn(w.as_os_str(), &args, opts).expect("spawn workload");
+    s.add_spec(&format!("{}:kind_{kind}", w.display()))
+        .expect("probe kind function");
+    let t = Instant::now();
+    let o = s.run(&mut |_, _| {}).expect("run");
+    let d = t.elapsed();
+    assert_eq!(o, Outcome::Exited(0));
+    assert_eq!(s.counts()[0].1, calls, "exact count");
+    d
+}
+
+/// Our per-hit cost: the difference between runs of 2N and N hits, over N (start-up,
+/// dynamic linking and exit cancel out). Median of three.
+fn our_per_hit(kind: &str, n: u64, strategy: WaitStrategy) -> Duration {
+    let mut v: Vec<Duration> = (0..3)
+        .map(|_| {
+            let one = traced_run(kind, n, strategy);
+            let two = traced_run(kind, 2 * n, strategy);
+            two.saturating_sub(one) / n as u32
+        })
+        .collect();
+    v.sort();
+    v[1]
+}
+
+/// Attach to a sleeping process, probe every function of libc, detach: (probes, attach +
+/// register time, detach time).
+fn libc_wide_attach() -> (usize, Duration, Duration, Duration) {
+    let mut child = Command::new(program("workload"))
+        .arg("spin")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start workload spin");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let t = Instant::now();
+    let mut s = Session::attach(Pid(child.id() as i32), SessionOptions::default()).unwrap();
+    let attach = t.elapsed();
+    let r = s.add_spec("libc:*").expect("libc:*");
+    let register = t.elapsed() - attach;
+    let t2 = Instant::now();
+    s.detach().expect("detach");
+    let detach = t2.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    (r.added, attach, register, detach)
+}
+
 fn main() {
     // The traced `hits` program inherits this and keeps quiet.
     std::env::set_var("HITS_QUIET", "1");
@@ -253,14 +318,83 @@ fn main() {
         );
     }
     println!();
+    // The baseline for the ratios: the bare round trip with the default strategy, unpinned.
+    bare_round_trip(n / 10 + 1, WaitStrategy::DEFAULT, Placement::Free);
+    let mut bare: Vec<Figure> = (0..3)
+        .map(|_| bare_round_trip(n, WaitStrategy::DEFAULT, Placement::Free))
+        .collect();
+    bare.sort_by_key(|f| f.wall);
+    let bare = bare.swap_remove(1).wall;
+    println!(
+        "{:<40} {:>12} {:>8}",
+        "our hit through the tracer (Session)", "ns/hit", "vs bare"
+    );
+    println!(
+        "{:<40} {:>12} {:>8.2}",
+        "bare round trip (default, unpinned)",
+        bare.as_nanos(),
+        1.0
+    );
+    let hits = (n / 2).max(1000);
+    let mut ours = Vec::new();
+    for (name, kind, strategy) in [
+        ("emulated (push %rbp)", "emulated", WaitStrategy::DEFAULT),
+        (
+            "boosted (lea 1(%rdi),%rax)",
+            "boosted",
+            WaitStrategy::DEFAULT,
+        ),
+        (
+            "boosted rip-relative (mov x(%rip),%rax)",
+            "riprel",
+            WaitStrategy::DEFAULT,
+        ),
+        (
+            "single-stepped (pushq x(%rip))",
+            "step",
+            WaitStrategy::DEFAULT,
+        ),
+        ("emulated, block strategy", "emulated", WaitStrategy::Block),
+        ("boosted, block strategy", "boosted", WaitStrategy::Block),
+    ] {
+        let d = our_per_hit(kind, hits, strategy);
+        ours.push((kind, d));
+        println!(
+            "{name:<40} {:>12} {:>8.2}",
+            d.as_nanos(),
+            d.as_nanos() as f64 / bare.as_nanos() as f64
+        );
+    }
+    println!();
     let gdb_n = (n / 4).max(500);
     match gdb_per_hit(gdb_n) {
-        Some(d) => println!(
-            "{:<40} {:>12}   (silent breakpoint + continue, {gdb_n} vs {} hits)",
-            "gdb per hit",
-            d.as_nanos(),
-            2 * gdb_n
-        ),
+        Some(d) => {
+            println!(
+                "{:<40} {:>12}   (silent breakpoint + continue, {gdb_n} vs {} hits)",
+                "gdb per hit",
+                d.as_nanos(),
+                2 * gdb_n
+            );
+            for (kind, o) in ours.iter().take(3) {
+                println!(
+                    "{:<40} {:>12.1}x",
+                    format!("gdb / our {kind} hit"),
+                    d.as_nanos() as f64 / o.as_nanos().max(1) as f64
+                );
+            }
+        }
         None => println!("gdb per hit: gdb not found or failed"),
     }
+    println!();
+    let (count, attach, register, detach) = libc_wide_attach();
+    println!(
+        "every libc function on a running process: {count} probes; attach {:.1} ms, \
+         register and install {:.1} ms ({:.1} us/probe), restore and detach {:.1} ms, \
+         total {:.1} ms",
+        attach.as_secs_f64() * 1e3,
+        register.as_secs_f64() * 1e3,
+        register.as_secs_f64() * 1e6 / count.max(1) as f64,
+        detach.as_secs_f64() * 1e3,
+        (attach + register + detach).as_secs_f64() * 1e3
+    );
 }

@@ -1,0 +1,151 @@
+//! How `probe trace` prints: hit lines, counts, and their JSON-lines forms.
+//!
+//! Text, as bpftrace prints a count map: `@[libc.so.6:malloc]: 1234`, one line per probe,
+//! sorted by count. A hit with `--print`: seconds since the start, pid, tid, probe, then
+//! `argN=0x...` (or `= 0x...` for a return value). JSON: one object per line,
+//! `{"type":"hit",...}` per hit and a final `{"type":"summary",...}`.
+
+use core::fmt::Write as _;
+use std::io::{self, Write};
+
+use crate::sys::Pid;
+use crate::tracer::{HitRecord, Outcome, ProbeEntry};
+
+/// A string as a JSON string literal.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// One hit as a text line.
+pub fn hit_text(p: &ProbeEntry, r: &HitRecord) -> String {
+    let mut s = format!(
+        "{:>12.6} {:>7} {:>7} {}",
+        r.time_ns as f64 / 1e9,
+        r.pid,
+        r.tid,
+        p.name
+    );
+    for (i, a) in r.args.iter().enumerate() {
+        let _ = write!(s, " arg{i}={a:#x}");
+    }
+    if let Some(v) = r.retval {
+        let _ = write!(s, " = {v:#x}");
+    }
+    s
+}
+
+/// One hit as a JSON object.
+pub fn hit_json(p: &ProbeEntry, r: &HitRecord) -> String {
+    let args: Vec<String> = r.args.iter().map(u64::to_string).collect();
+    let mut s = format!(
+        "{{\"type\":\"hit\",\"time_ns\":{},\"pid\":{},\"tid\":{},\"probe\":{},\"args\":[{}]",
+        r.time_ns,
+        r.pid,
+        r.tid,
+        json_string(&p.name),
+        args.join(",")
+    );
+    if let Some(v) = r.retval {
+        let _ = write!(s, ",\"retval\":{v}");
+    }
+    s.push('}');
+    s
+}
+
+/// The counts as text.
+pub fn summary_text(out: &mut dyn Write, counts: &[(String, u64)]) -> io::Result<()> {
+    writeln!(out)?;
+    for (name, n) in counts {
+        writeln!(out, "@[{name}]: {n}")?;
+    }
+    Ok(())
+}
+
+/// The final JSON object: the counts and how the process ended.
+pub fn summary_json(pid: Pid, outcome: Outcome, counts: &[(String, u64)]) -> String {
+    let (how, code, signal) = match outcome {
+        Outcome::Exited(c) => ("exited", Some(c), None),
+        Outcome::Signaled(s) => ("signaled", None, Some(s)),
+        Outcome::Detached(s) => ("detached", None, (s != 0).then_some(s)),
+    };
+    let opt = |v: Option<i32>| v.map_or_else(|| "null".to_owned(), |v| v.to_string());
+    let probes: Vec<String> = counts
+        .iter()
+        .map(|(n, c)| format!("{{\"probe\":{},\"hits\":{c}}}", json_string(n)))
+        .collect();
+    format!(
+        "{{\"type\":\"summary\",\"pid\":{pid},\"outcome\":\"{how}\",\"exit_code\":{},\
+         \"signal\":{},\"exit_status\":{},\"probes\":[{}]}}",
+        opt(code),
+        opt(signal),
+        outcome.exit_code(),
+        probes.join(",")
+    )
+}
+
+/// `SIGKILL`, `SIGSEGV`, ... for a signal number.
+pub fn signal_name(sig: i32) -> String {
+    let name = match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        _ => return format!("signal {sig}"),
+    };
+    name.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
+    }
+
+    #[test]
+    fn summary_forms() {
+        let counts = vec![("libc.so.6:free".to_owned(), 2), ("x:\"y\"".to_owned(), 5)];
+        let j = summary_json(Pid(7), Outcome::Signaled(9), &counts);
+        assert_eq!(
+            j,
+            "{\"type\":\"summary\",\"pid\":7,\"outcome\":\"signaled\",\"exit_code\":null,\
+             \"signal\":9,\"exit_status\":137,\"probes\":[{\"probe\":\"libc.so.6:free\",\
+             \"hits\":2},{\"probe\":\"x:\\\"y\\\"\",\"hits\":5}]}"
+        );
+        let mut t = Vec::new();
+        summary_text(&mut t, &counts).unwrap();
+        assert_eq!(
+            String::from_utf8(t).unwrap(),
+            "\n@[libc.so.6:free]: 2\n@[x:\"y\"]: 5\n"
+        );
+    }
+}

@@ -1,0 +1,586 @@
+//! The event loop: what each ptrace stop means, and the core call and resumption it takes.
+//!
+//! - `SIGTRAP` with `si_code == SI_KERNEL`: an `int3`. The core's `on_breakpoint` decides;
+//!   emulated and boosted hits write the registers back and `PTRACE_CONT` (one stop per
+//!   hit); a single-step hit `PTRACE_SINGLESTEP`s and finishes in `on_single_step`; a trap
+//!   that is not ours is delivered to the program unchanged.
+//! - `SIGTRAP` with `TRAP_TRACE`/`TRAP_BRKPT` while a step is pending: the step finished.
+//! - Any other signal-delivery-stop: passed through with the same signal. While a single
+//!   step is pending, a fault raised by the stepped instruction itself aborts the step (the
+//!   program sees the fault at the original instruction); any other signal is held back
+//!   until the step is done and then delivered with its original `siginfo` — what the
+//!   kernel's uprobes do (`uprobe_deny_signal`), so that no hit runs twice.
+//! - clone, fork, vfork, exec, exit events keep the core's view of spaces and tasks exact;
+//!   the dynamic linker's hook makes the loop read the maps again after the hit.
+
+use std::time::Instant;
+
+use probe_core::{CpuId, Hit, Registers, SpaceId, Step, TaskId};
+
+use super::consumer::HitRecord;
+use super::error::TraceError;
+use super::regs::{to_core, write_changed};
+use super::session::{Outcome, ProbeEntry, Run, Session, Task};
+use crate::sys::{self, Event, Pid, SysError, WaitStatus};
+
+/// `si_code` of a single-step trap.
+const TRAP_TRACE: i32 = 2;
+/// `si_code` of a hardware breakpoint or a step over a system call.
+const TRAP_BRKPT: i32 = 1;
+
+const CLONE_VM: u64 = 0x100;
+const CLONE_THREAD: u64 = 0x10000;
+
+fn is_stop_signal(sig: i32) -> bool {
+    matches!(
+        sig,
+        libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+    )
+}
+
+fn tid_of(t: Pid) -> TaskId {
+    TaskId(t.0 as u64)
+}
+
+impl Session {
+    /// The loop of [`Session::run`] and [`Session::run_for`].
+    pub(crate) fn run_until(
+        &mut self,
+        deadline: Option<Instant>,
+        sink: &mut dyn FnMut(&ProbeEntry, &HitRecord),
+    ) -> Result<Option<Outcome>, TraceError> {
+        self.resume_held();
+        loop {
+            if let Some(o) = self.outcome {
+                if !self.tasks.is_empty() {
+                    // The traced process is gone; its descendants are let go, untouched.
+                    self.detach()?;
+                }
+                self.drain(sink);
+                return Ok(Some(o));
+            }
+            if self.tasks.is_empty() {
+                self.drain(sink);
+                return Err(TraceError::NoTracee);
+            }
+            let status = match deadline {
+                None => self.strategy.wait(None),
+                Some(d) => loop {
+                    match sys::try_wait(None) {
+                        Ok(WaitStatus::StillAlive) => {}
+                        other => break other,
+                    }
+                    if Instant::now() >= d {
+                        self.drain(sink);
+                        return Ok(None);
+                    }
+                    if let Some(sig) = sys::stop_requested() {
+                        break Err(SysError::Interrupted(sig));
+                    }
+                    std::thread::sleep(core::time::Duration::from_micros(50));
+                },
+            };
+            let status = match status {
+                Ok(s) => s,
+                Err(SysError::Interrupted(sig)) => {
+                    self.detach()?;
+                    self.drain(sink);
+                    return Ok(Some(Outcome::Detached(sig)));
+                }
+                Err(SysError::Failed { errno, .. }) if errno.0 == libc::ECHILD => {
+                    // Nothing left to wait for.
+                    self.tasks.clear();
+                    self.drain(sink);
+                    return Ok(Some(self.outcome.unwrap_or(Outcome::Detached(0))));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            self.handle(status);
+            self.drain(sink);
+        }
+    }
+
+    /// Resumes every held thread with its pending signal.
+    fn resume_held(&mut self) {
+        let mut held: Vec<(Pid, i32)> = self
+            .tasks
+            .iter()
+            .filter_map(|(&p, t)| match t.run {
+                Run::Held(s) => Some((p, s)),
+                _ => None,
+            })
+            .collect();
+        held.sort();
+        for (p, s) in held {
+            self.resume(p, s);
+        }
+    }
+
+    /// Brings every thread to a stop of ours (for detach), handling what happens meanwhile.
+    pub(crate) fn stop_all(&mut self, errors: &mut Vec<String>) {
+        self.detaching = true;
+        let running: Vec<Pid> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| matches!(t.run, Run::Running | Run::Stepping | Run::Listening))
+            .map(|(&p, _)| p)
+            .collect();
+        for tid in running {
+            match sys::interrupt(tid) {
+                Ok(()) | Err(SysError::NoSuchProcess { .. }) => {}
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        while self.tasks.values().any(|t| !matches!(t.run, Run::Held(_))) {
+            match sys::wait_through_stop(None) {
+                Ok(st) => self.handle(st),
+                Err(SysError::Failed { errno, .. }) if errno.0 == libc::ECHILD => {
+                    self.tasks.clear();
+                    break;
+                }
+                Err(e) => {
+                    errors.push(e.to_string());
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Handles one wait status.
+    pub(crate) fn handle(&mut self, status: WaitStatus) {
+        match status {
+            WaitStatus::Stopped(tid, sig) => {
+                if !self.tasks.contains_key(&tid) {
+                    self.orphans.insert(tid, status);
+                    return;
+                }
+                if sig == libc::SIGTRAP {
+                    self.on_sigtrap(tid);
+                } else {
+                    self.on_signal(tid, sig, None);
+                }
+            }
+            WaitStatus::Event(tid, sig, ev) => {
+                if !self.tasks.contains_key(&tid) {
+                    self.orphans.insert(tid, status);
+                    return;
+                }
+                self.on_event(tid, sig, ev);
+                let _ = self.core.maintain(&self.platform);
+            }
+            WaitStatus::Exited(tid, code) => {
+                self.on_gone(tid, Outcome::Exited(code));
+                let _ = self.core.maintain(&self.platform);
+            }
+            WaitStatus::Signaled(tid, sig, _) => {
+                self.on_gone(tid, Outcome::Signaled(sig));
+                let _ = self.core.maintain(&self.platform);
+            }
+            _ => {}
+        }
+    }
+
+    /// Resumes `tid` with `sig` (or holds it, while detaching).
+    pub(crate) fn resume(&mut self, tid: Pid, sig: i32) {
+        let detaching = self.detaching;
+        let Some(t) = self.tasks.get_mut(&tid) else {
+            return;
+        };
+        if detaching {
+            t.run = Run::Held(sig);
+            self.platform.set_stopped(tid_of(tid), !t.exiting);
+            return;
+        }
+        let mut sig = sig;
+        if sig == 0 && !t.deferred.is_empty() {
+            // A signal held back during a single step: deliver it now, exactly as it came.
+            let first = t.deferred.remove(0);
+            if sys::set_sig_info(tid, &first).is_ok() {
+                sig = first.signo();
+            }
+            for extra in t.deferred.drain(..) {
+                let _ = sys::tgkill(t.tgid, tid, extra.signo());
+            }
+        }
+        t.run = Run::Running;
+        self.platform.set_stopped(tid_of(tid), false);
+        if let Err(e) = sys::cont(tid, sig) {
+            if !matches!(e, SysError::NoSuchProcess { .. }) {
+                self.warn(format!("resuming thread {tid}: {e}"));
+            }
+        }
+    }
+
+    fn set_regs(
+        &mut self,
+        tid: Pid,
+        before: &probe_core::arch::x86_64::X86Regs,
+        regs: &probe_core::arch::x86_64::X86Regs,
+    ) -> bool {
+        match write_changed(tid, before, regs) {
+            Ok(()) => true,
+            Err(SysError::NoSuchProcess { .. }) => false,
+            Err(e) => {
+                self.warn(format!("writing the registers of thread {tid}: {e}"));
+                false
+            }
+        }
+    }
+
+    /// Reports the task's IP to the core if it may be inside a slot.
+    fn quiesce(&mut self, tid: Pid) {
+        let Some(t) = self.tasks.get_mut(&tid) else {
+            return;
+        };
+        if t.ts.in_slot() {
+            if let Ok(r) = sys::get_regs(tid) {
+                self.core.task_quiescent(&mut t.ts, r.rip);
+            }
+        }
+    }
+
+    fn on_sigtrap(&mut self, tid: Pid) {
+        let info = match sys::sig_info(tid) {
+            Ok(i) => i,
+            Err(_) => return, // killed meanwhile: its exit is reported next
+        };
+        let stepping = self.tasks.get(&tid).is_some_and(|t| t.ts.stepping());
+        if info.code == libc::SI_KERNEL && !stepping {
+            self.on_int3(tid);
+        } else if stepping && (info.code == TRAP_TRACE || info.code == TRAP_BRKPT) {
+            self.on_step_done(tid);
+        } else {
+            self.on_signal(tid, libc::SIGTRAP, Some(info.code));
+        }
+    }
+
+    /// The hit path.
+    fn on_int3(&mut self, tid: Pid) {
+        let Ok(raw) = sys::get_regs(tid) else {
+            return;
+        };
+        let before = to_core(&raw);
+        let mut regs = before;
+        let Some(t) = self.tasks.get_mut(&tid) else {
+            return;
+        };
+        let space = t.space;
+        self.platform.set_current(Some(tid_of(tid)));
+        let hit = self.core.on_breakpoint(
+            &self.platform,
+            CpuId(0),
+            space,
+            tid_of(tid),
+            &mut t.ts,
+            &mut regs,
+        );
+        self.stats.traps += 1;
+        if self.shared.rescan_pending() {
+            self.stats.dl_events += 1;
+            for s in self.shared.take_rescans() {
+                self.rescan(s, tid);
+            }
+        }
+        match hit {
+            Hit::Emulated | Hit::Boosted { .. } | Hit::Restart | Hit::Returned { .. } => {
+                match hit {
+                    Hit::Emulated => self.stats.emulated += 1,
+                    Hit::Boosted { .. } => self.stats.boosted += 1,
+                    Hit::Returned { .. } => self.stats.returns += 1,
+                    _ => {}
+                }
+                if self.set_regs(tid, &before, &regs) {
+                    self.resume(tid, 0);
+                }
+            }
+            Hit::SingleStep { .. } => {
+                self.stats.stepped += 1;
+                if self.detaching {
+                    if let Some(t) = self.tasks.get_mut(&tid) {
+                        self.core.abort_single_step(&mut t.ts, &mut regs);
+                    }
+                    if self.set_regs(tid, &before, &regs) {
+                        self.resume(tid, 0);
+                    }
+                    return;
+                }
+                if self.set_regs(tid, &before, &regs) {
+                    if let Some(t) = self.tasks.get_mut(&tid) {
+                        t.run = Run::Stepping;
+                    }
+                    self.platform.set_stopped(tid_of(tid), false);
+                    let _ = sys::single_step(tid, 0);
+                }
+            }
+            Hit::NotOurs | Hit::StrayTrampoline => {
+                self.stats.not_ours += 1;
+                self.resume(tid, libc::SIGTRAP);
+            }
+            Hit::Failed(e) => {
+                self.stats.failed += 1;
+                let why = self.explain(e);
+                self.warn(format!(
+                    "a hit at {:#x} in thread {tid} could not be resumed ({why}); the thread \
+                     gets SIGSEGV, as the instruction itself would have faulted",
+                    regs.ip()
+                ));
+                if self.set_regs(tid, &before, &regs) {
+                    self.resume(tid, libc::SIGSEGV);
+                }
+            }
+        }
+    }
+
+    fn on_step_done(&mut self, tid: Pid) {
+        let Ok(raw) = sys::get_regs(tid) else {
+            return;
+        };
+        let before = to_core(&raw);
+        let mut regs = before;
+        let Some(t) = self.tasks.get_mut(&tid) else {
+            return;
+        };
+        let space = t.space;
+        match self
+            .core
+            .on_single_step(&self.platform, space, &mut t.ts, &mut regs)
+        {
+            Step::Done => {
+                if self.set_regs(tid, &before, &regs) {
+                    self.resume(tid, 0);
+                }
+            }
+            Step::NotOurs => self.resume(tid, libc::SIGTRAP),
+            Step::Failed(e) => {
+                self.stats.failed += 1;
+                self.warn(format!(
+                    "finishing a single step in thread {tid} failed ({e}); it gets SIGSEGV"
+                ));
+                if self.set_regs(tid, &before, &regs) {
+                    self.resume(tid, libc::SIGSEGV);
+                }
+            }
+        }
+    }
+
+    /// A signal-delivery-stop for `sig` (not one of our traps).
+    fn on_signal(&mut self, tid: Pid, sig: i32, code: Option<i32>) {
+        let stepping = self.tasks.get(&tid).is_some_and(|t| t.ts.stepping());
+        if stepping {
+            let code = match code {
+                Some(c) => c,
+                None => sys::sig_info(tid).map_or(0, |i| i.code),
+            };
+            let fault = matches!(
+                sig,
+                libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP
+            ) && code > 0;
+            let Ok(raw) = sys::get_regs(tid) else {
+                return;
+            };
+            let at_slot = self
+                .tasks
+                .get(&tid)
+                .and_then(|t| t.ts.slot())
+                .is_some_and(|s| s.0 == raw.rip);
+            if !fault && at_slot && !self.detaching {
+                // Not caused by the stepped instruction, which has not run yet: hold the
+                // signal back, finish the step, deliver it after.
+                if let Ok(info) = sys::sig_info_raw(tid) {
+                    if let Some(t) = self.tasks.get_mut(&tid) {
+                        t.deferred.push(info);
+                    }
+                    self.stats.deferred += 1;
+                    let _ = sys::single_step(tid, 0);
+                    return;
+                }
+            }
+            let before = to_core(&raw);
+            let mut regs = before;
+            if let Some(t) = self.tasks.get_mut(&tid) {
+                self.core.abort_single_step(&mut t.ts, &mut regs);
+            }
+            self.stats.aborted_steps += 1;
+            if !self.set_regs(tid, &before, &regs) {
+                return;
+            }
+        } else {
+            self.quiesce(tid);
+        }
+        self.stats.signals += 1;
+        self.resume(tid, sig);
+    }
+
+    fn on_event(&mut self, tid: Pid, sig: i32, ev: Event) {
+        match ev {
+            Event::Clone | Event::Fork | Event::VFork => self.on_new_child(tid, ev),
+            Event::Exec => self.on_exec(tid),
+            Event::Exit => {
+                if let Some(t) = self.tasks.get_mut(&tid) {
+                    t.exiting = true;
+                    self.core.on_task_exit(&mut t.ts);
+                }
+                self.platform.set_stopped(tid_of(tid), false);
+                self.resume(tid, 0);
+            }
+            Event::Stop => {
+                let first = self.tasks.get(&tid).is_some_and(|t| t.run == Run::Unborn);
+                if first {
+                    self.resume(tid, 0);
+                } else if is_stop_signal(sig) && !self.detaching {
+                    // A group-stop: stay stopped, but keep reporting.
+                    self.quiesce(tid);
+                    if let Some(t) = self.tasks.get_mut(&tid) {
+                        t.run = Run::Listening;
+                    }
+                    let _ = sys::listen(tid);
+                } else {
+                    self.quiesce(tid);
+                    self.resume(tid, 0);
+                }
+            }
+            _ => self.resume(tid, 0),
+        }
+    }
+
+    /// Whether the clone/fork/vfork the stopped `parent` is in shares its memory.
+    fn shares_vm(&self, parent: Pid, ev: Event) -> (bool, bool) {
+        let Ok(r) = sys::get_regs(parent) else {
+            return (ev == Event::VFork, false);
+        };
+        let flags = match r.orig_rax as i64 {
+            libc::SYS_clone => r.rdi,
+            libc::SYS_clone3 => {
+                let space = self.tasks.get(&parent).map(|t| t.space);
+                space
+                    .and_then(|s| probe_core::Platform::space(&self.platform, s))
+                    .and_then(|m| {
+                        let mut b = [0u8; 8];
+                        probe_core::AddressSpace::read_exact(&m, probe_core::Addr(r.rdi), &mut b)
+                            .ok()
+                            .map(|()| u64::from_le_bytes(b))
+                    })
+                    .unwrap_or(0)
+            }
+            libc::SYS_vfork => CLONE_VM,
+            _ => 0,
+        };
+        (flags & CLONE_VM != 0, flags & CLONE_THREAD != 0)
+    }
+
+    fn on_new_child(&mut self, parent: Pid, ev: Event) {
+        let child = match sys::event_msg(parent) {
+            Ok(c) => Pid(c as i32),
+            Err(_) => return,
+        };
+        let (vm, thread) = self.shares_vm(parent, ev);
+        let Some(p) = self.tasks.get(&parent) else {
+            return;
+        };
+        let (ptgid, pspace) = (p.tgid, p.space);
+        let (tgid, space) = if thread {
+            (ptgid, pspace)
+        } else if vm {
+            (child, pspace)
+        } else {
+            (child, SpaceId(child.0 as u64))
+        };
+        let mut task = Task::new(tgid, space, Run::Unborn);
+        self.platform.add_task(tid_of(child), space, false);
+        if !vm {
+            match self.platform.fork_space(pspace, space, child) {
+                Ok(()) => {
+                    if let Err(e) = self.core.on_fork(&self.platform, pspace, space) {
+                        let why = self.explain(e);
+                        self.warn(format!("following fork of process {child}: {why}"));
+                    }
+                    if let Some(p) = self.tasks.get(&parent) {
+                        self.core.on_task_fork(&p.ts, &mut task.ts);
+                    }
+                }
+                Err(e) => self.warn(format!("following fork of process {child}: {e}")),
+            }
+        }
+        self.tasks.insert(child, task);
+        if let Some(st) = self.orphans.remove(&child) {
+            // Its first stop came before our event: handle it now.
+            self.handle(st);
+        }
+        self.resume(parent, 0);
+    }
+
+    fn on_exec(&mut self, tid: Pid) {
+        let former = sys::event_msg(tid).map_or(tid, |f| Pid(f as i32));
+        if former != tid {
+            // A non-leader thread exec'd: it takes the leader's id; the old leader is gone.
+            if let Some(mut old) = self.tasks.remove(&tid) {
+                self.core.on_task_exit(&mut old.ts);
+            }
+            if let Some(t) = self.tasks.remove(&former) {
+                self.tasks.insert(tid, t);
+            }
+            self.platform.remove_task(tid_of(former));
+        }
+        let Some(t) = self.tasks.get(&tid) else {
+            return;
+        };
+        let (tgid, old_space) = (t.tgid, t.space);
+        // Every other thread of the process is gone.
+        let others: Vec<Pid> = self
+            .tasks
+            .iter()
+            .filter(|(&p, t)| p != tid && t.tgid == tgid && t.space == old_space)
+            .map(|(&p, _)| p)
+            .collect();
+        for p in others {
+            if let Some(mut o) = self.tasks.remove(&p) {
+                self.core.on_task_exit(&mut o.ts);
+            }
+            self.platform.remove_task(tid_of(p));
+        }
+        // Out of the execve call, to a stop where registers may be used.
+        if sys::leave_syscall(tid).is_err() {
+            return;
+        }
+        let new_space = SpaceId(tid.0 as u64);
+        if let Some(t) = self.tasks.get_mut(&tid) {
+            if old_space == new_space {
+                self.core.on_exec(&self.platform, old_space, &mut t.ts);
+            } else {
+                // A vfork child leaves its parent's space, which lives on.
+                self.core.on_task_exit(&mut t.ts);
+            }
+            t.space = new_space;
+            t.tgid = tid;
+        }
+        if old_space == new_space {
+            self.platform.remove_space(old_space);
+        }
+        self.platform.add_task(tid_of(tid), new_space, true);
+        match self.platform.add_space(new_space, tid) {
+            Ok(()) => {
+                if let Err(e) = self.setup_space(new_space, tid) {
+                    self.warn(format!("after exec in process {tid}: {e}"));
+                }
+            }
+            Err(e) => self.warn(format!("after exec in process {tid}: {e}")),
+        }
+        self.resume(tid, 0);
+    }
+
+    fn on_gone(&mut self, tid: Pid, how: Outcome) {
+        self.orphans.remove(&tid);
+        if let Some(mut t) = self.tasks.remove(&tid) {
+            self.core.on_task_exit(&mut t.ts);
+            self.platform.remove_task(tid_of(tid));
+            let space = t.space;
+            if !self.tasks.values().any(|o| o.space == space) {
+                self.core.on_space_exit(&self.platform, space);
+                self.platform.remove_space(space);
+            }
+        }
+        if tid == self.root {
+            self.outcome = Some(how);
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! The tracer: `probe-core` driven over ptrace.
+//!
+//! - [`platform`]: [`LinuxPlatform`], the core's platform (files by device and inode, spaces
+//!   by process, tasks by thread, memory through `/proc/PID/mem`, slot areas mapped by an
+//!   injected `mmap`).
+//! - [`consumer`]: [`LinuxConsumer`], what the tracer attaches to each probe (counting,
+//!   recording hits, the dynamic linker's hook), and the state it shares with the loop.
+//! - [`session`]: [`Session`], spawn or attach, add probes, run, detach; the core's sizes.
+//! - `event_loop`: what each ptrace stop means and how the thread is resumed.
+//! - [`regs`]: register-file conversions.
+//! - [`error`]: the session's error type, [`TraceError`].
+
+pub mod consumer;
+pub mod error;
+mod event_loop;
+pub mod platform;
+pub mod regs;
+pub mod session;
+
+pub use consumer::{HitRecord, LinuxConsumer, Role, Shared};
+pub use error::TraceError;
+pub use platform::{LinuxPlatform, LinuxSpace};
+pub use session::{
+    AddReport, Core, DetachReport, Outcome, ProbeEntry, Session, SessionOptions, Stats,
+};

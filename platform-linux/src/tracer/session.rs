@@ -1,0 +1,763 @@
+//! [`Session`]: one tracing session — a spawned or attached process tree, its probes, its
+//! counts — and the calls a user of the library makes: [`Session::spawn`],
+//! [`Session::attach`], [`Session::add_spec`], [`Session::run`], [`Session::detach`].
+//!
+//! The event loop itself (what each ptrace stop means) is in `event_loop.rs`.
+//!
+//! A session belongs to the thread that created it (ptrace requests must come from the
+//! tracer thread; the type is not `Send`). Dropping a session with threads still traced
+//! detaches from them, restoring every original byte.
+
+use core::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use probe_core::arch::x86_64::X86_64;
+use probe_core::{
+    ConsumerHandle, ConsumerOptions, FileId, ProbeCore, ProbeKey, SpaceId, TaskId, TaskState,
+};
+
+use super::consumer::{HitRecord, LinuxConsumer, Role, Shared};
+use super::error::TraceError;
+use super::platform::LinuxPlatform;
+use crate::attach;
+use crate::elf::ElfImage;
+use crate::resolve::{self, Location, ProbeKind, Resolver};
+use crate::sys::{self, Options, Pid, RawSigInfo};
+use crate::wait::WaitStrategy;
+
+/// Probe-table buckets: up to 7/8 of them hold probes (libc has about 3000 functions).
+pub const PROBES: usize = 16384;
+/// Registered consumers.
+pub const CONSUMERS: usize = 16384;
+/// Installed breakpoints over all spaces (7/8 of the buckets).
+pub const SITES: usize = 65536;
+/// Traced address spaces with breakpoints at once (7/8 of the buckets).
+pub const SPACES: usize = 64;
+/// Out-of-line slots per address space (64 bytes each: a 512 KiB area).
+pub const XOL: usize = 8192;
+
+/// The core as the Linux backend sizes it: one tracer thread, so one CPU.
+pub type Core = ProbeCore<LinuxPlatform, LinuxConsumer, PROBES, CONSUMERS, SITES, SPACES, XOL, 1>;
+
+/// Most calls of one return-probed function tracked at once.
+pub const RET_MAXACTIVE: u32 = 1024;
+
+/// Builds a core on the heap. It is too big for a default thread stack, so it is built on a
+/// thread with a stack of its own.
+pub fn new_core() -> Box<Core> {
+    let stack = core::mem::size_of::<Core>() * 3 + (16 << 20);
+    std::thread::Builder::new()
+        .name("probe-core-init".into())
+        .stack_size(stack)
+        .spawn(|| Box::new(Core::new()))
+        .and_then(|h| {
+            h.join()
+                .map_err(|_| std::io::Error::other("building the core panicked"))
+        })
+        .expect("a thread to build the probe core")
+}
+
+/// How a traced thread stands, from the tracer's side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Run {
+    /// Resumed (`PTRACE_CONT`).
+    Running,
+    /// Resumed with `PTRACE_SINGLESTEP` for a step the core asked for.
+    Stepping,
+    /// In a stop of ours, to be resumed with this signal (0: none).
+    Held(i32),
+    /// In a group-stop, `PTRACE_LISTEN`ing.
+    Listening,
+    /// Announced by its parent's clone/fork event; its first stop is not seen yet.
+    Unborn,
+}
+
+/// One traced thread.
+#[derive(Debug)]
+pub(crate) struct Task {
+    pub(crate) ts: TaskState<X86_64>,
+    /// Its thread group (process).
+    pub(crate) tgid: Pid,
+    /// The address space it runs in (a vfork child runs in its parent's).
+    pub(crate) space: SpaceId,
+    pub(crate) run: Run,
+    /// Signals that arrived during a single step, delivered after it.
+    pub(crate) deferred: Vec<RawSigInfo>,
+    /// It reported `PTRACE_EVENT_EXIT`.
+    pub(crate) exiting: bool,
+}
+
+impl Task {
+    pub(crate) fn new(tgid: Pid, space: SpaceId, run: Run) -> Task {
+        Task {
+            ts: TaskState::new(),
+            tgid,
+            space,
+            run,
+            deferred: Vec::new(),
+            exiting: false,
+        }
+    }
+}
+
+/// One probe point of the session.
+#[derive(Debug, Clone)]
+pub struct ProbeEntry {
+    /// The name for output (`libc.so.6:malloc`, `uretprobe:libc.so.6:malloc`).
+    pub name: String,
+    /// The spec it came from.
+    pub spec: String,
+    /// Entry or return.
+    pub kind: ProbeKind,
+    /// The file.
+    pub file: PathBuf,
+    /// The file offset of the probed instruction.
+    pub offset: u64,
+    /// Whether it came from a glob (then it is listed only when hit).
+    pub from_glob: bool,
+    /// Why it could not be registered, if it could not.
+    pub error: Option<String>,
+    pub(crate) handle: Option<ConsumerHandle>,
+    /// The core's key of the probe.
+    pub key: ProbeKey,
+}
+
+/// What [`Session::add_spec`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddReport {
+    /// Probe points registered.
+    pub added: usize,
+    /// Points already registered by an earlier spec.
+    pub duplicates: usize,
+    /// Points of a glob that could not be probed, with the reasons.
+    pub failed: Vec<(String, String)>,
+    /// Things the user should know about the points (e.g. a probe on an ifunc resolver).
+    pub notes: Vec<String>,
+}
+
+/// How a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The traced process exited with this code.
+    Exited(i32),
+    /// The traced process was killed by this signal.
+    Signaled(i32),
+    /// The tracer detached after this stop signal (SIGINT, SIGTERM, SIGHUP) or on request
+    /// (0); the process lives on.
+    Detached(i32),
+}
+
+impl Outcome {
+    /// The exit status a shell would report: the code, or 128 + the signal.
+    pub fn exit_code(&self) -> i32 {
+        match *self {
+            Outcome::Exited(c) => c,
+            Outcome::Signaled(s) => 128 + s,
+            Outcome::Detached(_) => 0,
+        }
+    }
+}
+
+/// What detaching found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DetachReport {
+    /// Threads detached.
+    pub threads: usize,
+    /// Problems met (each named; the rest proceeded).
+    pub errors: Vec<String>,
+}
+
+/// Counters of what the event loop saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Breakpoint traps handled by the core.
+    pub traps: u64,
+    /// Hits resumed by emulation.
+    pub emulated: u64,
+    /// Hits resumed in a boosted slot.
+    pub boosted: u64,
+    /// Hits resumed by a single step.
+    pub stepped: u64,
+    /// Returns through the trampoline.
+    pub returns: u64,
+    /// Traps that were not ours (delivered to the program).
+    pub not_ours: u64,
+    /// Signals passed through to the program.
+    pub signals: u64,
+    /// Signals held back during a single step and delivered after it.
+    pub deferred: u64,
+    /// Single steps abandoned (a fault in the slot, or detach).
+    pub aborted_steps: u64,
+    /// Dynamic-linker notifications (map changes).
+    pub dl_events: u64,
+    /// Hits the core could not resume (delivered as SIGSEGV).
+    pub failed: u64,
+}
+
+/// Options of a session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionOptions {
+    /// Record every hit with this many arguments (`--print --args N`); `None`: count only.
+    pub record_args: Option<usize>,
+    /// How to wait for stops.
+    pub strategy: WaitStrategy,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            record_args: None,
+            strategy: WaitStrategy::DEFAULT,
+        }
+    }
+}
+
+/// A tracing session; see the module docs.
+#[derive(Debug)]
+pub struct Session {
+    pub(crate) platform: LinuxPlatform,
+    pub(crate) core: Box<Core>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) tasks: HashMap<Pid, Task>,
+    /// Stops of tasks whose parent's clone/fork event has not been seen yet.
+    pub(crate) orphans: HashMap<Pid, sys::WaitStatus>,
+    pub(crate) probes: Vec<ProbeEntry>,
+    pub(crate) points: HashSet<(PathBuf, u64, bool)>,
+    /// The dynamic linker hook per interpreter file.
+    pub(crate) hooks: HashMap<FileId, Option<ConsumerHandle>>,
+    pub(crate) resolver: Resolver,
+    /// The process we spawned or attached to.
+    pub(crate) root: Pid,
+    pub(crate) spawned: bool,
+    pub(crate) outcome: Option<Outcome>,
+    pub(crate) detaching: bool,
+    pub(crate) strategy: WaitStrategy,
+    pub(crate) warnings: Vec<String>,
+    pub(crate) stats: Stats,
+}
+
+impl Session {
+    fn new(root: Pid, spawned: bool, opts: SessionOptions) -> Session {
+        Session {
+            platform: LinuxPlatform::new(),
+            core: new_core(),
+            shared: Arc::new(Shared::new(opts.record_args)),
+            tasks: HashMap::new(),
+            orphans: HashMap::new(),
+            probes: Vec::new(),
+            points: HashSet::new(),
+            hooks: HashMap::new(),
+            resolver: Resolver::new(Some(root)),
+            root,
+            spawned,
+            outcome: None,
+            detaching: false,
+            strategy: opts.strategy,
+            warnings: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Starts `program args...` traced, stopped before its first instruction. Add probes,
+    /// then [`run`](Self::run).
+    pub fn spawn(
+        program: &OsStr,
+        args: &[&OsStr],
+        opts: SessionOptions,
+    ) -> Result<Session, TraceError> {
+        let pid = sys::spawn_traced(program, args, Options::SPAWNED, None)?;
+        let mut s = Session::new(pid, true, opts);
+        let space = SpaceId(pid.0 as u64);
+        s.tasks.insert(pid, Task::new(pid, space, Run::Held(0)));
+        s.platform.add_task(TaskId(pid.0 as u64), space, true);
+        if let Err(e) = s.platform.add_space(space, pid) {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            return Err(e.into());
+        }
+        s.setup_space(space, pid)?;
+        Ok(s)
+    }
+
+    /// Attaches to every thread of running process `pid` (`PTRACE_SEIZE`) and holds them
+    /// stopped. Add probes, then [`run`](Self::run).
+    pub fn attach(pid: Pid, opts: SessionOptions) -> Result<Session, TraceError> {
+        let threads = attach::attach_process(pid, Options::ATTACHED)?;
+        let mut s = Session::new(pid, false, opts);
+        let space = SpaceId(pid.0 as u64);
+        for t in &threads {
+            s.tasks.insert(
+                t.tid,
+                Task::new(pid, space, Run::Held(t.pending_signal.unwrap_or(0))),
+            );
+            s.platform.add_task(TaskId(t.tid.0 as u64), space, true);
+        }
+        let setup = s
+            .platform
+            .add_space(space, pid)
+            .map_err(TraceError::from)
+            .and_then(|()| {
+                let t = threads.first().map_or(pid, |t| t.tid);
+                s.setup_space(space, t)
+            });
+        if let Err(e) = setup {
+            let _ = attach::detach_all(&threads);
+            return Err(e);
+        }
+        Ok(s)
+    }
+
+    /// The process traced (spawned or attached).
+    pub fn pid(&self) -> Pid {
+        self.root
+    }
+
+    /// Whether the session started the process (rather than attached to it).
+    pub fn is_spawned(&self) -> bool {
+        self.spawned
+    }
+
+    /// The probe points of the session, in the order added.
+    pub fn probes(&self) -> &[ProbeEntry] {
+        &self.probes
+    }
+
+    /// Hits of probe point `i` so far.
+    pub fn count(&self, i: usize) -> u64 {
+        self.shared.count(i)
+    }
+
+    /// (name, hits) of every registered probe point.
+    pub fn counts(&self) -> Vec<(String, u64)> {
+        self.probes
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.error.is_none())
+            .map(|(i, p)| (p.name.clone(), self.count(i)))
+            .collect()
+    }
+
+    /// The counts to report, sorted as bpftrace sorts a map (by count, then name): every
+    /// probe named on its own, and the probes of a glob that were hit.
+    pub fn summary(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self
+            .probes
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.error.is_none())
+            .map(|(i, p)| (p, self.count(i)))
+            .filter(|(p, c)| !p.from_glob || *c > 0)
+            .map(|(p, c)| (p.name.clone(), c))
+            .collect();
+        v.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        v
+    }
+
+    /// Hits of the probe points named `name`, summed.
+    pub fn count_of(&self, name: &str) -> u64 {
+        self.counts()
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, c)| c)
+            .sum()
+    }
+
+    /// What the event loop saw.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Problems met that did not stop the session (each a sentence).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The core (for inspection: installed breakpoints, probe count).
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// The platform (for inspection: spaces, mappings).
+    pub fn platform(&self) -> &LinuxPlatform {
+        &self.platform
+    }
+
+    /// The slot area of the traced process, if one was mapped.
+    pub fn xol_base(&self) -> Option<u64> {
+        self.platform.xol_base(SpaceId(self.root.0 as u64))
+    }
+
+    /// A thread of `space` held stopped, for injected system calls.
+    fn held_task_of(&self, space: SpaceId) -> Option<Pid> {
+        let mut v: Vec<Pid> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.space == space && matches!(t.run, Run::Held(_)) && !t.exiting)
+            .map(|(&p, _)| p)
+            .collect();
+        v.sort_by_key(|p| (*p != self.root, *p));
+        v.first().copied()
+    }
+
+    /// Parses, resolves and registers one probe spec. A spec that names one function must
+    /// work; a glob registers what it can and reports the rest.
+    ///
+    /// Call it while the threads are held: after [`spawn`](Self::spawn) or
+    /// [`attach`](Self::attach), before [`run`](Self::run) (the slot area is mapped by a
+    /// system call injected into a held thread). Probes on a library not loaded yet are
+    /// installed when the dynamic linker maps it.
+    pub fn add_spec(&mut self, text: &str) -> Result<AddReport, TraceError> {
+        let spec = resolve::parse_spec(text)?;
+        let points = self.resolver.resolve(&spec)?;
+        let glob = matches!(spec.location, Location::Glob(_));
+        let mut report = AddReport::default();
+        let space = SpaceId(self.root.0 as u64);
+        let current = self.held_task_of(space);
+        self.platform
+            .set_current(current.map(|p| TaskId(p.0 as u64)));
+        for p in points {
+            let ret = p.kind == ProbeKind::Return;
+            if !self.points.insert((p.file.clone(), p.file_offset, ret)) {
+                report.duplicates += 1;
+                continue;
+            }
+            let name = probe_name(&p);
+            if p.ifunc && !glob {
+                report.notes.push(format!(
+                    "{name} is an indirect function (ifunc): the probe is on its resolver, \
+                     which runs when the symbol is bound, not on each call; probe the \
+                     implementation instead (`probe list {} {}` shows the candidates)",
+                    p.file.display(),
+                    p.symbol
+                        .as_deref()
+                        .map_or("", |s| s.split('@').next().unwrap_or(s))
+                ));
+            }
+            let file = self
+                .platform
+                .file_id(&p.file)
+                .map_err(|e| TraceError::File {
+                    path: p.file.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            let key = ProbeKey::new(file, p.file_offset);
+            let (idx, hits) = self.shared.add_counter();
+            debug_assert_eq!(idx, self.probes.len());
+            let consumer = LinuxConsumer::new(Role::Probe(idx), hits, self.shared.clone());
+            let opts = if ret {
+                ConsumerOptions::new().with_return(RET_MAXACTIVE, 0)
+            } else {
+                ConsumerOptions::new()
+            };
+            let mut entry = ProbeEntry {
+                name: name.clone(),
+                spec: text.to_owned(),
+                kind: p.kind,
+                file: p.file.clone(),
+                offset: p.file_offset,
+                from_glob: glob,
+                error: None,
+                handle: None,
+                key,
+            };
+            match self.core.register(&self.platform, key, consumer, opts) {
+                Ok(h) => {
+                    entry.handle = Some(h);
+                    report.added += 1;
+                }
+                Err((e, _)) => {
+                    let reason = self.explain(e);
+                    entry.error = Some(reason.clone());
+                    if !glob {
+                        self.probes.push(entry);
+                        return Err(TraceError::Register {
+                            probe: name,
+                            reason,
+                        });
+                    }
+                    report.failed.push((name, reason));
+                }
+            }
+            self.probes.push(entry);
+        }
+        let _ = self.core.maintain(&self.platform);
+        Ok(report)
+    }
+
+    /// The core's error in words, with the platform's detail where it has one.
+    pub(crate) fn explain(&self, e: probe_core::Error) -> String {
+        match e {
+            probe_core::Error::NoXolArea(_) => match self.platform.xol_error() {
+                Some(why) => format!("{e}: {why}"),
+                None => e.to_string(),
+            },
+            probe_core::Error::CapacityExhausted { .. } => format!(
+                "{e} (probe holds {PROBES} probes, {SITES} breakpoints, {XOL} slots per \
+                 process; trace fewer functions)"
+            ),
+            probe_core::Error::BytesChanged { .. } => format!(
+                "{e} (another debugger, tracer or a kernel uprobe from uprobe_events may have \
+                 a breakpoint there; remove it first)"
+            ),
+            _ => e.to_string(),
+        }
+    }
+
+    /// Reads the maps of `space` (held stopped through thread `tid`), makes sure the
+    /// dynamic linker's hook is registered, and reports the mappings to the core.
+    pub(crate) fn setup_space(&mut self, space: SpaceId, tid: Pid) -> Result<(), TraceError> {
+        self.platform.set_current(Some(TaskId(tid.0 as u64)));
+        let diff = self.platform.refresh_maps(space)?;
+        self.ensure_dl_hook(space);
+        for r in diff.removed {
+            self.core.on_munmap(&self.platform, space, r);
+        }
+        for m in diff.added {
+            if let Err(e) = self.core.on_mmap(&self.platform, m) {
+                let why = self.explain(e);
+                self.warn(format!("installing probes in process {space}: {why}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the maps of `space` again after the dynamic linker changed them.
+    pub(crate) fn rescan(&mut self, space: SpaceId, tid: Pid) {
+        self.platform.set_current(Some(TaskId(tid.0 as u64)));
+        let diff = match self.platform.refresh_maps(space) {
+            Ok(d) => d,
+            Err(e) => {
+                self.warn(format!("re-reading the mappings of process {space}: {e}"));
+                return;
+            }
+        };
+        for r in diff.removed {
+            self.core.on_munmap(&self.platform, space, r);
+        }
+        for m in diff.added {
+            if let Err(e) = self.core.on_mmap(&self.platform, m) {
+                let why = self.explain(e);
+                self.warn(format!("installing probes in process {space}: {why}"));
+            }
+        }
+    }
+
+    pub(crate) fn warn(&mut self, w: String) {
+        if self.warnings.len() < 100 && !self.warnings.contains(&w) {
+            self.warnings.push(w);
+        }
+    }
+
+    /// Registers the hook on the dynamic linker of `space` (its `_dl_debug_state`, which it
+    /// calls around every change of the loaded objects), once per interpreter file.
+    fn ensure_dl_hook(&mut self, space: SpaceId) {
+        let Some(pid) = self.platform.space_pid(space) else {
+            return;
+        };
+        let Some(base) = interpreter_base(pid) else {
+            return; // statically linked: nothing is loaded later
+        };
+        let Some(m) = self
+            .platform
+            .mappings(space)
+            .into_iter()
+            .find(|m| m.range.start.0 == base)
+        else {
+            return;
+        };
+        if self.hooks.contains_key(&m.file) {
+            return;
+        }
+        let path = self.platform.file_path(m.file).unwrap_or_default();
+        let offset = match dl_debug_state_offset(&path) {
+            Ok(o) => o,
+            Err(why) => {
+                self.hooks.insert(m.file, None);
+                self.warn(format!(
+                    "libraries loaded later will not be probed: {why} in {}",
+                    path.display()
+                ));
+                return;
+            }
+        };
+        let (_, hits) = (0, Arc::new(core::sync::atomic::AtomicU64::new(0)));
+        let consumer = LinuxConsumer::new(Role::DlHook, hits, self.shared.clone());
+        let key = ProbeKey::new(m.file, offset);
+        match self
+            .core
+            .register(&self.platform, key, consumer, ConsumerOptions::new())
+        {
+            Ok(h) => {
+                self.hooks.insert(m.file, Some(h));
+            }
+            Err((e, _)) => {
+                self.hooks.insert(m.file, None);
+                let why = self.explain(e);
+                self.warn(format!(
+                    "libraries loaded later will not be probed: the dynamic linker's hook \
+                     failed: {why}"
+                ));
+            }
+        }
+    }
+
+    /// Resumes every held thread and handles stops until the traced process exits or a stop
+    /// signal arrives (then detaches). `sink` sees every hit record (with `--print`).
+    pub fn run(
+        &mut self,
+        sink: &mut dyn FnMut(&ProbeEntry, &HitRecord),
+    ) -> Result<Outcome, TraceError> {
+        self.run_until(None, sink)
+            .map(|o| o.unwrap_or(Outcome::Detached(0)))
+    }
+
+    /// Like [`run`](Self::run), but returns `Ok(None)` after `limit` with the process still
+    /// traced (its threads running); [`detach`](Self::detach) or `run` again.
+    pub fn run_for(
+        &mut self,
+        limit: Duration,
+        sink: &mut dyn FnMut(&ProbeEntry, &HitRecord),
+    ) -> Result<Option<Outcome>, TraceError> {
+        self.run_until(Some(std::time::Instant::now() + limit), sink)
+    }
+
+    /// Forwards the queued hit records.
+    pub(crate) fn drain(&mut self, sink: &mut dyn FnMut(&ProbeEntry, &HitRecord)) {
+        if !self.shared.has_records() {
+            return;
+        }
+        for r in self.shared.take_records() {
+            if let Some(p) = self.probes.get(r.probe) {
+                sink(p, &r);
+            }
+        }
+    }
+
+    /// Stops every thread, removes every probe (restoring the original bytes in every
+    /// traced space), puts back hijacked return addresses, and detaches, handing each
+    /// thread the signal it was about to receive. The processes live on.
+    pub fn detach(&mut self) -> Result<DetachReport, TraceError> {
+        let mut report = DetachReport::default();
+        self.stop_all(&mut report.errors);
+        // Every thread is stopped: take every probe out.
+        for i in 0..self.probes.len() {
+            if let Some(h) = self.probes[i].handle.take() {
+                if let Err(e) = self.core.unregister(&self.platform, h) {
+                    report
+                        .errors
+                        .push(format!("removing {}: {e}", self.probes[i].name));
+                }
+            }
+        }
+        let hooks: Vec<ConsumerHandle> = self.hooks.values_mut().filter_map(Option::take).collect();
+        for h in hooks {
+            if let Err(e) = self.core.unregister(&self.platform, h) {
+                report
+                    .errors
+                    .push(format!("removing the dynamic linker's hook: {e}"));
+            }
+        }
+        let _ = self.core.maintain(&self.platform);
+        let mut tids: Vec<Pid> = self.tasks.keys().copied().collect();
+        tids.sort();
+        for tid in tids {
+            let Some(mut t) = self.tasks.remove(&tid) else {
+                continue;
+            };
+            if let Err(e) = self
+                .core
+                .restore_returns(&self.platform, t.space, &mut t.ts)
+            {
+                report
+                    .errors
+                    .push(format!("restoring return addresses of thread {tid}: {e}"));
+            }
+            let sig = match t.run {
+                Run::Held(s) => s,
+                _ => 0,
+            };
+            match sys::detach(tid, sig) {
+                Ok(()) => report.threads += 1,
+                Err(sys::SysError::NoSuchProcess { .. }) => {}
+                Err(e) => report.errors.push(e.to_string()),
+            }
+            self.platform.remove_task(TaskId(tid.0 as u64));
+        }
+        for (tid, _) in self.orphans.drain() {
+            let _ = sys::detach(tid, 0);
+        }
+        self.detaching = false;
+        for e in &report.errors {
+            if self.warnings.len() < 100 {
+                self.warnings.push(e.clone());
+            }
+        }
+        Ok(report)
+    }
+}
+
+impl Session {
+    /// Ends the session without letting the program run on: a spawned process is killed
+    /// (it has run nothing of its own yet if no `run` happened), an attached one is detached.
+    pub fn abort(mut self) -> Result<(), TraceError> {
+        if self.spawned {
+            let _ = sys::kill(self.root, libc::SIGKILL);
+            while self.outcome.is_none() && !self.tasks.is_empty() {
+                match sys::wait_through_stop(None) {
+                    Ok(st) => self.handle(st),
+                    Err(_) => break,
+                }
+            }
+        }
+        if !self.tasks.is_empty() {
+            self.detach()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if !self.tasks.is_empty() {
+            // Never leave breakpoints behind, whatever happened.
+            let _ = self.detach();
+        }
+    }
+}
+
+/// The load address of the dynamic linker of process `pid` (`AT_BASE` of its auxiliary
+/// vector), or `None` for a statically linked program.
+pub fn interpreter_base(pid: Pid) -> Option<u64> {
+    let auxv = std::fs::read(format!("/proc/{pid}/auxv")).ok()?;
+    auxv.chunks_exact(16).find_map(|c| {
+        let key = u64::from_ne_bytes(c[..8].try_into().ok()?);
+        let val = u64::from_ne_bytes(c[8..].try_into().ok()?);
+        (key == libc::AT_BASE && val != 0).then_some(val)
+    })
+}
+
+/// The file offset of `_dl_debug_state` in the dynamic linker at `path`.
+pub fn dl_debug_state_offset(path: &Path) -> Result<u64, String> {
+    let img = ElfImage::open(path).map_err(|e| e.to_string())?;
+    img.lookup("_dl_debug_state")
+        .first()
+        .map(|s| s.file_offset)
+        .ok_or_else(|| "no `_dl_debug_state` symbol".to_owned())
+}
+
+/// The name a probe point is shown under: `libc.so.6:malloc` (a default symbol version is
+/// left out; another is kept: `memcpy@GLIBC_2.2.5`), `uretprobe:` in front of return probes.
+pub fn probe_name(p: &resolve::ResolvedProbe) -> String {
+    let mut p = p.clone();
+    if let Some(s) = &mut p.symbol {
+        if let Some(i) = s.find("@@") {
+            s.truncate(i);
+        }
+    }
+    match p.kind {
+        ProbeKind::Return => format!("uretprobe:{}", p.display_name()),
+        _ => p.display_name(),
+    }
+}
