@@ -4,7 +4,7 @@
 //! Both mechanisms put an `int3` on the first byte of the probed instruction, so they cannot
 //! share one address: with the kernel's breakpoint in place, `probe` finds bytes it did not
 //! expect and refuses (checked below). So the kernel probes the function's first instruction
-//! (`push %rbp`) and `probe` its second (`mov %rsp,%rbp`), which runs exactly once per call.
+//! (`endbr64`) and `probe` its second (`push %rbp`), which runs exactly once per call.
 //!
 //! Needs root and tracefs with uprobe events; elsewhere the test says it was skipped and why.
 
@@ -132,10 +132,10 @@ fn kernel_uprobe_and_probe_count_the_same_calls_in_one_run() {
     let _ = s.abort();
     let base = kp.hits();
 
-    // The next instruction (`push %rbp` is 1 byte), in the same run.
+    // The next instruction (`endbr64` is 4 bytes), in the same run.
     let calls = 2500;
     let mut s = spawn(&["kinds", &calls.to_string()]);
-    s.add_spec(&format!("{}:{:#x}", path.display(), entry + 1))
+    s.add_spec(&format!("{}:{:#x}", path.display(), entry + 4))
         .unwrap();
     assert_eq!(s.run(&mut |_, _| {}).unwrap(), Outcome::Exited(0));
     let ours = s.counts()[0].1;

@@ -291,7 +291,10 @@ impl<
         let avail = (size - key.offset).min(ArchOf::<P>::MAX_INSN_LEN as u64) as usize;
         let mut orig = [0u8; MAX_ORIG];
         read_file_exact(p, key.file, key.offset, &mut orig[..avail])?;
-        let plan = ArchOf::<P>::analyze(&orig[..avail])?;
+        let mut plan = ArchOf::<P>::analyze(&orig[..avail])?;
+        if p.prefer_boost() {
+            plan = ArchOf::<P>::boost_instead(&plan).unwrap_or(plan);
+        }
         let len = ArchOf::<P>::insn_len(&plan);
         w.blacklist.check_file(key.file, key.offset, len as u64)?;
 

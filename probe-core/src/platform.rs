@@ -116,6 +116,14 @@ pub trait Platform {
     /// platform creates it on first use and keeps it for the life of the space, at the same
     /// address in a forked child. `None` when it cannot provide one.
     fn xol_area(&self, space: SpaceId, near: Addr, count: usize) -> Option<Addr>;
+
+    /// Whether running an instruction from its slot is cheaper here than emulating it when the
+    /// emulation touches the task's memory. A ptrace platform says yes (every memory access of
+    /// the emulator is a system call, while a slot costs one register write); an in-kernel
+    /// platform keeps the default, no. Asked once per probe, at registration.
+    fn prefer_boost(&self) -> bool {
+        false
+    }
 }
 
 /// Read exactly `buf.len()` bytes of a file, across as many partial reads as it takes.

@@ -338,7 +338,7 @@ fn main() {
     let hits = (n / 2).max(1000);
     let mut ours = Vec::new();
     for (name, kind, strategy) in [
-        ("emulated (push %rbp)", "emulated", WaitStrategy::DEFAULT),
+        ("emulated (endbr64)", "emulated", WaitStrategy::DEFAULT),
         (
             "boosted (lea 1(%rdi),%rax)",
             "boosted",

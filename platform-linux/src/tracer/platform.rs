@@ -537,6 +537,12 @@ impl Platform for LinuxPlatform {
         }
     }
 
+    /// Every memory access of the core's emulator is a `/proc/PID/mem` system call here,
+    /// while a boosted slot costs one register write: boost stack instructions.
+    fn prefer_boost(&self) -> bool {
+        true
+    }
+
     fn xol_area(&self, space: SpaceId, near: Addr, count: usize) -> Option<Addr> {
         if let Some(x) = self.xol_base(space) {
             return Some(Addr(x));

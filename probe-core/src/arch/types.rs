@@ -136,6 +136,16 @@ pub trait Arch: Sized + 'static {
     /// How this plan resumes the instruction.
     fn plan_kind(plan: &Self::Plan) -> PlanKind;
 
+    /// For an `Emulate` plan whose emulation reads or writes memory (a push, a pop, a return):
+    /// an equivalent `Boost` plan, if the instruction runs correctly from a slot. The core uses
+    /// it on platforms where a memory access costs more than a slot
+    /// ([`Platform::prefer_boost`](crate::platform::Platform::prefer_boost)). The default
+    /// offers none.
+    fn boost_instead(plan: &Self::Plan) -> Option<Self::Plan> {
+        let _ = plan;
+        None
+    }
+
     /// Length of the analysed instruction in bytes.
     fn insn_len(plan: &Self::Plan) -> usize;
 

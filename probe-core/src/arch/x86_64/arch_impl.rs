@@ -34,6 +34,10 @@ impl Arch for X86_64 {
         plan.kind()
     }
 
+    fn boost_instead(plan: &Plan) -> Option<Plan> {
+        plan.boost_instead()
+    }
+
     fn insn_len(plan: &Plan) -> usize {
         plan.len()
     }

@@ -156,6 +156,20 @@ impl Plan {
         }
     }
 
+    /// The same instruction run from a slot, for emulations that touch the stack: `push`
+    /// (register or immediate), `pop` and `ret` behave identically from a slot (none depends
+    /// on its own address; `ret` leaves the slot by itself). `call` is not offered: from a
+    /// slot it would push the slot's address.
+    pub(crate) fn boost_instead(&self) -> Option<Plan> {
+        match self.op {
+            Op::Push { .. } | Op::PushImm { .. } | Op::Pop { .. } | Op::Ret { .. } => Some(Plan {
+                op: Op::Boost { rip: None },
+                ..*self
+            }),
+            _ => None,
+        }
+    }
+
     /// Whether the instruction has a RIP-relative memory operand (relocated in the slot).
     pub fn is_rip_relative(&self) -> bool {
         matches!(self.op, Op::Boost { rip: Some(_) } | Op::StepRipRel { .. })
