@@ -135,6 +135,7 @@ impl Runner {
     /// code. Panics on a trap the core does not claim or a failed hit: in these tests every
     /// `brk` is the core's.
     pub fn run<
+        K: Consumer<Machine>,
         const A: usize,
         const B: usize,
         const C: usize,
@@ -144,7 +145,7 @@ impl Runner {
     >(
         &mut self,
         m: &Machine,
-        core: &ProbeCore<Machine, Counter, A, B, C, D, E, F>,
+        core: &ProbeCore<Machine, K, A, B, C, D, E, F>,
         task: TaskId,
         max_steps: u64,
     ) -> Option<u64> {
@@ -190,6 +191,7 @@ impl Runner {
 
 /// Report every file mapping of `space` to the core (as a platform does after spawn or exec).
 pub fn report_mappings<
+    K: Consumer<Machine>,
     const A: usize,
     const B: usize,
     const C: usize,
@@ -198,7 +200,7 @@ pub fn report_mappings<
     const F: usize,
 >(
     m: &Machine,
-    core: &ProbeCore<Machine, Counter, A, B, C, D, E, F>,
+    core: &ProbeCore<Machine, K, A, B, C, D, E, F>,
     space: SpaceId,
     files: &[FileId],
 ) -> Result<(), probe_core::Error> {

@@ -13,7 +13,7 @@ use platform_mock::{Machine, ToyArch, TEXT_BASE};
 use probe_core::{
     ConsumerOptions, EntryAction, FileId, HitContext, ProbeCore, ProbeKey, ReturnContext, TaskState,
 };
-use probe_tests::mock::Runner;
+use probe_tests::mock::{report_mappings, Runner};
 
 fn r(n: u8) -> Reg {
     Reg::new(n).unwrap()
@@ -101,58 +101,12 @@ fn setup(prog: &platform_mock::Program) -> (Machine, Box<Core>, FileId) {
 
 fn spawn(m: &Machine, core: &Core, file: FileId) -> (probe_core::SpaceId, probe_core::TaskId) {
     let (space, task) = m.spawn(file, 0).unwrap();
-    let mut maps = Vec::new();
-    probe_core::Platform::for_each_mapping(m, file, &mut |mp| {
-        maps.push(mp);
-        core::ops::ControlFlow::Continue(())
-    });
-    for mp in maps.into_iter().filter(|mp| mp.space == space) {
-        core.on_mmap(m, mp).unwrap();
-    }
+    report_mappings(m, core, space, &[file]).unwrap();
     (space, task)
 }
 
 fn run(m: &Machine, core: &Core, runner: &mut Runner, task: probe_core::TaskId) -> Option<u64> {
-    run_steps(m, core, runner, task, 1_000_000)
-}
-
-/// The probe-tests runner is typed for its own consumer; this one drives a core of
-/// `RetProbe`s the same way.
-fn run_steps(
-    m: &Machine,
-    core: &Core,
-    runner: &mut Runner,
-    task: probe_core::TaskId,
-    steps: u64,
-) -> Option<u64> {
-    use platform_mock::{Resume, StepEvent};
-    use probe_core::{CpuId, Hit, Step};
-    let tasks = &mut runner.tasks;
-    m.run(task, steps, |m, t, ev, regs| {
-        let ts = tasks.entry(t).or_default();
-        let space = m.task_space(t).unwrap();
-        match ev {
-            StepEvent::Breakpoint { .. } => {
-                match core.on_breakpoint(m, CpuId(0), space, t, ts, regs) {
-                    Hit::SingleStep { .. } => {
-                        m.set_single_step(t, true);
-                    }
-                    Hit::Emulated | Hit::Boosted { .. } | Hit::Restart | Hit::Returned { .. } => {}
-                    other => panic!("unexpected {other:?} at {:#x}", regs.pc),
-                }
-            }
-            StepEvent::SingleStepDone => {
-                assert_eq!(core.on_single_step(m, space, ts, regs), Step::Done);
-            }
-            StepEvent::Exited(_) => core.on_task_exit(ts),
-            _ => {}
-        }
-        Resume::Continue
-    });
-    match m.status(task)? {
-        platform_mock::TaskStatus::Exited(c) => Some(c),
-        _ => None,
-    }
+    runner.run(m, core, task, 1_000_000)
 }
 
 #[test]
@@ -337,7 +291,7 @@ fn frames_abandoned_by_longjmp_are_dropped() {
 fn stop_inside_fib(m: &Machine, core: &Core, runner: &mut Runner, task: probe_core::TaskId) {
     // Run until the task has several tracked calls outstanding.
     for _ in 0..200 {
-        run_steps(m, core, runner, task, 1);
+        runner.run(m, core, task, 1);
         if runner
             .tasks
             .get(&task)
@@ -451,16 +405,7 @@ fn a_stale_instance_never_touches_the_next_consumer_in_its_slot() {
     let (s1, t1) = m.spawn(file, 0).unwrap();
     let (s2, t2) = m.spawn(file, 0).unwrap();
     for s in [s1, s2] {
-        let mut maps = Vec::new();
-        probe_core::Platform::for_each_mapping(&m, file, &mut |mp| {
-            if mp.space == s {
-                maps.push(mp);
-            }
-            core::ops::ControlFlow::Continue(())
-        });
-        for mp in maps {
-            core.on_mmap(&m, mp).unwrap();
-        }
+        report_mappings(&m, &*core, s, &[file]).unwrap();
     }
     let hx = core
         .register(&m, key, RetProbe::default(), ConsumerOptions::new())
