@@ -23,8 +23,15 @@ fn main() {
         ("int3-loop", "int3_loop.c", &[]),
         ("forker", "forker.c", &["-pthread"]),
         ("threads", "threads.c", &["-pthread"]),
-        ("workload", "workload.c", &["-fPIE", "-pie", "-pthread", "-ldl"]),
+        (
+            "workload",
+            "workload.c",
+            &["-fPIE", "-pie", "-pthread", "-ldl"],
+        ),
         ("libplugin.so", "plugin.c", &["-fPIC", "-shared"]),
+        ("ret-prog", "ret_prog.c", &["-fPIE", "-pie", "-pthread"]),
+        ("usdt-demo", "usdt_demo.c", &["-fPIE", "-pie"]),
+        ("usdt-demo-nopie", "usdt_demo.c", &["-fno-pie", "-no-pie"]),
     ];
     let compiler = cc::Build::new()
         .cargo_metadata(false)
@@ -39,6 +46,32 @@ fn main() {
             .arg(out.join(name))
             .arg(src.join(file));
         let status = cmd.status().expect("run the C compiler");
+        assert!(status.success(), "compiling {file} failed: {cmd:?}");
+    }
+    // C++ programs: return probes through exceptions, with the unwinder in libgcc_s and
+    // linked into the executable.
+    let cxx = cc::Build::new()
+        .cpp(true)
+        .cargo_metadata(false)
+        .opt_level(1)
+        .get_compiler();
+    let cxx_programs: &[(&str, &str, &[&str])] = &[
+        ("ret-exc", "ret_exc.cc", &["-fPIE", "-pie"]),
+        (
+            "ret-exc-static-rt",
+            "ret_exc.cc",
+            &["-fPIE", "-pie", "-static-libgcc", "-static-libstdc++"],
+        ),
+    ];
+    for (name, file, flags) in cxx_programs {
+        let mut cmd: Command = cxx.to_command();
+        cmd.arg("-O1")
+            .arg("-g")
+            .args(*flags)
+            .arg("-o")
+            .arg(out.join(name))
+            .arg(src.join(file));
+        let status = cmd.status().expect("run the C++ compiler");
         assert!(status.success(), "compiling {file} failed: {cmd:?}");
     }
     println!("cargo:rustc-env=PROBE_TEST_PROGRAMS={}", out.display());

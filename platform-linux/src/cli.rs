@@ -7,10 +7,20 @@
 //! killed or detached process) go to standard error. The exit status is the command's (128
 //! + the signal for a signal death, as shells report it); 0 after detaching from `-p PID`.
 //!
+//! `--latency` times every call (entry to return) and prints a log2 histogram per probe
+//! in nanoseconds after the counts (see [`crate::latency`]); return probes that could not
+//! track a call (`--maxactive`) are reported as `@nmissed[PROBE]: N`.
+//!
 //! ```text
-//! probe trace SPEC... [-p PID] [--print] [--args N] [--json] [-o FILE] [-- CMD ARGS...]
+//! probe trace SPEC... [-p PID] [--print] [--args N] [--str N]... [--json] [-o FILE]
+//!             [-- CMD ARGS...]
+//!             [--latency] [--maxactive N]
 //! probe list PATH [PATTERN] [-p PID]
 //! ```
+//!
+//! `probe list` prints the functions, then (for a file with `.note.stapsdt`) a `# USDT markers`
+//! section: each marker location's file offset, its semaphore's file offset (`-` for none),
+//! `provider:name` and argument specs.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -44,9 +54,10 @@ pub enum Command {
     /// Put probes on functions and count (or print) their hits.
     ///
     /// SPEC is `uprobe:PATH:SYMBOL`, `uretprobe:PATH:SYMBOL`, `PATH:SYMBOL+OFF`,
-    /// `PATH:0xFILEOFFSET`, `lib:func` (e.g. `libc:malloc`) or a glob (`libc:str*`).
+    /// `PATH:0xFILEOFFSET`, `lib:func` (e.g. `libc:malloc`), a glob (`libc:str*`), or a
+    /// USDT marker `usdt:PATH:PROVIDER:NAME` / `usdt:PATH:NAME` (globs allowed).
     Trace(TraceArgs),
-    /// List the functions of an executable or library that can be probed.
+    /// List the functions and USDT markers of an executable or library that can be probed.
     List(ListArgs),
 }
 
@@ -65,10 +76,23 @@ pub struct TraceArgs {
     /// With `--print`, show the first N integer arguments (0 to 6).
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=6))]
     pub args: u8,
+    /// With `--print`, show USDT argument N (from 0) as a NUL-terminated string (at most
+    /// 256 bytes) instead of a number, where it is pointer-sized (`8@`, unsigned); repeatable.
+    #[arg(long = "str", value_name = "N", value_parser = clap::value_parser!(u8).range(0..12))]
+    pub strings: Vec<u8>,
     /// Write JSON lines instead of text: one object per hit with `--print`, and a final
     /// summary object.
     #[arg(long)]
     pub json: bool,
+    /// Time every call of the probed functions and print a log2 histogram of durations
+    /// per probe at the end, in nanoseconds (`uprobe:` specs become return probes too).
+    #[arg(long)]
+    pub latency: bool,
+    /// Calls of one return-probed function tracked at once (over all threads); more are
+    /// not timed and are reported as `@nmissed`.
+    #[arg(long, value_name = "N", default_value_t = crate::tracer::returns::DEFAULT_MAXACTIVE,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub maxactive: u32,
     /// Write the hits and the summary to this file instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
@@ -83,7 +107,8 @@ pub struct ListArgs {
     /// An executable or library: a path or a short name (`libc`, `libc.so.6`, `python3`).
     #[arg(value_name = "PATH")]
     pub path: String,
-    /// Only functions matching this glob (`str*`, `*alloc`), or containing this text.
+    /// Only functions and markers (`provider:name`) matching this glob (`str*`,
+    /// `python:*`), or containing this text.
     #[arg(value_name = "PATTERN")]
     pub pattern: Option<String>,
     /// Look the short name up in this process's mappings first.
@@ -151,8 +176,16 @@ fn trace(args: &TraceArgs, out: &mut dyn Write) -> Result<i32, CliError> {
         None => out,
     };
     sys::install_stop_handlers()?;
+    if !args.strings.is_empty() && !args.print {
+        return Err(CliError::Usage(
+            "--str shows arguments of printed hits: add --print".into(),
+        ));
+    }
     let opts = SessionOptions {
         record_args: args.print.then_some(usize::from(args.args)),
+        maxactive: args.maxactive,
+        latency: args.latency,
+        string_args: args.strings.iter().fold(0, |m, &i| m | 1 << i),
         ..SessionOptions::default()
     };
     let mut session = match args.pid {
@@ -227,15 +260,26 @@ fn trace(args: &TraceArgs, out: &mut dyn Write) -> Result<i32, CliError> {
         o => o,
     };
     let counts = session.summary();
+    let rets = session.return_summary();
     let res = if json {
-        writeln!(
-            out,
-            "{}",
-            output::summary_json(session.pid(), outcome, &counts)
-        )
+        crate::latency::write_returns(out, &rets, true).and_then(|()| {
+            writeln!(
+                out,
+                "{}",
+                output::summary_json(session.pid(), outcome, &counts)
+            )
+        })
     } else {
         output::summary_text(out, &counts)
+            .and_then(|()| crate::latency::write_returns(out, &rets, false))
     };
+    for r in rets.iter().filter(|r| r.nmissed > 0) {
+        eprintln!(
+            "probe: {} calls of {} were not tracked: more than --maxactive {} in flight, or \
+             nested deeper than a thread's chain of return-probed calls holds",
+            r.nmissed, r.name, args.maxactive
+        );
+    }
     let _ = res.and_then(|()| out.flush());
     for w in session.warnings() {
         eprintln!("probe: warning: {w}");
@@ -302,6 +346,29 @@ fn list(args: &ListArgs, out: &mut dyn Write) -> Result<(), CliError> {
                 s.versioned_name()
             )?;
         }
+        let markers = usdt_rows(&path, matcher.as_ref());
+        if !markers.is_empty() {
+            writeln!(out, "# USDT markers")?;
+            writeln!(
+                out,
+                "# {:>16}  {:>18}  {:<32}  ARGS",
+                "FILE OFFSET", "SEMAPHORE OFFSET", "MARKER"
+            )?;
+            for m in &markers {
+                let sem = match (m.semaphore_offset, m.semaphore) {
+                    (Some(o), _) => format!("{o:#018x}"),
+                    (None, 0) => "-".to_owned(),
+                    (None, _) => "(not in file)".to_owned(),
+                };
+                writeln!(
+                    out,
+                    "{:#018x}  {sem:>18}  {:<32}  {}",
+                    m.file_offset,
+                    m.full_name(),
+                    m.args
+                )?;
+            }
+        }
         out.flush()
     })();
     match result {
@@ -314,4 +381,31 @@ fn list(args: &ListArgs, out: &mut dyn Write) -> Result<(), CliError> {
 enum Matcher {
     Glob(glob::Pattern),
     Substring(String),
+}
+
+impl Matcher {
+    fn matches(&self, s: &str) -> bool {
+        match self {
+            Matcher::Glob(g) => g.matches(s),
+            Matcher::Substring(t) => s.contains(t.as_str()),
+        }
+    }
+}
+
+/// The USDT markers of `path` that `matcher` selects (by `provider:name` or `name`), sorted
+/// by name then offset; none for a file without markers or that cannot be read.
+fn usdt_rows(path: &std::path::Path, matcher: Option<&Matcher>) -> Vec<crate::usdt::UsdtMarker> {
+    let Ok(file) = crate::usdt::UsdtFile::open(path) else {
+        return Vec::new();
+    };
+    let mut rows: Vec<_> = file
+        .markers()
+        .iter()
+        .filter(|m| matcher.is_none_or(|t| t.matches(&m.full_name()) || t.matches(&m.name)))
+        .cloned()
+        .collect();
+    rows.sort_by(|a, b| {
+        (&a.provider, &a.name, a.file_offset).cmp(&(&b.provider, &b.name, b.file_offset))
+    });
+    rows
 }

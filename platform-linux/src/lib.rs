@@ -8,9 +8,11 @@
 //! - [`maps`]: `/proc/PID/maps` as typed mappings.
 //! - [`elf`]: function symbols of executables and libraries, keyed by file offset.
 //! - [`resolve`]: probe specs (`uprobe:libc:malloc`, `libc:str*`) into (file, offset)s.
+//! - [`usdt`]: SDT markers of a file (offsets, semaphores, arguments) and their decoding.
 //! - [`remote`]: system calls injected into a stopped tracee (remote `mmap` of slot pages).
 //! - [`wait`]: how the tracer waits for the next stop (blocking, spinning, CPU placement).
 //! - [`tracer`]: the core driven over ptrace: platform, consumers, event loop, sessions.
+//! - [`latency`]: log2 histograms of call durations (`probe trace --latency`).
 //! - [`output`]: how `probe trace` prints hits and counts (text and JSON lines).
 //! - [`cli`]: the `probe` command line.
 #![deny(unsafe_code)]
@@ -18,6 +20,7 @@
 pub mod attach;
 pub mod cli;
 pub mod elf;
+pub mod latency;
 pub mod maps;
 pub mod mem;
 pub mod output;
@@ -26,4 +29,5 @@ pub mod resolve;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tracer;
+pub mod usdt;
 pub mod wait;

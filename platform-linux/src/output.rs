@@ -2,8 +2,12 @@
 //!
 //! Text, as bpftrace prints a count map: `@[libc.so.6:malloc]: 1234`, one line per probe,
 //! sorted by count. A hit with `--print`: seconds since the start, pid, tid, probe, then
-//! `argN=0x...` (or `= 0x...` for a return value). JSON: one object per line,
-//! `{"type":"hit",...}` per hit and a final `{"type":"summary",...}`.
+//! `argN=0x...` (a return: `ret=0x... duration=NNNns`, the time from the entry to the
+//! return). A USDT hit shows its marker's decoded
+//! arguments: `arg0="demo.py" arg1=-3 arg2=0x7f...` (signed ones in decimal, strings with
+//! `--str N`). JSON: one object per line, `{"type":"hit",...}` per hit (a USDT hit's
+//! `args` holds numbers, strings and `null` for unreadable ones), `{"type":"ret",...,
+//! "retval":N,"duration_ns":N}` per return, and a final `{"type":"summary",...}`.
 
 use core::fmt::Write as _;
 use std::io::{self, Write};
@@ -44,17 +48,28 @@ pub fn hit_text(p: &ProbeEntry, r: &HitRecord) -> String {
     for (i, a) in r.args.iter().enumerate() {
         let _ = write!(s, " arg{i}={a:#x}");
     }
+    for (i, v) in r.usdt.iter().enumerate() {
+        let _ = write!(s, " arg{i}={v}");
+    }
     if let Some(v) = r.retval {
-        let _ = write!(s, " = {v:#x}");
+        let _ = write!(s, " ret={v:#x}");
+        if let Some(d) = r.duration_ns {
+            let _ = write!(s, " duration={d}ns");
+        }
     }
     s
 }
 
 /// One hit as a JSON object.
 pub fn hit_json(p: &ProbeEntry, r: &HitRecord) -> String {
-    let args: Vec<String> = r.args.iter().map(u64::to_string).collect();
+    let args: Vec<String> = if r.usdt.is_empty() {
+        r.args.iter().map(u64::to_string).collect()
+    } else {
+        r.usdt.iter().map(crate::usdt::UsdtValue::json).collect()
+    };
     let mut s = format!(
-        "{{\"type\":\"hit\",\"time_ns\":{},\"pid\":{},\"tid\":{},\"probe\":{},\"args\":[{}]",
+        "{{\"type\":\"{}\",\"time_ns\":{},\"pid\":{},\"tid\":{},\"probe\":{},\"args\":[{}]",
+        if r.retval.is_some() { "ret" } else { "hit" },
         r.time_ns,
         r.pid,
         r.tid,
@@ -63,6 +78,9 @@ pub fn hit_json(p: &ProbeEntry, r: &HitRecord) -> String {
     );
     if let Some(v) = r.retval {
         let _ = write!(s, ",\"retval\":{v}");
+        if let Some(d) = r.duration_ns {
+            let _ = write!(s, ",\"duration_ns\":{d}");
+        }
     }
     s.push('}');
     s

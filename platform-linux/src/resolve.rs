@@ -9,7 +9,7 @@
 //! | `uprobe:PATH:SYMBOL+OFF` | `OFF` bytes into a function (decimal or `0x` hex) |
 //! | `uprobe:PATH:0xOFFSET` | a file offset (not a virtual address) |
 //! | `uprobe:PATH:str*` | every function matching a glob (`*`, `?`, `[abc]`) |
-//! | `usdt:PATH:PROVIDER:NAME`, `usdt:PATH:NAME` | a USDT probe (parsed only, for now) |
+//! | `usdt:PATH:PROVIDER:NAME`, `usdt:PATH:NAME` | every location of a USDT marker (globs too) |
 //! | `lib:func` | shorthand for `uprobe:lib:func` |
 //! | `uprobe:SYMBOL` | a function of the traced program's own executable |
 //!
@@ -194,9 +194,24 @@ pub enum ResolveError {
         /// The function's size.
         size: u64,
     },
-    /// USDT probes are not resolved yet.
-    #[error("usdt probes are not supported yet (`{0}`)")]
-    UsdtUnsupported(String),
+    /// No USDT marker matches.
+    #[error(
+        "no USDT marker `{marker}` in {}{}",
+        file.display(),
+        if markers.is_empty() {
+            String::from(" (it has no `.note.stapsdt` markers)")
+        } else {
+            format!("; it has {}", markers.join(", "))
+        }
+    )]
+    NoSuchMarker {
+        /// The file.
+        file: PathBuf,
+        /// The marker asked for (`provider:name` or `name`, possibly globs).
+        marker: String,
+        /// The markers the file has (`provider:name`, each once).
+        markers: Vec<String>,
+    },
 }
 
 fn syntax(spec: &str, reason: impl Into<String>) -> ResolveError {
@@ -507,10 +522,10 @@ impl Resolver {
 
     /// Resolves one spec into its probe points (a glob may give thousands).
     pub fn resolve(&mut self, spec: &ProbeSpec) -> Result<Vec<ResolvedProbe>, ResolveError> {
-        if spec.kind == ProbeKind::Usdt {
-            return Err(ResolveError::UsdtUnsupported(spec.text.clone()));
-        }
         let path = self.module_path(spec)?;
+        if spec.kind == ProbeKind::Usdt {
+            return crate::usdt::resolve_usdt(&path, &spec.location);
+        }
         let image = self.image(&path)?;
         resolve_in(image, spec.kind, &spec.location)
     }
@@ -601,7 +616,7 @@ pub fn resolve_in(
                 ifunc: sym.is_some_and(|s| s.ifunc),
             }])
         }
-        Location::Usdt { .. } => Err(ResolveError::UsdtUnsupported(format!("{location:?}"))),
+        Location::Usdt { .. } => crate::usdt::resolve_usdt(&file, location),
     }
 }
 

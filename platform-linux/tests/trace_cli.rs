@@ -508,8 +508,8 @@ fn return_probes_count_every_return_of_a_recursion_and_show_return_values() {
     // work(i) returns 2i + 1.
     let rets: Vec<&str> = out
         .lines()
-        .filter(|l| l.contains("uretprobe:workload:work ="))
+        .filter(|l| l.contains("uretprobe:workload:work ret="))
         .collect();
     assert_eq!(rets.len(), 3, "{out}");
-    assert!(rets[2].ends_with("= 0x5"), "{}", rets[2]);
+    assert!(rets[2].contains(" ret=0x5 duration="), "{}", rets[2]);
 }

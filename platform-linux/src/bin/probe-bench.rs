@@ -5,8 +5,12 @@
 //! function of libc in a running process and take them out again, all from one run.
 //!
 //! ```text
-//! cargo run --release -p platform-linux --bin probe-bench -- [ROUND_TRIPS]
+//! cargo run --release -p platform-linux --bin probe-bench -- [ROUND_TRIPS] [ret]
 //! ```
+//!
+//! With `ret`, only the return-probe figures: the cost of an entry + return probe pair per
+//! call (`uretprobe:`: the entry breakpoint and the trampoline) against two bare ptrace stop
+//! round trips, measured in the same run.
 //!
 //! Each figure is the median of three runs. Not part of `cargo test`. The tracee programs are the C programs of
 //! `platform-linux/tests/programs`, built by `build.rs`.
@@ -217,6 +221,78 @@ fn libc_wide_attach() -> (usize, Duration, Duration, Duration) {
     (r.added, attach, register, detach)
 }
 
+/// Wall time of one traced run of `hits calls` with `specs` on `probe_target` (from the
+/// first resume to the exit); checks that every probe counted `calls`.
+fn traced_hits_run(specs: &[&str], calls: u64) -> Duration {
+    let h = program("hits");
+    let args = [calls.to_string()];
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    let mut s = Session::spawn(h.as_os_str(), &args, SessionOptions::default()).expect("hits");
+    for spec in specs {
+        s.add_spec(&spec.replace("H:", &format!("{}:", h.display())))
+            .expect("probe probe_target");
+    }
+    let t = Instant::now();
+    let o = s.run(&mut |_, _| {}).expect("run");
+    let d = t.elapsed();
+    assert_eq!(o, Outcome::Exited(0));
+    for (name, c) in s.counts() {
+        assert_eq!(c, calls, "exact count of {name}");
+    }
+    d
+}
+
+/// Per-call cost of `specs`: runs of 2N and N calls, the difference over N, median of three.
+fn per_call(specs: &[&str], n: u64) -> Duration {
+    let mut v: Vec<Duration> = (0..3)
+        .map(|_| {
+            let one = traced_hits_run(specs, n);
+            let two = traced_hits_run(specs, 2 * n);
+            two.saturating_sub(one) / n as u32
+        })
+        .collect();
+    v.sort();
+    v[1]
+}
+
+/// Issue 5: an entry + return probe pair per call (the entry breakpoint, which hijacks the
+/// return address, and the trampoline: two stops) against two bare ptrace stop round trips.
+fn return_pair(n: u64) {
+    bare_round_trip(n / 10 + 1, WaitStrategy::DEFAULT, Placement::Free);
+    let mut bare: Vec<Figure> = (0..3)
+        .map(|_| bare_round_trip(n, WaitStrategy::DEFAULT, Placement::Free))
+        .collect();
+    bare.sort_by_key(|f| f.wall);
+    let bare = bare.swap_remove(1).wall;
+    let calls = (n / 2).max(1000);
+    let entry = per_call(&["uprobe:H:probe_target"], calls);
+    let pair = per_call(&["uretprobe:H:probe_target"], calls);
+    let both = per_call(
+        &["uprobe:H:probe_target", "uretprobe:H:probe_target"],
+        calls,
+    );
+    let two = 2 * bare.as_nanos();
+    println!(
+        "{:<48} {:>12} {:>14}",
+        "return probes (default strategy, unpinned)", "ns/call", "vs 2 bare trips"
+    );
+    println!(
+        "{:<48} {:>12} {:>14.2}",
+        "two bare ptrace stop round trips", two, 1.0
+    );
+    for (name, d) in [
+        ("entry probe only (one stop)", entry),
+        ("uretprobe: entry + return pair (two stops)", pair),
+        ("uprobe + uretprobe on one function", both),
+    ] {
+        println!(
+            "{name:<48} {:>12} {:>14.2}",
+            d.as_nanos(),
+            d.as_nanos() as f64 / two as f64
+        );
+    }
+}
+
 fn main() {
     // The traced `hits` program inherits this and keeps quiet.
     std::env::set_var("HITS_QUIET", "1");
@@ -224,6 +300,11 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(20_000);
+    if std::env::args().nth(2).as_deref() == Some("ret") {
+        // Only the return-probe figures.
+        return_pair(n);
+        return;
+    }
     let cpus = sys::cpus_allowed();
     let (c0, c1) = (cpus[0], *cpus.get(1).unwrap_or(&cpus[0]));
     let spin = |us| WaitStrategy::Spin(Duration::from_micros(us));
@@ -385,6 +466,8 @@ fn main() {
         }
         None => println!("gdb per hit: gdb not found or failed"),
     }
+    println!();
+    return_pair(n);
     println!();
     let (count, attach, register, detach) = libc_wide_attach();
     println!(

@@ -10,10 +10,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use probe_core::{
-    Consumer, EntryAction, HandlerAction, HitContext, Registers, ReturnContext, SpaceId,
+    Consumer, EntryAction, HandlerAction, HitContext, Platform, Registers, ReturnContext, SpaceId,
 };
 
 use super::platform::LinuxPlatform;
+use crate::latency::LatencyHist;
+use crate::usdt::{UsdtDecoder, UsdtValue};
 
 /// What a consumer is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,6 +24,12 @@ pub enum Role {
     Probe(usize),
     /// The dynamic linker's `_dl_debug_state`: the space's mappings changed.
     DlHook,
+    /// An unwinder's entry (`_Unwind_RaiseException`, `_Unwind_Resume`...): the thread is
+    /// about to walk its stack, so its hijacked return addresses are put back first.
+    UnwindStart,
+    /// `__cxa_begin_catch`: an exception was caught; the return addresses of the frames
+    /// that survived are hijacked again.
+    UnwindCatch,
 }
 
 /// One hit (or return) as `--print` shows it.
@@ -39,6 +47,10 @@ pub struct HitRecord {
     pub args: Vec<u64>,
     /// For a return probe: the return value.
     pub retval: Option<u64>,
+    /// For a return probe: nanoseconds from the entry to the return.
+    pub duration_ns: Option<u64>,
+    /// For a USDT probe: its decoded arguments (then `args` is empty).
+    pub usdt: Vec<UsdtValue>,
 }
 
 /// State shared by the consumers and the event loop.
@@ -49,6 +61,8 @@ pub struct Shared {
     record_args: Option<usize>,
     records: Mutex<Vec<HitRecord>>,
     rescan: Mutex<Vec<SpaceId>>,
+    /// Unwinder hooks hit: handled by the event loop after the hit.
+    unwind: Mutex<Vec<super::returns::UnwindEvent>>,
     start: Instant,
 }
 
@@ -64,6 +78,7 @@ impl Shared {
             record_args,
             records: Mutex::new(Vec::new()),
             rescan: Mutex::new(Vec::new()),
+            unwind: Mutex::new(Vec::new()),
             start: Instant::now(),
         }
     }
@@ -129,8 +144,67 @@ impl Shared {
             probe,
             args: args(n),
             retval,
+            duration_ns: None,
+            usdt: Vec::new(),
         };
         lock(&self.records).push(rec);
+    }
+
+    /// Records a hit of USDT probe `probe` with its decoded arguments.
+    fn record_usdt(
+        &self,
+        probe: usize,
+        space: SpaceId,
+        task: u64,
+        values: impl FnOnce() -> Vec<UsdtValue>,
+    ) {
+        if self.record_args.is_none() {
+            return;
+        }
+        let rec = HitRecord {
+            time_ns: self.start.elapsed().as_nanos() as u64,
+            pid: space.0,
+            tid: task,
+            probe,
+            args: Vec::new(),
+            retval: None,
+            duration_ns: None,
+            usdt: values(),
+        };
+        lock(&self.records).push(rec);
+    }
+
+    /// Nanoseconds since the session started (the clock of return-probe timestamps).
+    pub fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    /// Records a return of probe `probe` with its value and duration.
+    fn record_return(&self, probe: usize, space: SpaceId, task: u64, ret: u64, dur: u64) {
+        if self.record_args.is_none() {
+            return;
+        }
+        let rec = HitRecord {
+            time_ns: self.now_ns(),
+            pid: space.0,
+            tid: task,
+            probe,
+            args: Vec::new(),
+            retval: Some(ret),
+            duration_ns: Some(dur),
+            usdt: Vec::new(),
+        };
+        lock(&self.records).push(rec);
+    }
+
+    /// Takes the unwinder-hook hits queued by the handlers.
+    pub(crate) fn take_unwinds(&self) -> Vec<super::returns::UnwindEvent> {
+        core::mem::take(&mut *lock(&self.unwind))
+    }
+
+    /// Whether an unwinder hook was hit.
+    pub(crate) fn unwind_pending(&self) -> bool {
+        !lock(&self.unwind).is_empty()
     }
 }
 
@@ -140,12 +214,45 @@ pub struct LinuxConsumer {
     role: Role,
     hits: Arc<AtomicU64>,
     shared: Arc<Shared>,
+    /// For a USDT probe: how to decode its marker's arguments.
+    usdt: Option<Arc<UsdtDecoder>>,
+    /// Return consumers: where durations go (`--latency`).
+    latency: Option<Arc<LatencyHist>>,
+    /// Return consumers of an entry probe (`uprobe:` with `--latency`): count and record
+    /// the entry, not the return.
+    counts_entries: bool,
 }
 
 impl LinuxConsumer {
     /// A consumer counting into `hits`.
     pub fn new(role: Role, hits: Arc<AtomicU64>, shared: Arc<Shared>) -> LinuxConsumer {
-        LinuxConsumer { role, hits, shared }
+        LinuxConsumer {
+            role,
+            hits,
+            shared,
+            usdt: None,
+            latency: None,
+            counts_entries: false,
+        }
+    }
+
+    /// For a return consumer: durations go to `hist` (if any); `counts_entries` makes it
+    /// count and record the entries (an entry probe registered as a return consumer for
+    /// `--latency`) instead of the returns.
+    pub fn with_latency(
+        mut self,
+        hist: Option<Arc<LatencyHist>>,
+        counts_entries: bool,
+    ) -> LinuxConsumer {
+        self.latency = hist;
+        self.counts_entries = counts_entries;
+        self
+    }
+
+    /// The same consumer on a USDT marker: hits record the marker's decoded arguments.
+    pub fn with_usdt(mut self, decoder: Arc<UsdtDecoder>) -> LinuxConsumer {
+        self.usdt = Some(decoder);
+        self
     }
 
     /// What it is for.
@@ -159,6 +266,23 @@ impl Consumer<LinuxPlatform> for LinuxConsumer {
         self.hits.fetch_add(1, Ordering::Relaxed);
         match self.role {
             Role::DlHook => lock(&self.shared.rescan).push(ctx.space),
+            Role::UnwindStart | Role::UnwindCatch => {
+                lock(&self.shared.unwind).push(super::returns::UnwindEvent {
+                    task: ctx.task,
+                    sp: ctx.regs.sp(),
+                    catch: self.role == Role::UnwindCatch,
+                });
+            }
+            Role::Probe(i) if self.usdt.is_some() => {
+                let regs = &*ctx.regs;
+                let mem = ctx.platform.space(ctx.space);
+                self.shared.record_usdt(i, ctx.space, ctx.task.0, || {
+                    self.usdt
+                        .as_ref()
+                        .map(|d| d.decode(regs, ctx.addr.0, mem.as_ref()))
+                        .unwrap_or_default()
+                });
+            }
             Role::Probe(i) => {
                 let regs = &*ctx.regs;
                 self.shared.record(
@@ -175,18 +299,39 @@ impl Consumer<LinuxPlatform> for LinuxConsumer {
 
     fn entry_handler(
         &self,
-        _ctx: &mut HitContext<'_, LinuxPlatform>,
-        _data: &mut [u8],
+        ctx: &mut HitContext<'_, LinuxPlatform>,
+        data: &mut [u8],
     ) -> EntryAction {
+        if self.counts_entries {
+            let _ = self.handler(ctx);
+        }
+        // The entry timestamp, for the duration at the return (seed 002's data pouch).
+        if let Some(d) = data.get_mut(..8) {
+            d.copy_from_slice(&self.shared.now_ns().to_ne_bytes());
+        }
         EntryAction::Track
     }
 
-    fn return_handler(&self, ctx: &mut ReturnContext<'_, LinuxPlatform>, _data: &mut [u8]) {
+    fn return_handler(&self, ctx: &mut ReturnContext<'_, LinuxPlatform>, data: &mut [u8]) {
+        let dur = data
+            .get(..8)
+            .and_then(|d| d.try_into().ok())
+            .map(|d| self.shared.now_ns().saturating_sub(u64::from_ne_bytes(d)));
+        if let (Some(h), Some(d)) = (&self.latency, dur) {
+            h.record(d);
+        }
+        if self.counts_entries {
+            return;
+        }
         self.hits.fetch_add(1, Ordering::Relaxed);
         if let Role::Probe(i) = self.role {
             let ret = ctx.regs.return_value();
-            self.shared
-                .record(i, ctx.space, ctx.task.0, |_| Vec::new(), Some(ret));
+            match dur {
+                Some(d) => self.shared.record_return(i, ctx.space, ctx.task.0, ret, d),
+                None => self
+                    .shared
+                    .record(i, ctx.space, ctx.task.0, |_| Vec::new(), Some(ret)),
+            }
         }
     }
 }

@@ -281,6 +281,9 @@ impl Session {
                 self.rescan(s, tid);
             }
         }
+        if self.shared.unwind_pending() {
+            self.apply_unwinds();
+        }
         match hit {
             Hit::Emulated | Hit::Boosted { .. } | Hit::Restart | Hit::Returned { .. } => {
                 match hit {
@@ -499,6 +502,13 @@ impl Session {
                     }
                 }
                 Err(e) => self.warn(format!("following fork of process {child}: {e}")),
+            }
+        } else if !thread {
+            // A vfork child runs on its parent's stack and returns through the same hijacked
+            // return address (glibc's vfork keeps it in a register across the system call):
+            // it needs the parent's instances too. They are dropped at its exec or exit.
+            if let Some(p) = self.tasks.get(&parent) {
+                self.core.on_task_fork(&p.ts, &mut task.ts);
             }
         }
         self.tasks.insert(child, task);

@@ -7,7 +7,10 @@
 //!   recording hits, the dynamic linker's hook), and the state it shares with the loop.
 //! - [`session`]: [`Session`], spawn or attach, add probes, run, detach; the core's sizes.
 //! - `event_loop`: what each ptrace stop means and how the thread is resumed.
+//! - `usdt`: [`Session`]'s registration of USDT markers (every location, with semaphores).
 //! - [`regs`]: register-file conversions.
+//! - [`returns`]: return probes' durations, `--latency`, `nmissed`, and the unwinder hooks
+//!   that keep C++ exceptions working through hijacked frames.
 //! - [`error`]: the session's error type, [`TraceError`].
 
 pub mod consumer;
@@ -15,7 +18,9 @@ pub mod error;
 mod event_loop;
 pub mod platform;
 pub mod regs;
+pub mod returns;
 pub mod session;
+mod usdt;
 
 pub use consumer::{HitRecord, LinuxConsumer, Role, Shared};
 pub use error::TraceError;

@@ -42,8 +42,9 @@ pub const XOL: usize = 8192;
 /// The core as the Linux backend sizes it: one tracer thread, so one CPU.
 pub type Core = ProbeCore<LinuxPlatform, LinuxConsumer, PROBES, CONSUMERS, SITES, SPACES, XOL, 1>;
 
-/// Most calls of one return-probed function tracked at once.
-pub const RET_MAXACTIVE: u32 = 1024;
+/// Most calls of one return-probed function tracked at once, unless
+/// [`SessionOptions::maxactive`] says otherwise.
+pub const RET_MAXACTIVE: u32 = super::returns::DEFAULT_MAXACTIVE;
 
 /// Builds a core on the heap. It is too big for a default thread stack, so it is built on a
 /// thread with a stack of its own.
@@ -204,6 +205,14 @@ pub struct SessionOptions {
     pub record_args: Option<usize>,
     /// How to wait for stops.
     pub strategy: WaitStrategy,
+    /// Calls of one return-probed function tracked at once (`--maxactive`); more are
+    /// counted as missed.
+    pub maxactive: u32,
+    /// Keep a latency histogram per probe (`--latency`); entry probes become return
+    /// consumers.
+    pub latency: bool,
+    /// USDT arguments to show as strings (`--str N`): bit `i` for argument `i`.
+    pub string_args: u16,
 }
 
 impl Default for SessionOptions {
@@ -211,6 +220,9 @@ impl Default for SessionOptions {
         SessionOptions {
             record_args: None,
             strategy: WaitStrategy::DEFAULT,
+            maxactive: RET_MAXACTIVE,
+            latency: false,
+            string_args: 0,
         }
     }
 }
@@ -237,6 +249,10 @@ pub struct Session {
     pub(crate) strategy: WaitStrategy,
     pub(crate) warnings: Vec<String>,
     pub(crate) stats: Stats,
+    /// Return probes: latency, missed calls, unwinder hooks.
+    pub(crate) rets: super::returns::RetState,
+    /// USDT arguments shown as strings (bit `i`: argument `i`).
+    pub(crate) string_args: u16,
 }
 
 impl Session {
@@ -258,6 +274,8 @@ impl Session {
             strategy: opts.strategy,
             warnings: Vec::new(),
             stats: Stats::default(),
+            rets: super::returns::RetState::new(opts.maxactive, opts.latency),
+            string_args: opts.string_args,
         }
     }
 
@@ -326,7 +344,7 @@ impl Session {
 
     /// Hits of probe point `i` so far.
     pub fn count(&self, i: usize) -> u64 {
-        self.shared.count(i)
+        self.shared.count(i) + self.entry_missed(i)
     }
 
     /// (name, hits) of every registered probe point.
@@ -340,16 +358,31 @@ impl Session {
     }
 
     /// The counts to report, sorted as bpftrace sorts a map (by count, then name): every
-    /// probe named on its own, and the probes of a glob that were hit.
+    /// probe named on its own, and the probes of a glob that were hit. Points sharing a
+    /// name (the locations of one USDT marker) are summed into one line.
     pub fn summary(&self) -> Vec<(String, u64)> {
-        let mut v: Vec<(String, u64)> = self
-            .probes
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.error.is_none())
-            .map(|(i, p)| (p, self.count(i)))
-            .filter(|(p, c)| !p.from_glob || *c > 0)
-            .map(|(p, c)| (p.name.clone(), c))
+        let mut merged: Vec<(String, u64, bool)> = Vec::new();
+        let mut at: HashMap<&str, usize> = HashMap::new();
+        for (i, p) in self.probes.iter().enumerate() {
+            if p.error.is_some() {
+                continue;
+            }
+            let c = self.count(i);
+            match at.get(p.name.as_str()) {
+                Some(&k) => {
+                    merged[k].1 += c;
+                    merged[k].2 &= p.from_glob;
+                }
+                None => {
+                    at.insert(&p.name, merged.len());
+                    merged.push((p.name.clone(), c, p.from_glob));
+                }
+            }
+        }
+        let mut v: Vec<(String, u64)> = merged
+            .into_iter()
+            .filter(|(_, c, glob)| !glob || *c > 0)
+            .map(|(n, c, _)| (n, c))
             .collect();
         v.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
         v
@@ -390,7 +423,7 @@ impl Session {
     }
 
     /// A thread of `space` held stopped, for injected system calls.
-    fn held_task_of(&self, space: SpaceId) -> Option<Pid> {
+    pub(crate) fn held_task_of(&self, space: SpaceId) -> Option<Pid> {
         let mut v: Vec<Pid> = self
             .tasks
             .iter()
@@ -410,6 +443,9 @@ impl Session {
     /// installed when the dynamic linker maps it.
     pub fn add_spec(&mut self, text: &str) -> Result<AddReport, TraceError> {
         let spec = resolve::parse_spec(text)?;
+        if spec.kind == ProbeKind::Usdt {
+            return self.add_usdt(&spec);
+        }
         let points = self.resolver.resolve(&spec)?;
         let glob = matches!(spec.location, Location::Glob(_));
         let mut report = AddReport::default();
@@ -446,11 +482,7 @@ impl Session {
             let (idx, hits) = self.shared.add_counter();
             debug_assert_eq!(idx, self.probes.len());
             let consumer = LinuxConsumer::new(Role::Probe(idx), hits, self.shared.clone());
-            let opts = if ret {
-                ConsumerOptions::new().with_return(RET_MAXACTIVE, 0)
-            } else {
-                ConsumerOptions::new()
-            };
+            let (opts, consumer) = self.ret_consumer(idx, p.kind, consumer);
             let mut entry = ProbeEntry {
                 name: name.clone(),
                 spec: text.to_owned(),
@@ -482,6 +514,7 @@ impl Session {
             }
             self.probes.push(entry);
         }
+        self.ensure_unwind_hooks_everywhere();
         let _ = self.core.maintain(&self.platform);
         Ok(report)
     }
@@ -520,6 +553,7 @@ impl Session {
                 self.warn(format!("installing probes in process {space}: {why}"));
             }
         }
+        self.ensure_unwind_hooks(space);
         Ok(())
     }
 
@@ -542,6 +576,7 @@ impl Session {
                 self.warn(format!("installing probes in process {space}: {why}"));
             }
         }
+        self.ensure_unwind_hooks(space);
     }
 
     pub(crate) fn warn(&mut self, w: String) {
@@ -641,6 +676,8 @@ impl Session {
     pub fn detach(&mut self) -> Result<DetachReport, TraceError> {
         let mut report = DetachReport::default();
         self.stop_all(&mut report.errors);
+        self.snapshot_missed();
+        self.remove_unwind_hooks(&mut report.errors);
         // Every thread is stopped: take every probe out.
         for i in 0..self.probes.len() {
             if let Some(h) = self.probes[i].handle.take() {

@@ -1,0 +1,363 @@
+//! Return probes on Linux, beyond what the core does: durations and `--latency`
+//! histograms, `nmissed` per probe, and keeping stack unwinders working while return
+//! addresses point at the trampoline.
+//!
+//! # Unwinding through hijacked frames
+//!
+//! A return probe replaces the return address of each tracked call with the trampoline,
+//! which lives in the anonymous slot area and has no unwind information. A C++ `throw` (or
+//! `pthread_cancel`, or a Rust panic) walks the stack with those return addresses: at the
+//! trampoline the unwinder finds no FDE, `_Unwind_RaiseException` fails and the program
+//! calls `std::terminate`. The kernel's uretprobes have the same problem.
+//!
+//! When return probes are registered, the session therefore puts internal breakpoints on
+//! the unwinder's entry points, `_Unwind_RaiseException`, `_Unwind_Resume`,
+//! `_Unwind_Resume_or_Rethrow` and `_Unwind_ForcedUnwind` (libgcc_s, LLVM's libunwind, or an
+//! executable that links them statically), and on `__cxa_begin_catch` (libstdc++,
+//! libc++abi), the way it puts one on the dynamic linker's `_dl_debug_state`:
+//!
+//! - at an unwinder entry, every hijacked return address of the throwing thread that is
+//!   above its stack pointer gets its real value back (the slot is written only if it still
+//!   holds the trampoline); the core keeps the instances. The unwinder then sees a normal
+//!   stack, in both of its phases and in every cleanup (`_Unwind_Resume`).
+//! - at `__cxa_begin_catch` (the start of every C++ `catch` block), the unwinding is over:
+//!   the frames strictly above the stack pointer survived, and those whose slot still holds
+//!   its real return address are hijacked again, so their returns are reported. The frames
+//!   that were unwound never return; the core drops their instances at the thread's next
+//!   return-probe event, as for `longjmp`.
+//!
+//! Limits: an exception caught by something other than `__cxa_begin_catch` (a Rust
+//! `catch_unwind`, a C `_Unwind_RaiseException` caller) leaves the surviving frames with
+//! their real return addresses: no crash, but their returns are not reported.
+//! `_Unwind_Backtrace` (glibc's `backtrace()`) is not hooked: a backtrace stops at the first
+//! hijacked frame.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use probe_core::arch::x86_64::X86_64;
+use probe_core::{
+    Arch, ConsumerHandle, ConsumerOptions, FileId, Platform, ProbeKey, SpaceId, TaskId,
+};
+
+use super::consumer::{LinuxConsumer, Role};
+use super::session::Session;
+use crate::elf::ElfImage;
+use crate::latency::{LatencyHist, LatencySnapshot, ReturnSummary};
+use crate::resolve::ProbeKind;
+use crate::sys::Pid;
+
+/// Unwinder entry points: the thread's return addresses are put back before it walks.
+pub const UNWIND_START: [&str; 4] = [
+    "_Unwind_RaiseException",
+    "_Unwind_Resume",
+    "_Unwind_Resume_or_Rethrow",
+    "_Unwind_ForcedUnwind",
+];
+
+/// The start of a C++ catch block: the surviving frames are hijacked again.
+pub const UNWIND_CATCH: &str = "__cxa_begin_catch";
+
+/// Default `maxactive` of a return probe: calls of one function tracked at once.
+pub const DEFAULT_MAXACTIVE: u32 = 4096;
+
+/// An unwinder hook hit, queued by the consumer and handled after the hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct UnwindEvent {
+    pub(crate) task: TaskId,
+    /// The stack pointer at the hooked function's first instruction.
+    pub(crate) sp: u64,
+    /// `__cxa_begin_catch` (re-hijack) rather than an unwinder entry (restore).
+    pub(crate) catch: bool,
+}
+
+/// What the unwinder hooks did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindStats {
+    /// Unwinder entries seen (`_Unwind_RaiseException`...).
+    pub starts: u64,
+    /// Return addresses put back at those.
+    pub restored: u64,
+    /// Catch blocks entered (`__cxa_begin_catch`).
+    pub catches: u64,
+    /// Return addresses hijacked again at those.
+    pub rehijacked: u64,
+}
+
+/// The session's return-probe state.
+#[derive(Debug)]
+pub(crate) struct RetState {
+    /// `maxactive` of every return consumer.
+    pub(crate) maxactive: u32,
+    /// `--latency`: entry probes are registered as return consumers too, and durations
+    /// are kept per probe.
+    pub(crate) latency: bool,
+    /// Whether any return consumer was registered (then the unwinder hooks are wanted).
+    any_return: bool,
+    /// Histograms per probe index.
+    hists: HashMap<usize, Arc<LatencyHist>>,
+    /// Entry probes registered as return consumers: their count adds the missed calls.
+    entry_returns: HashSet<usize>,
+    /// `nmissed` per probe index, read before the consumers were unregistered.
+    missed: HashMap<usize, u64>,
+    /// Files already searched for unwinder symbols.
+    searched: HashSet<FileId>,
+    /// The unwinder hooks registered.
+    hooks: Vec<ConsumerHandle>,
+    pub(crate) stats: UnwindStats,
+}
+
+impl RetState {
+    pub(crate) fn new(maxactive: u32, latency: bool) -> RetState {
+        RetState {
+            maxactive: maxactive.max(1),
+            latency,
+            any_return: false,
+            hists: HashMap::new(),
+            entry_returns: HashSet::new(),
+            missed: HashMap::new(),
+            searched: HashSet::new(),
+            hooks: Vec::new(),
+            stats: UnwindStats::default(),
+        }
+    }
+}
+
+/// Whether `path` may hold the unwinder or the C++ runtime's catch entry.
+fn may_hold_unwinder(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    ["libgcc_s", "libstdc++", "libc++abi", "libc++.", "libunwind"]
+        .iter()
+        .any(|p| name.starts_with(p))
+}
+
+impl Session {
+    /// The consumer options and consumer for probe point `idx` of kind `kind`: return
+    /// probes (and, with `--latency`, entry probes) are return consumers with an 8-byte
+    /// entry timestamp per call.
+    pub(crate) fn ret_consumer(
+        &mut self,
+        idx: usize,
+        kind: ProbeKind,
+        consumer: LinuxConsumer,
+    ) -> (ConsumerOptions, LinuxConsumer) {
+        let ret = kind == ProbeKind::Return;
+        let timed_entry = self.rets.latency && kind == ProbeKind::Entry;
+        if !ret && !timed_entry {
+            return (ConsumerOptions::new(), consumer);
+        }
+        self.rets.any_return = true;
+        let hist = self.rets.latency.then(|| {
+            let h = Arc::new(LatencyHist::new());
+            self.rets.hists.insert(idx, h.clone());
+            h
+        });
+        if !ret {
+            self.rets.entry_returns.insert(idx);
+        }
+        (
+            ConsumerOptions::new().with_return(self.rets.maxactive, 8),
+            consumer.with_latency(hist, !ret),
+        )
+    }
+
+    /// Calls of probe point `i` that were not tracked because `maxactive` instances were in
+    /// use (or the thread's chain of tracked calls was full): their returns are not
+    /// reported. 0 for an entry probe that is not a return consumer.
+    pub fn nmissed(&self, i: usize) -> u64 {
+        if let Some(&m) = self.rets.missed.get(&i) {
+            return m;
+        }
+        self.probes
+            .get(i)
+            .and_then(|p| p.handle)
+            .and_then(|h| self.core.nmissed(h).ok())
+            .unwrap_or(0)
+    }
+
+    /// Hits of an entry probe registered as a return consumer that no entry handler saw
+    /// (the missed calls): added to its count.
+    pub(crate) fn entry_missed(&self, i: usize) -> u64 {
+        if self.rets.entry_returns.contains(&i) {
+            self.nmissed(i)
+        } else {
+            0
+        }
+    }
+
+    /// The latency histogram of probe point `i` (`--latency` only).
+    pub fn latency(&self, i: usize) -> Option<LatencySnapshot> {
+        self.rets.hists.get(&i).map(|h| h.snapshot())
+    }
+
+    /// The return-probe figures to report at the end, one per probe point that has any:
+    /// a latency histogram (`--latency`) or missed calls.
+    pub fn return_summary(&self) -> Vec<ReturnSummary> {
+        let mut v: Vec<ReturnSummary> = self
+            .probes
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.error.is_none())
+            .map(|(i, p)| ReturnSummary {
+                name: p.name.clone(),
+                nmissed: self.nmissed(i),
+                latency: self.latency(i),
+            })
+            .filter(|r| r.nmissed > 0 || r.latency.as_ref().is_some_and(|l| l.count > 0))
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// What the unwinder hooks did.
+    pub fn unwind_stats(&self) -> UnwindStats {
+        self.rets.stats
+    }
+
+    /// Remembers every return consumer's `nmissed` (before the consumers go away).
+    pub(crate) fn snapshot_missed(&mut self) {
+        for (i, p) in self.probes.iter().enumerate() {
+            if let Some(m) = p.handle.and_then(|h| self.core.nmissed(h).ok()) {
+                self.rets.missed.insert(i, m);
+            }
+        }
+    }
+
+    /// Unregisters the unwinder hooks (detach).
+    pub(crate) fn remove_unwind_hooks(&mut self, errors: &mut Vec<String>) {
+        for h in core::mem::take(&mut self.rets.hooks) {
+            if let Err(e) = self.core.unregister(&self.platform, h) {
+                errors.push(format!("removing an unwinder hook: {e}"));
+            }
+        }
+    }
+
+    /// Registers the unwinder hooks in every file mapped in any traced space that has them
+    /// and was not searched yet; only once return probes exist.
+    pub(crate) fn ensure_unwind_hooks_everywhere(&mut self) {
+        for space in self.platform.spaces() {
+            self.ensure_unwind_hooks(space);
+        }
+    }
+
+    /// [`ensure_unwind_hooks_everywhere`](Self::ensure_unwind_hooks_everywhere) for one
+    /// space (after its mappings changed).
+    pub(crate) fn ensure_unwind_hooks(&mut self, space: SpaceId) {
+        if !self.rets.any_return {
+            return;
+        }
+        let exe: Option<PathBuf> = self
+            .platform
+            .space_pid(space)
+            .and_then(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok());
+        let mut files: Vec<FileId> = self
+            .platform
+            .mappings(space)
+            .iter()
+            .filter(|m| m.exec)
+            .map(|m| m.file)
+            .collect();
+        files.sort_by_key(|f| f.0);
+        files.dedup();
+        for file in files {
+            if !self.rets.searched.insert(file) {
+                continue;
+            }
+            let Some(path) = self.platform.file_path(file) else {
+                continue;
+            };
+            if !may_hold_unwinder(&path) && exe.as_deref() != Some(path.as_path()) {
+                continue;
+            }
+            let Ok(img) = ElfImage::open(&path) else {
+                continue;
+            };
+            let mut points: Vec<(u64, Role)> = Vec::new();
+            for name in UNWIND_START {
+                if let Some(s) = img.lookup(name).first() {
+                    points.push((s.file_offset, Role::UnwindStart));
+                }
+            }
+            if let Some(s) = img.lookup(UNWIND_CATCH).first() {
+                points.push((s.file_offset, Role::UnwindCatch));
+            }
+            for (offset, role) in points {
+                let hits = Arc::new(core::sync::atomic::AtomicU64::new(0));
+                let consumer = LinuxConsumer::new(role, hits, self.shared.clone());
+                let key = ProbeKey::new(file, offset);
+                match self
+                    .core
+                    .register(&self.platform, key, consumer, ConsumerOptions::new())
+                {
+                    Ok(h) => self.rets.hooks.push(h),
+                    Err((e, _)) => {
+                        let why = self.explain(e);
+                        self.warn(format!(
+                            "a C++ exception thrown through a return-probed function may \
+                             terminate the program: hooking the unwinder in {} failed: {why}",
+                            path.display()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles the unwinder hooks hit: puts back or hijacks again the return addresses of
+    /// the thread's tracked frames above the stack pointer.
+    pub(crate) fn apply_unwinds(&mut self) {
+        for ev in self.shared.take_unwinds() {
+            let tid = Pid(ev.task.0 as i32);
+            let Some(t) = self.tasks.get(&tid) else {
+                continue;
+            };
+            if ev.catch {
+                self.rets.stats.catches += 1;
+            } else {
+                self.rets.stats.starts += 1;
+            }
+            if t.ts.returns().is_empty() {
+                continue;
+            }
+            let Some(tramp) = self.core.trampoline(t.space) else {
+                continue;
+            };
+            let Some(mem) = self.platform.space(t.space) else {
+                continue;
+            };
+            let mut done = 0u64;
+            let mut failed = None;
+            for (frame, _func, ret) in t.ts.returns().frames() {
+                if frame <= ev.sp {
+                    // Below the stack pointer: a frame already abandoned.
+                    continue;
+                }
+                let r = if ev.catch {
+                    // The same check-and-write, the other way round.
+                    X86_64::restore_return_address(frame, &mem, ret, tramp)
+                } else {
+                    X86_64::restore_return_address(frame, &mem, tramp, ret)
+                };
+                match r {
+                    Ok(true) => done += 1,
+                    Ok(false) => {}
+                    Err(e) => failed = Some(e),
+                }
+            }
+            if ev.catch {
+                self.rets.stats.rehijacked += done;
+            } else {
+                self.rets.stats.restored += done;
+            }
+            if let Some(e) = failed {
+                self.warn(format!(
+                    "thread {tid}: rewriting a return address around an exception: {e}"
+                ));
+            }
+        }
+    }
+}
