@@ -76,10 +76,14 @@ pub(crate) enum Run {
     Unborn,
 }
 
+/// Tracked calls (return-probe instances) per thread: deep enough for real recursion; a call
+/// deeper than this is counted as missed (about 120 bytes each).
+pub const RETURN_DEPTH: usize = 256;
+
 /// One traced thread.
 #[derive(Debug)]
 pub(crate) struct Task {
-    pub(crate) ts: TaskState<X86_64>,
+    pub(crate) ts: TaskState<X86_64, RETURN_DEPTH>,
     /// Its thread group (process).
     pub(crate) tgid: Pid,
     /// The address space it runs in (a vfork child runs in its parent's).
