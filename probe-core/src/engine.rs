@@ -2,20 +2,18 @@
 //! every space's installed breakpoints exact. The hit path is in `hit.rs`.
 
 use core::marker::PhantomData;
-use core::ops::ControlFlow;
 
 use crate::addr::{Addr, CpuId, FileId, ProbeKey, Range, SpaceId};
-use crate::arch::{Arch, PlanKind};
+use crate::arch::Arch;
 use crate::blacklist::Blacklist;
 use crate::consumer::{Consumer, ConsumerHandle, ConsumerOptions, ConsumerSlot, RET_DATA_MAX};
 use crate::error::{Capacity, Error};
-use crate::platform::{read_file_exact, AddressSpace, Mapping, Platform};
+use crate::platform::{read_file_exact, Platform};
 use crate::probe::{ProbePayload, FILE_ENTRY, MAX_ORIG};
 use crate::reclaim::Epochs;
 use crate::site::{List, SitePayload};
 use crate::sync::{array_of, const_fn, AtomicBool, Mutex, Ordering};
 use crate::table::{Table, NIL};
-use crate::task::TaskState;
 use crate::xol::SpacePayload;
 
 /// Largest out-of-line slot the core supports.
@@ -83,7 +81,7 @@ impl<
     }
 }
 
-type ArchOf<P> = <P as Platform>::Arch;
+pub(crate) type ArchOf<P> = <P as Platform>::Arch;
 
 #[cfg(not(loom))]
 impl<
@@ -250,7 +248,7 @@ impl<
         self.unregister_locked(p, ci).ok_or(Error::UnknownConsumer)
     }
 
-    fn alloc_consumer(&self, w: &mut Writer) -> Option<usize> {
+    pub(crate) fn alloc_consumer(&self, w: &mut Writer) -> Option<usize> {
         for k in 0..CONSUMERS {
             let i = (w.consumer_cursor + k) % CONSUMERS;
             if self.consumers[i].is_free() {
@@ -261,7 +259,7 @@ impl<
         None
     }
 
-    fn find_or_create_probe(
+    pub(crate) fn find_or_create_probe(
         &self,
         p: &P,
         w: &Writer,
@@ -347,7 +345,10 @@ impl<
 
     /// Run `f`; if a table was full, advance the epoch (reclaiming tombstones whose grace
     /// period has passed) and try once more.
-    fn epoch_retry<T>(&self, mut f: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+    pub(crate) fn epoch_retry<T>(
+        &self,
+        mut f: impl FnMut() -> Result<T, Error>,
+    ) -> Result<T, Error> {
         match f() {
             Err(Error::CapacityExhausted { .. }) => {
                 self.epochs.try_advance();
@@ -359,7 +360,7 @@ impl<
     }
 
     /// Free probe `pi`, which has no consumers and no sites left.
-    fn drop_probe(&self, _p: &P, pi: u32) {
+    pub(crate) fn drop_probe(&self, _p: &P, pi: u32) {
         let e = self.probes.at(pi);
         let (file, _) = e.key();
         let next = e.val.next_of_file.load(Ordering::Relaxed);
@@ -391,7 +392,7 @@ impl<
         }
     }
 
-    fn drop_file_entry_if_empty(&self, fe: u32) {
+    pub(crate) fn drop_file_entry_if_empty(&self, fe: u32) {
         if self.probes.at(fe).val.next_of_file.load(Ordering::Relaxed) == NIL {
             self.probes.remove(fe, &self.epochs);
         }
@@ -399,7 +400,7 @@ impl<
 
     /// Unlink consumer `ci`, reconcile its probe's sites, wait for a grace period, and take the
     /// value out. Writer lock held.
-    fn unregister_locked(&self, p: &P, ci: usize) -> Option<C> {
+    pub(crate) fn unregister_locked(&self, p: &P, ci: usize) -> Option<C> {
         let slot = &self.consumers[ci];
         let pi = slot.probe.load(Ordering::Relaxed);
         let probe = &self.probes.at(pi).val;
@@ -440,719 +441,6 @@ impl<
         let v = slot.value.replace(None);
         slot.free();
         v
-    }
-
-    // ---------------------------------------------------------------- filters
-
-    /// Whether some live consumer of probe `pi` wants space `space`: it has no filter, or its
-    /// filter accepts some task of the space.
-    pub(crate) fn wanted(&self, p: &P, pi: u32, space: SpaceId) -> bool {
-        let probe = &self.probes.at(pi).val;
-        let mut ci = probe.consumers.load(Ordering::Acquire);
-        let mut n = 0;
-        while ci != NIL && n < CONSUMERS {
-            let slot = &self.consumers[ci as usize];
-            if slot.is_live() {
-                if !slot.has_filter.load(Ordering::Relaxed) {
-                    return true;
-                }
-                let mut yes = false;
-                slot.value.with(|c| {
-                    if let Some(c) = c {
-                        p.for_each_task(space, &mut |t| {
-                            if c.filter(p, space, t) {
-                                yes = true;
-                                ControlFlow::Break(())
-                            } else {
-                                ControlFlow::Continue(())
-                            }
-                        });
-                    }
-                });
-                if yes {
-                    return true;
-                }
-            }
-            ci = slot.next.load(Ordering::Acquire);
-            n += 1;
-        }
-        false
-    }
-
-    /// Re-evaluate the filters of every probe for `space` (call when the embedder's filter
-    /// answers changed, e.g. a task was created or a filter's target set changed): install
-    /// where now wanted, remove where no longer wanted. Returns the first error; the rest
-    /// proceed.
-    pub fn refilter(&self, p: &P, space: SpaceId) -> Result<(), Error> {
-        let w = self.writer.lock();
-        self.refilter_locked(p, &w, space)
-    }
-
-    fn refilter_locked(&self, p: &P, w: &Writer, space: SpaceId) -> Result<(), Error> {
-        let mut first: Result<(), Error> = Ok(());
-        if let Some(sx) = self.spaces.lookup(space.0, 0) {
-            let sp = &self.spaces.at(sx).val;
-            sp.refilter.store(false, Ordering::Relaxed);
-            let mut s = sp.sites.load(Ordering::Relaxed);
-            while s != NIL {
-                let site = self.sites.at(s);
-                let nxt = site.val.next(List::Space);
-                let pi = site.val.probe.load(Ordering::Relaxed);
-                if !self.wanted(p, pi, space) {
-                    if let Err(e) = self.remove_site(p, s, true) {
-                        first = first.and(Err(e));
-                    }
-                }
-                s = nxt;
-            }
-        }
-        // Install where now wanted: walk every probed file's mappings in this space.
-        for fe in self.probes.live_indices() {
-            let (file, off) = self.probes.at(fe).key();
-            if off != FILE_ENTRY {
-                continue;
-            }
-            p.for_each_mapping(FileId(file), &mut |m| {
-                if m.space == space && m.exec {
-                    if let Err(e) = self.install_file_in_mapping(p, w, fe, &m) {
-                        first = first.and(Err(e));
-                    }
-                }
-                ControlFlow::Continue(())
-            });
-        }
-        first
-    }
-
-    // ---------------------------------------------------------------- install / remove
-
-    /// The rmap walk for probe `pi`: install in every mapping of its file where wanted.
-    fn install_everywhere(&self, p: &P, w: &Writer, pi: u32) -> Result<(), Error> {
-        let (file, _) = self.probes.at(pi).key();
-        let mut res = Ok(());
-        p.for_each_mapping(FileId(file), &mut |m| {
-            if !m.exec {
-                return ControlFlow::Continue(());
-            }
-            match self.install_if_wanted(p, w, pi, &m) {
-                Ok(()) => ControlFlow::Continue(()),
-                Err(e) => {
-                    res = Err(e);
-                    ControlFlow::Break(())
-                }
-            }
-        });
-        res
-    }
-
-    /// Install every probe of file entry `fe` that falls in mapping `m`, where wanted.
-    fn install_file_in_mapping(
-        &self,
-        p: &P,
-        w: &Writer,
-        fe: u32,
-        m: &Mapping,
-    ) -> Result<(), Error> {
-        let mut first = Ok(());
-        let mut pi = self.probes.at(fe).val.next_of_file.load(Ordering::Relaxed);
-        let mut n = 0;
-        while pi != NIL && n < PROBES {
-            if let Err(e) = self.install_if_wanted(p, w, pi, m) {
-                first = first.and(Err(e));
-            }
-            pi = self.probes.at(pi).val.next_of_file.load(Ordering::Relaxed);
-            n += 1;
-        }
-        first
-    }
-
-    fn install_if_wanted(&self, p: &P, w: &Writer, pi: u32, m: &Mapping) -> Result<(), Error> {
-        let (_, off) = self.probes.at(pi).key();
-        let Some(addr) = m.addr_of(off) else {
-            return Ok(());
-        };
-        if self.sites.lookup(m.space.0, addr.0).is_some() || !self.wanted(p, pi, m.space) {
-            return Ok(());
-        }
-        self.install(p, w, pi, m, addr)
-    }
-
-    /// Install probe `pi` at `addr` of mapping `m`: verify the text, write the slot, publish
-    /// the site, then write the breakpoint (in that order: a task that traps finds the site).
-    fn install(&self, p: &P, w: &Writer, pi: u32, m: &Mapping, addr: Addr) -> Result<(), Error> {
-        let probe = &self.probes.at(pi).val;
-        let Some(plan) = probe.plan.get() else {
-            return Ok(());
-        };
-        let len = ArchOf::<P>::insn_len(&plan);
-        // The whole instruction must lie in this mapping.
-        if addr
-            .checked_add(len as u64 - 1)
-            .is_none_or(|last| !m.range.contains(last))
-        {
-            return Ok(());
-        }
-        w.blacklist.check_addr(m.space, addr, len as u64)?;
-        let orig = probe.orig.get();
-        let mem = p.space(m.space).ok_or(Error::NoSuchSpace(m.space))?;
-        let mut cur = [0u8; MAX_ORIG];
-        mem.read_exact(addr, &mut cur[..len])?;
-        if cur[..len] != orig[..len] {
-            return Err(Error::BytesChanged {
-                space: m.space,
-                addr,
-            });
-        }
-        let sx = self.space_entry(p, m.space)?;
-        let sp = &self.spaces.at(sx).val;
-        let (slot, slot_addr) = if ArchOf::<P>::plan_kind(&plan) == PlanKind::Emulate {
-            (NIL, Addr(0))
-        } else {
-            self.alloc_slot(p, &mem, sx, &plan, addr)?
-        };
-        let si = match self.epoch_retry(|| {
-            self.sites
-                .claim(m.space.0, addr.0, &self.epochs, Capacity::Sites)
-        }) {
-            Ok(si) => si,
-            Err(e) => {
-                if slot != NIL {
-                    sp.retire(slot, &self.epochs);
-                }
-                return Err(e);
-            }
-        };
-        let site = &self.sites.at(si).val;
-        site.probe.store(pi, Ordering::Relaxed);
-        site.space.store(sx, Ordering::Relaxed);
-        site.slot.store(slot, Ordering::Relaxed);
-        site.slot_addr.store(slot_addr.0, Ordering::Relaxed);
-        self.link(si, List::Probe, &probe.sites);
-        self.link(si, List::Space, &sp.sites);
-        self.sites.publish(si);
-        if self.probe_has_ret(pi) {
-            if let Err(e) = self.ensure_trampoline(p, sx, addr) {
-                self.forget_site(si);
-                return Err(e);
-            }
-        }
-        if let Err(e) = mem.patch_code(addr, ArchOf::<P>::BREAKPOINT) {
-            self.forget_site(si);
-            return Err(e.into());
-        }
-        // The SDT semaphore goes up in step with the breakpoint (seed 004), where its
-        // mapping already exists; otherwise when it appears (`on_mmap`).
-        if let Err(e) = self.sem_install(p, si, pi, m.space) {
-            let _ = self.restore_bytes(p, pi, m.space, addr);
-            self.forget_site(si);
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    /// Whether some live consumer of probe `pi` is a return consumer.
-    pub(crate) fn probe_has_ret(&self, pi: u32) -> bool {
-        let mut ci = self.probes.at(pi).val.consumers.load(Ordering::Acquire);
-        let mut n = 0;
-        while ci != NIL && n < CONSUMERS {
-            let slot = &self.consumers[ci as usize];
-            if slot.is_live() && slot.opts.get().ret.is_some() {
-                return true;
-            }
-            ci = slot.next.load(Ordering::Acquire);
-            n += 1;
-        }
-        false
-    }
-
-    /// The slot area of space entry `sx`, created on first use near `near`.
-    fn ensure_xol_base(&self, p: &P, sx: u32, near: Addr) -> Result<Addr, Error> {
-        let sp = &self.spaces.at(sx).val;
-        let base = sp.xol_base.load(Ordering::Relaxed);
-        if base != 0 {
-            return Ok(Addr(base));
-        }
-        let space = SpaceId(self.spaces.at(sx).key().0);
-        let base = p
-            .xol_area(space, near, XOL)
-            .ok_or(Error::NoXolArea(space))?;
-        sp.xol_base.store(base.0, Ordering::Relaxed);
-        Ok(base)
-    }
-
-    /// Take a free slot of space entry `sx`, advancing the grace period once if none is.
-    fn take_slot(&self, sx: u32) -> Result<u32, Error> {
-        let sp = &self.spaces.at(sx).val;
-        match sp.alloc(&self.epochs) {
-            Some(s) => Ok(s),
-            None => {
-                self.epochs.try_advance();
-                self.epochs.try_advance();
-                sp.alloc(&self.epochs).ok_or(Error::CapacityExhausted {
-                    what: Capacity::XolSlots,
-                })
-            }
-        }
-    }
-
-    /// The return trampoline of space entry `sx`: one slot holding the breakpoint, created on
-    /// first use and kept for the life of the space.
-    pub(crate) fn ensure_trampoline(&self, p: &P, sx: u32, near: Addr) -> Result<Addr, Error> {
-        let sp = &self.spaces.at(sx).val;
-        let t = sp.trampoline.load(Ordering::Relaxed);
-        if t != 0 {
-            return Ok(Addr(t));
-        }
-        let space = SpaceId(self.spaces.at(sx).key().0);
-        let mem = p.space(space).ok_or(Error::NoSuchSpace(space))?;
-        self.ensure_xol_base(p, sx, near)?;
-        let slot = self.take_slot(sx)?;
-        let res = sp
-            .slot_addr(slot, ArchOf::<P>::SLOT_SIZE)
-            .ok_or(Error::NoXolArea(space))
-            .and_then(|a| {
-                mem.patch_code(a, ArchOf::<P>::BREAKPOINT)?;
-                Ok(a)
-            });
-        match res {
-            Ok(a) => {
-                sp.trampoline.store(a.0, Ordering::Release);
-                Ok(a)
-            }
-            Err(e) => {
-                sp.retire(slot, &self.epochs);
-                Err(e)
-            }
-        }
-    }
-
-    // ---------------------------------------------------------------- SDT semaphores
-
-    /// Add `delta` (+1 or -1) to the 16-bit little-endian counter at `addr`, saturating: the
-    /// counter never goes below zero, whatever the program wrote there, and only its two bytes
-    /// are ever written.
-    fn sem_update(&self, p: &P, space: SpaceId, addr: Addr, up: bool) -> Result<(), Error> {
-        let mem = p.space(space).ok_or(Error::NoSuchSpace(space))?;
-        let mut b = [0u8; 2];
-        mem.read_exact(addr, &mut b)?;
-        let v = u16::from_le_bytes(b);
-        let n = if up {
-            v.saturating_add(1)
-        } else {
-            v.saturating_sub(1)
-        };
-        mem.write(addr, &n.to_le_bytes())?;
-        Ok(())
-    }
-
-    /// Where the semaphore at file `offset` of `file` lives in `space`: a writable mapping of
-    /// the file covering both of its bytes.
-    fn sem_addr_in(&self, p: &P, file: FileId, space: SpaceId, offset: u64) -> Option<Addr> {
-        let mut found = None;
-        p.for_each_mapping(file, &mut |m| {
-            if m.space == space && m.write {
-                if let (Some(a), Some(_)) = (m.addr_of(offset), m.addr_of(offset + 1)) {
-                    found = Some(a);
-                    return ControlFlow::Break(());
-                }
-            }
-            ControlFlow::Continue(())
-        });
-        found
-    }
-
-    /// Increment the semaphore of probe `pi` for its site `si` in `space`, if it has one, the
-    /// site has not counted yet, and the counter's mapping exists.
-    fn sem_install(&self, p: &P, si: u32, pi: u32, space: SpaceId) -> Result<(), Error> {
-        let Some(off) = self.probes.at(pi).val.opts.get().semaphore else {
-            return Ok(());
-        };
-        let site = &self.sites.at(si).val;
-        if site.sem_addr.load(Ordering::Relaxed) != 0 {
-            return Ok(());
-        }
-        let (file, _) = self.probes.at(pi).key();
-        if let Some(a) = self.sem_addr_in(p, FileId(file), space, off) {
-            self.sem_update(p, space, a, true)?;
-            site.sem_addr.store(a.0, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-
-    /// Decrement what site `si` incremented, if anything.
-    fn sem_remove(&self, p: &P, si: u32, space: SpaceId) -> Result<(), Error> {
-        let a = self.sites.at(si).val.sem_addr.swap(0, Ordering::Relaxed);
-        if a == 0 {
-            return Ok(());
-        }
-        self.sem_update(p, space, Addr(a), false)
-    }
-
-    fn alloc_slot(
-        &self,
-        p: &P,
-        mem: &P::Space<'_>,
-        sx: u32,
-        plan: &<ArchOf<P> as Arch>::Plan,
-        addr: Addr,
-    ) -> Result<(u32, Addr), Error> {
-        const { assert!(<ArchOf<P> as Arch>::SLOT_SIZE <= MAX_SLOT) };
-        let sp = &self.spaces.at(sx).val;
-        let space = SpaceId(self.spaces.at(sx).key().0);
-        self.ensure_xol_base(p, sx, addr)?;
-        let slot = self.take_slot(sx)?;
-        let size = ArchOf::<P>::SLOT_SIZE;
-        let res = (|| {
-            let slot_addr = sp.slot_addr(slot, size).ok_or(Error::NoXolArea(space))?;
-            let mut buf = [0u8; MAX_SLOT];
-            let n = ArchOf::<P>::encode_slot(plan, addr, slot_addr, &mut buf[..size])?;
-            mem.patch_code(slot_addr, &buf[..n.min(size)])?;
-            Ok(slot_addr)
-        })();
-        match res {
-            Ok(a) => Ok((slot, a)),
-            Err(e) => {
-                sp.retire(slot, &self.epochs);
-                Err(e)
-            }
-        }
-    }
-
-    /// The space table entry for `space`, created if needed.
-    fn space_entry(&self, _p: &P, space: SpaceId) -> Result<u32, Error> {
-        if let Some(sx) = self.spaces.lookup(space.0, 0) {
-            return Ok(sx);
-        }
-        let sx = self.epoch_retry(|| {
-            self.spaces
-                .claim(space.0, 0, &self.epochs, Capacity::Spaces)
-        })?;
-        self.spaces.at(sx).val.reset();
-        self.spaces.publish(sx);
-        Ok(sx)
-    }
-
-    fn link(&self, si: u32, l: List, head: &crate::sync::AtomicU32) {
-        let old = head.load(Ordering::Relaxed);
-        let (prev, next) = self.sites.at(si).val.links(l);
-        prev.store(NIL, Ordering::Relaxed);
-        next.store(old, Ordering::Relaxed);
-        if old != NIL {
-            self.sites
-                .at(old)
-                .val
-                .links(l)
-                .0
-                .store(si, Ordering::Relaxed);
-        }
-        head.store(si, Ordering::Relaxed);
-    }
-
-    fn unlink(&self, si: u32, l: List, head: &crate::sync::AtomicU32) {
-        let (prev, next) = self.sites.at(si).val.links(l);
-        let (p, n) = (prev.load(Ordering::Relaxed), next.load(Ordering::Relaxed));
-        if p != NIL {
-            self.sites.at(p).val.links(l).1.store(n, Ordering::Relaxed);
-        } else {
-            head.store(n, Ordering::Relaxed);
-        }
-        if n != NIL {
-            self.sites.at(n).val.links(l).0.store(p, Ordering::Relaxed);
-        }
-    }
-
-    /// Remove site `si`; with `restore`, put the original bytes back first (when the
-    /// breakpoint is still ours). The site is forgotten either way.
-    fn remove_site(&self, p: &P, si: u32, restore: bool) -> Result<(), Error> {
-        let site = self.sites.at(si);
-        let (space, addr) = site.key();
-        let (space, addr) = (SpaceId(space), Addr(addr));
-        let mut res = Ok(());
-        if restore {
-            res = self.restore_bytes(p, site.val.probe.load(Ordering::Relaxed), space, addr);
-            res = res.and(self.sem_remove(p, si, space));
-        }
-        self.forget_site(si);
-        res
-    }
-
-    fn restore_bytes(&self, p: &P, pi: u32, space: SpaceId, addr: Addr) -> Result<(), Error> {
-        let bp = ArchOf::<P>::BREAKPOINT;
-        let orig = self.probes.at(pi).val.orig.get();
-        let mem = p.space(space).ok_or(Error::NoSuchSpace(space))?;
-        let mut cur = [0u8; MAX_ORIG];
-        mem.read_exact(addr, &mut cur[..bp.len()])?;
-        if &cur[..bp.len()] != bp {
-            return Err(Error::BytesChanged { space, addr });
-        }
-        mem.patch_code(addr, &orig[..bp.len()])?;
-        Ok(())
-    }
-
-    /// Unlink and unpublish site `si`, retiring its slot. No memory is touched.
-    fn forget_site(&self, si: u32) {
-        let site = &self.sites.at(si).val;
-        let pi = site.probe.load(Ordering::Relaxed);
-        let sx = site.space.load(Ordering::Relaxed);
-        self.unlink(si, List::Probe, &self.probes.at(pi).val.sites);
-        let sp = &self.spaces.at(sx).val;
-        self.unlink(si, List::Space, &sp.sites);
-        let slot = site.slot.load(Ordering::Relaxed);
-        if slot != NIL {
-            sp.retire(slot, &self.epochs);
-        }
-        self.sites.remove(si, &self.epochs);
-    }
-
-    // ---------------------------------------------------------------- events
-
-    /// A new mapping appeared. For an executable mapping of a probed file, every probe of the
-    /// file that falls in it is installed where wanted. Returns the first error; the rest
-    /// proceed.
-    pub fn on_mmap(&self, p: &P, m: Mapping) -> Result<(), Error> {
-        let w = self.writer.lock();
-        let Some(fe) = self.probes.lookup(m.file.0, FILE_ENTRY) else {
-            return Ok(());
-        };
-        let mut first = Ok(());
-        if m.exec {
-            first = self.install_file_in_mapping(p, &w, fe, &m);
-        }
-        if m.write {
-            // A data mapping holding SDT semaphores of probes already installed here.
-            let mut pi = self.probes.at(fe).val.next_of_file.load(Ordering::Relaxed);
-            let mut n = 0;
-            while pi != NIL && n < PROBES {
-                let probe = &self.probes.at(pi).val;
-                if probe.opts.get().semaphore.is_some() {
-                    let mut s = probe.sites.load(Ordering::Relaxed);
-                    while s != NIL {
-                        let site = self.sites.at(s);
-                        if site.key().0 == m.space.0 {
-                            first = first.and(self.sem_install(p, s, pi, m.space));
-                        }
-                        s = site.val.next(List::Probe);
-                    }
-                }
-                pi = probe.next_of_file.load(Ordering::Relaxed);
-                n += 1;
-            }
-        }
-        first
-    }
-
-    /// `range` of `space` was unmapped: its breakpoints are forgotten (the memory is gone).
-    pub fn on_munmap(&self, _p: &P, space: SpaceId, range: Range) {
-        let _w = self.writer.lock();
-        let Some(sx) = self.spaces.lookup(space.0, 0) else {
-            return;
-        };
-        let mut s = self.spaces.at(sx).val.sites.load(Ordering::Relaxed);
-        while s != NIL {
-            let site = self.sites.at(s);
-            let nxt = site.val.next(List::Space);
-            let sem = site.val.sem_addr.load(Ordering::Relaxed);
-            if sem != 0 && range.contains(Addr(sem)) {
-                // The counter is gone with its mapping: never write there again.
-                site.val.sem_addr.store(0, Ordering::Relaxed);
-            }
-            if range.contains(Addr(site.key().1)) {
-                // The text is gone; its semaphore (still mapped) goes down in step.
-                let _ = self.sem_remove(_p, s, space);
-                self.forget_site(s);
-            }
-            s = nxt;
-        }
-    }
-
-    /// Space `child` was forked from `parent`: the child's memory is a copy of the parent's,
-    /// breakpoints and slot area included (at the same addresses). The core records the
-    /// inherited breakpoints, then re-evaluates the filters for the child (removing those no
-    /// consumer wants there).
-    pub fn on_fork(&self, p: &P, parent: SpaceId, child: SpaceId) -> Result<(), Error> {
-        let w = self.writer.lock();
-        let Some(px) = self.spaces.lookup(parent.0, 0) else {
-            // Nothing installed in the parent; the child may still be wanted.
-            return self.refilter_locked(p, &w, child);
-        };
-        let cx = self.space_entry(p, child)?;
-        let pp = &self.spaces.at(px).val;
-        let cp = &self.spaces.at(cx).val;
-        cp.xol_base
-            .store(pp.xol_base.load(Ordering::Relaxed), Ordering::Relaxed);
-        let tramp = pp.trampoline.load(Ordering::Relaxed);
-        if tramp != 0 {
-            // The child's memory holds the trampoline at the same address, in the same slot.
-            let base = pp.xol_base.load(Ordering::Relaxed);
-            let size = ArchOf::<P>::SLOT_SIZE as u64;
-            if let Some(i) = tramp.checked_sub(base).map(|d| d / size) {
-                cp.mark_used(i as u32);
-            }
-            cp.trampoline.store(tramp, Ordering::Relaxed);
-        }
-        let mut first = Ok(());
-        let mut s = pp.sites.load(Ordering::Relaxed);
-        while s != NIL {
-            let site = self.sites.at(s);
-            let nxt = site.val.next(List::Space);
-            let addr = site.key().1;
-            let pi = site.val.probe.load(Ordering::Relaxed);
-            let slot = site.val.slot.load(Ordering::Relaxed);
-            match self.epoch_retry(|| {
-                self.sites
-                    .claim(child.0, addr, &self.epochs, Capacity::Sites)
-            }) {
-                Ok(ci) => {
-                    let c = &self.sites.at(ci).val;
-                    c.probe.store(pi, Ordering::Relaxed);
-                    c.space.store(cx, Ordering::Relaxed);
-                    c.slot.store(slot, Ordering::Relaxed);
-                    c.slot_addr.store(
-                        site.val.slot_addr.load(Ordering::Relaxed),
-                        Ordering::Relaxed,
-                    );
-                    // The child's copy of the counter was incremented with the parent's.
-                    c.sem_addr
-                        .store(site.val.sem_addr.load(Ordering::Relaxed), Ordering::Relaxed);
-                    if slot != NIL {
-                        cp.mark_used(slot);
-                    }
-                    self.link(ci, List::Probe, &self.probes.at(pi).val.sites);
-                    self.link(ci, List::Space, &cp.sites);
-                    self.sites.publish(ci);
-                }
-                Err(e) => {
-                    // The child keeps a breakpoint the core cannot track: take it out.
-                    let _ = self.restore_bytes(p, pi, child, Addr(addr));
-                    first = first.and(Err(e));
-                }
-            }
-            s = nxt;
-        }
-        first.and(self.refilter_locked(p, &w, child))
-    }
-
-    /// `space` executed a new program: its old mappings are gone, so are its breakpoints and
-    /// slots. `task` is the task that called exec; its out-of-line state is dropped. The
-    /// platform then reports the new image's mappings with [`on_mmap`](Self::on_mmap).
-    pub fn on_exec<const D: usize>(&self, p: &P, space: SpaceId, task: &mut TaskState<P::Arch, D>) {
-        self.forget_task(task);
-        self.on_space_exit(p, space);
-    }
-
-    /// `space` is gone (its last task exited): forget its breakpoints and slots.
-    pub fn on_space_exit(&self, _p: &P, space: SpaceId) {
-        let _w = self.writer.lock();
-        let Some(sx) = self.spaces.lookup(space.0, 0) else {
-            return;
-        };
-        let sp = &self.spaces.at(sx).val;
-        let mut s = sp.sites.load(Ordering::Relaxed);
-        while s != NIL {
-            let nxt = self.sites.at(s).val.next(List::Space);
-            self.forget_site(s);
-            s = nxt;
-        }
-        self.spaces.remove(sx, &self.epochs);
-    }
-
-    /// A task exited: release what the core held for it (its slot, its return instances).
-    pub fn on_task_exit<const D: usize>(&self, task: &mut TaskState<P::Arch, D>) {
-        self.forget_task(task);
-    }
-
-    pub(crate) fn forget_task<const D: usize>(&self, task: &mut TaskState<P::Arch, D>) {
-        task.step = None;
-        if let Some(r) = task.xol.take() {
-            self.leave_slot(&r);
-        }
-        while let Some(i) = task.rets.pop() {
-            self.put_instance(i.consumer, i.generation);
-        }
-    }
-
-    /// Give back a return instance of consumer `ci`, generation `g`.
-    pub(crate) fn put_instance(&self, ci: u32, g: u32) {
-        if let Some(slot) = self.consumers.get(ci as usize) {
-            slot.put_instance(g);
-        }
-    }
-
-    /// A task forked `child` from `parent` (a new process): the child's stack is a copy, so it
-    /// inherits the parent's hijacked return addresses and the instances that undo them.
-    pub fn on_task_fork<const D: usize>(
-        &self,
-        parent: &TaskState<P::Arch, D>,
-        child: &mut TaskState<P::Arch, D>,
-    ) {
-        self.forget_task(child);
-        for i in parent.rets.iter() {
-            if child.rets.push(*i).is_ok() {
-                if let Some(slot) = self.consumers.get(i.consumer as usize) {
-                    slot.add_instance(i.generation);
-                }
-            }
-        }
-    }
-
-    /// Detach from a task: put every hijacked return address on its stack back (where the
-    /// slot still holds the trampoline) and drop its instances, so that the program returns
-    /// normally without the core. Returns the first error; the rest proceed.
-    pub fn restore_returns<const D: usize>(
-        &self,
-        p: &P,
-        space: SpaceId,
-        task: &mut TaskState<P::Arch, D>,
-    ) -> Result<(), Error> {
-        let mut first = Ok(());
-        let tramp = self
-            .spaces
-            .lookup(space.0, 0)
-            .map(|sx| self.spaces.at(sx).val.trampoline.load(Ordering::Relaxed))
-            .unwrap_or(0);
-        if tramp != 0 && !task.rets.is_empty() {
-            match p.space(space) {
-                Some(mem) => {
-                    for i in task.rets.iter().filter(|i| !i.chained) {
-                        if let Err(e) =
-                            ArchOf::<P>::restore_return_address(i.frame, &mem, Addr(tramp), i.ret)
-                        {
-                            first = first.and(Err(Error::Memory(e)));
-                        }
-                    }
-                }
-                None => first = Err(Error::NoSuchSpace(space)),
-            }
-        }
-        self.forget_task(task);
-        first
-    }
-
-    /// The return trampoline's address in `space`, if it has one.
-    pub fn trampoline(&self, space: SpaceId) -> Option<Addr> {
-        let sx = self.spaces.lookup(space.0, 0)?;
-        let t = self.spaces.at(sx).val.trampoline.load(Ordering::Acquire);
-        (t != 0).then_some(Addr(t))
-    }
-
-    /// Calls of a return consumer that found no free instance (seed 002's `nmissed`).
-    pub fn nmissed(&self, h: ConsumerHandle) -> Result<u64, Error> {
-        let slot = self
-            .consumers
-            .get(h.index as usize)
-            .filter(|s| s.is_live() && s.generation() == h.generation)
-            .ok_or(Error::UnknownConsumer)?;
-        Ok(slot.nmissed.load(Ordering::Relaxed))
-    }
-
-    /// Instances of a return consumer in use right now.
-    pub fn instances_in_use(&self, h: ConsumerHandle) -> Result<u32, Error> {
-        let slot = self
-            .consumers
-            .get(h.index as usize)
-            .filter(|s| s.is_live() && s.generation() == h.generation)
-            .ok_or(Error::UnknownConsumer)?;
-        Ok(slot.instances())
     }
 
     /// Process what handlers deferred (removal requests) and advance the grace period. Call it
@@ -1236,23 +524,5 @@ impl<
         let _w = self.writer.lock();
         let pi = self.probes.lookup(key.file.0, key.offset)?;
         self.probes.at(pi).val.plan.get()
-    }
-
-    /// Restore the original bytes of every breakpoint in `space` and forget them (detach from
-    /// one address space, leaving the consumers registered for the others).
-    pub fn detach_space(&self, p: &P, space: SpaceId) -> Result<(), Error> {
-        let _w = self.writer.lock();
-        let Some(sx) = self.spaces.lookup(space.0, 0) else {
-            return Ok(());
-        };
-        let mut first = Ok(());
-        let mut s = self.spaces.at(sx).val.sites.load(Ordering::Relaxed);
-        while s != NIL {
-            let nxt = self.sites.at(s).val.next(List::Space);
-            first = first.and(self.remove_site(p, s, true));
-            s = nxt;
-        }
-        self.spaces.remove(sx, &self.epochs);
-        first
     }
 }

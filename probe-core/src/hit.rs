@@ -8,7 +8,7 @@
 
 use crate::addr::{Addr, CpuId, ProbeKey, SpaceId, TaskId};
 use crate::arch::{Arch, PlanKind, Registers};
-use crate::consumer::{Consumer, EntryAction, HandlerAction, HitContext, RegsOf, ReturnContext};
+use crate::consumer::{Consumer, EntryAction, HandlerAction, HitContext, RegsOf};
 use crate::engine::ProbeCore;
 use crate::error::Error;
 use crate::platform::{AddressSpace, Platform};
@@ -17,7 +17,7 @@ use crate::table::NIL;
 use crate::task::{RetInstance, ReturnChain, StepRecord, TaskState, XolRecord};
 
 /// Most return consumers of one probe that one hit can track.
-const PENDING_RETURNS: usize = 8;
+pub(crate) const PENDING_RETURNS: usize = 8;
 
 /// What the platform must do after a breakpoint trap. In every case but
 /// [`NotOurs`](Hit::NotOurs) the core has already updated the registers; the platform writes
@@ -268,7 +268,7 @@ impl<
 
     /// No site at `bp`: gone (restart) or not ours.
     #[cold]
-    fn miss(&self, p: &P, space: SpaceId, bp: Addr, regs: &mut RegsOf<P>) -> Hit {
+    pub(crate) fn miss(&self, p: &P, space: SpaceId, bp: Addr, regs: &mut RegsOf<P>) -> Hit {
         let brk = <P::Arch as Arch>::BREAKPOINT;
         let mut cur = [0u8; 16];
         let n = brk.len().min(cur.len());
@@ -350,127 +350,6 @@ impl<
                 self.leave_slot(&r);
             }
         }
-    }
-
-    /// Replace the return address with the trampoline and push this hit's instances on the
-    /// task's chain. The first keeps the return address it found (the trampoline itself when
-    /// an outer instance already hijacked this frame: a tail call); the others are chained.
-    fn hijack_return<const D: usize, M: AddressSpace>(
-        &self,
-        ts: &mut TaskState<P::Arch, D>,
-        regs: &mut RegsOf<P>,
-        mem: &M,
-        tramp: Addr,
-        pending: &mut heapless::Vec<RetInstance, PENDING_RETURNS>,
-    ) {
-        let give_back = |pending: &mut heapless::Vec<RetInstance, PENDING_RETURNS>| {
-            for i in pending.iter() {
-                self.put_instance(i.consumer, i.generation);
-            }
-        };
-        let Ok(cur) = <P::Arch as Arch>::return_address(regs, mem) else {
-            give_back(pending);
-            return;
-        };
-        let chained = cur == tramp;
-        // Frames abandoned by longjmp or unwinding go first.
-        self.drop_abandoned(ts, regs.sp(), chained);
-        if !chained && <P::Arch as Arch>::set_return_address(regs, mem, tramp).is_err() {
-            give_back(pending);
-            return;
-        }
-        for (k, mut inst) in pending.drain(..).enumerate() {
-            inst.frame = regs.sp();
-            inst.ret = if k == 0 { cur } else { tramp };
-            inst.chained = k > 0 || chained;
-            if let Err(inst) = ts.rets.push(inst) {
-                self.put_instance(inst.consumer, inst.generation);
-            }
-        }
-    }
-
-    /// Drop the task's instances whose frames are gone: at a function entry with stack
-    /// pointer `sp`, every tracked frame at or below `sp` was abandoned (longjmp, unwinding)
-    /// — except, when the return address is already the trampoline (`chained`: a tail call or
-    /// a second return probe on this frame), the frame at exactly `sp`. Returns whether any
-    /// was dropped.
-    pub(crate) fn drop_abandoned<const D: usize>(
-        &self,
-        ts: &mut TaskState<P::Arch, D>,
-        sp: u64,
-        chained: bool,
-    ) -> bool {
-        let mut dropped = false;
-        while let Some(top) = ts.rets.last() {
-            let dead = if chained {
-                top.frame < sp
-            } else {
-                top.frame <= sp
-            };
-            if !dead {
-                break;
-            }
-            let i = ts.rets.pop();
-            if let Some(i) = i {
-                self.put_instance(i.consumer, i.generation);
-            }
-            dropped = true;
-        }
-        dropped
-    }
-
-    /// A hit on the return trampoline (seed 003): drop instances of abandoned deeper frames,
-    /// then consume the task's instances in order, running their return handlers, until one
-    /// whose saved return address is not the trampoline; resume there.
-    #[allow(clippy::too_many_arguments)]
-    fn on_trampoline<const D: usize>(
-        &self,
-        p: &P,
-        cpu: CpuId,
-        space: SpaceId,
-        task: TaskId,
-        ts: &mut TaskState<P::Arch, D>,
-        regs: &mut RegsOf<P>,
-    ) -> Hit {
-        let frame = <P::Arch as Arch>::returned_frame(regs.sp());
-        // Deeper frames than the returning one were abandoned.
-        while ts.rets.last().is_some_and(|top| top.frame < frame) {
-            if let Some(i) = ts.rets.pop() {
-                self.put_instance(i.consumer, i.generation);
-            }
-        }
-        // The real return address: the first unchained instance from the top.
-        let Some(real) = ts.rets.iter().rev().find(|i| !i.chained).map(|i| i.ret) else {
-            return Hit::StrayTrampoline;
-        };
-        regs.set_ip(real.0);
-        while let Some(mut inst) = ts.rets.pop() {
-            let slot = &self.consumers[inst.consumer as usize % CONSUMERS];
-            if slot.is_live() && slot.generation() == inst.generation {
-                slot.value.with(|c| {
-                    if let Some(c) = c {
-                        let mut ctx = ReturnContext {
-                            platform: p,
-                            cpu,
-                            task,
-                            space,
-                            key: inst.key,
-                            func: inst.func,
-                            ret: real,
-                            regs: &mut *regs,
-                        };
-                        let n = (inst.data_len as usize).min(inst.data.len());
-                        c.return_handler(&mut ctx, &mut inst.data[..n]);
-                    }
-                });
-            }
-            slot.put_instance(inst.generation);
-            if !inst.chained {
-                break;
-            }
-        }
-        regs.set_ip(real.0);
-        Hit::Returned { to: real }
     }
 
     pub(crate) fn leave_slot(&self, r: &XolRecord) {

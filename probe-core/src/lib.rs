@@ -42,11 +42,15 @@ pub use platform::{AddressSpace, Mapping, Platform};
 
 pub(crate) mod blacklist;
 mod engine;
+mod events;
+mod filter;
 mod hit;
+mod install;
 #[cfg(not(loom))]
 mod layout;
 pub(crate) mod probe;
 mod reclaim;
+mod ret;
 pub(crate) mod site;
 pub(crate) mod sync;
 pub(crate) mod table;

@@ -11,6 +11,9 @@
 //!   `X86Regs` and memory at a hit.
 //!
 //! Malformed input yields an [`SdtError`]; nothing here panics or allocates.
+//!
+//! The semaphore protocol itself (counters kept in step with installed breakpoints) is in
+//! `semaphore.rs`, as part of the engine.
 
 mod args;
 mod error;
@@ -18,6 +21,7 @@ mod error;
 mod eval;
 mod note;
 mod reg;
+mod semaphore;
 
 pub use args::{ArgLoc, SdtArg, SdtArgs};
 pub use error::SdtError;
