@@ -11,8 +11,12 @@
 //!   return addresses) and `arch::x86_64` (iced-x86).
 //! - [`platform`]: what the core asks the platform ([`Platform`], [`AddressSpace`]).
 //! - [`consumer`]: what an embedder attaches to a probe ([`Consumer`]).
-//! - the engine, [`ProbeCore`]: register/unregister, the rmap walk, the hit path, filters,
-//!   events (mmap, munmap, fork, exec, exit) and reclamation.
+//! - [`sdt`]: `.note.stapsdt` notes and argument specs, parsed zero-copy.
+//! - the engine, [`ProbeCore`], over fixed tables (`table.rs`: lock-free lookups, one writer)
+//!   and grace periods (`reclaim.rs`): registration (`engine.rs`), filter chains
+//!   (`filter.rs`), installing and removing breakpoints and slots (`install.rs`, `xol.rs`),
+//!   the platform's events (`events.rs`), the hit and single-step paths (`hit.rs`), return
+//!   probes (`ret.rs`, per-task state in [`task`]) and SDT semaphores (`sdt/semaphore.rs`).
 //!
 //! The core owns no threads, clocks or I/O. The platform calls into it on events and applies
 //! the action it returns. No allocation happens on the hit, return or single-step paths; the
