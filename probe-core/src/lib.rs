@@ -5,7 +5,7 @@
 //! Layers, bottom up:
 //!
 //! - [`addr`]: checked addresses and identities ([`Addr`], [`FileId`], [`SpaceId`], [`TaskId`]).
-//! - [`sync`]: the one shim through which every atomic, cell and lock goes, so that `loom`
+//! - `sync`: the one shim through which every atomic, cell and lock goes, so that `loom`
 //!   can replace them (`--cfg loom`).
 //! - [`arch`]: the [`Arch`] trait (breakpoint, analysis into a plan, slot encoding, emulation,
 //!   return addresses) and `arch::x86_64` (iced-x86).
