@@ -4,30 +4,16 @@
 //! Every test compares the tracer's counts with the program's own, and the program's output
 //! and exit status with an untraced run where they must be equal.
 
+mod common;
+use common::{probe, program, program_output, text};
 use core::time::Duration;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
-fn program(name: &str) -> PathBuf {
-    PathBuf::from(env!("PROBE_TEST_PROGRAMS")).join(name)
-}
-
 fn workload() -> String {
     program("workload").display().to_string()
-}
-
-fn probe(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_probe"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run probe")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// The `@[name]: count` lines of a summary.
@@ -48,15 +34,6 @@ fn count(stdout: &str, name: &str) -> u64 {
         .find(|(n, _)| n == name)
         .unwrap_or_else(|| panic!("no count for {name} in:\n{stdout}"))
         .1
-}
-
-/// The program's own output: everything before the summary (which starts with an empty
-/// line).
-fn program_output(stdout: &str) -> &str {
-    match stdout.find("\n@[") {
-        Some(i) => &stdout[..i],
-        None => stdout,
-    }
 }
 
 /// A number printed after `label` by the workload.

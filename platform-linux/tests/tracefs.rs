@@ -8,9 +8,9 @@
 //!
 //! Needs root and tracefs with uprobe events; elsewhere the test says it was skipped and why.
 
+mod common;
+use common::{append, tracefs};
 use std::ffi::OsStr;
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use platform_linux::elf::ElfImage;
@@ -18,35 +18,6 @@ use platform_linux::tracer::{Outcome, Session, SessionOptions, TraceError};
 
 fn workload() -> PathBuf {
     PathBuf::from(env!("PROBE_TEST_PROGRAMS")).join("workload")
-}
-
-/// The tracefs directory with `uprobe_events`, mounting tracefs if needed and possible.
-fn tracefs() -> Result<PathBuf, String> {
-    for d in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
-        if Path::new(d).join("uprobe_events").exists() {
-            return Ok(PathBuf::from(d));
-        }
-    }
-    let d = "/sys/kernel/tracing";
-    let out = std::process::Command::new("mount")
-        .args(["-t", "tracefs", "nodev", d])
-        .output()
-        .map_err(|e| format!("cannot run mount: {e}"))?;
-    if Path::new(d).join("uprobe_events").exists() {
-        return Ok(PathBuf::from(d));
-    }
-    Err(format!(
-        "no tracefs with uprobe_events (mounting it at {d} failed: {}); needs root and a \
-         kernel with CONFIG_UPROBE_EVENTS",
-        String::from_utf8_lossy(&out.stderr).trim()
-    ))
-}
-
-fn append(path: &Path, line: &str) -> std::io::Result<()> {
-    OpenOptions::new()
-        .append(true)
-        .open(path)?
-        .write_all(format!("{line}\n").as_bytes())
 }
 
 /// A kernel uprobe event, removed on drop.

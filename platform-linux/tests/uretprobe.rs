@@ -4,6 +4,8 @@
 //! detaching while threads sit inside probed functions. Every test compares the program's
 //! output and exit status with an untraced run and checks the counts exactly.
 
+mod common;
+use common::program_output;
 use core::time::Duration;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -41,14 +43,6 @@ fn trace(prog: &str, specs: &[&str], args: &[&str]) -> Output {
 
 fn untraced(prog: &str, args: &[&str]) -> Output {
     Command::new(program(prog)).args(args).output().unwrap()
-}
-
-/// The program's own output: everything before the summary.
-fn program_output(stdout: &str) -> &str {
-    match stdout.find("\n@[") {
-        Some(i) => &stdout[..i],
-        None => stdout,
-    }
 }
 
 /// The number after `@TAG[name]: `.

@@ -4,8 +4,10 @@
 //! (which python only reaches while their semaphores are set); semaphores before, during
 //! and after an attach; and the kernel's uprobes with `ref_ctr_offset` as the oracle.
 
+mod common;
+use common::{append, probe, program, text, tracefs};
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -13,24 +15,8 @@ use std::process::{Child, Command, Output, Stdio};
 use platform_linux::tracer::{Outcome, Session, SessionOptions, TraceError};
 use platform_linux::usdt::UsdtFile;
 
-fn program(name: &str) -> PathBuf {
-    PathBuf::from(env!("PROBE_TEST_PROGRAMS")).join(name)
-}
-
 fn demo() -> String {
     program("usdt-demo").display().to_string()
-}
-
-fn probe(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_probe"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run probe")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// The count of `name` in a summary (`@[name]: N`).
@@ -437,35 +423,6 @@ fn python_markers_fire_only_through_their_semaphores() {
 }
 
 // ------------------------------------------------------------------------------ tracefs
-
-/// The tracefs directory with `uprobe_events`, mounting tracefs if needed and possible.
-fn tracefs() -> Result<PathBuf, String> {
-    for d in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
-        if Path::new(d).join("uprobe_events").exists() {
-            return Ok(PathBuf::from(d));
-        }
-    }
-    let d = "/sys/kernel/tracing";
-    let out = Command::new("mount")
-        .args(["-t", "tracefs", "nodev", d])
-        .output()
-        .map_err(|e| format!("cannot run mount: {e}"))?;
-    if Path::new(d).join("uprobe_events").exists() {
-        return Ok(PathBuf::from(d));
-    }
-    Err(format!(
-        "no tracefs with uprobe_events (mounting it at {d} failed: {}); needs root and a \
-         kernel with CONFIG_UPROBE_EVENTS",
-        String::from_utf8_lossy(&out.stderr).trim()
-    ))
-}
-
-fn append(path: &Path, line: &str) -> std::io::Result<()> {
-    OpenOptions::new()
-        .append(true)
-        .open(path)?
-        .write_all(format!("{line}\n").as_bytes())
-}
 
 /// Kernel uprobe events of one group, removed on drop.
 struct KernelProbes {
