@@ -45,6 +45,68 @@
 //! assert_eq!(m.run_to_exit(task, 1000), Some(55));
 //! assert_eq!(m.output(task), [55]);
 //! ```
+//!
+//! The same program under `probe-core`: a consumer on the loop's `add` counts every execution;
+//! the machine's breakpoint traps go to the core, whose answer says how to resume; after
+//! `unregister` the text is the file's again. (This is the whole contract an embedder
+//! implements: `Platform` for the machine, a `Consumer`, and the event calls.)
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use platform_mock::{asm::Asm, isa::*, Machine, Resume, StepEvent, ToyArch, TEXT_BASE};
+//! use probe_core::{
+//!     Consumer, ConsumerOptions, CpuId, HandlerAction, Hit, HitContext, Platform, ProbeCore,
+//!     ProbeKey, TaskState,
+//! };
+//!
+//! struct Count(AtomicU64);
+//! impl Consumer<Machine> for Count {
+//!     fn handler(&self, _: &mut HitContext<'_, Machine>) -> HandlerAction {
+//!         self.0.fetch_add(1, Ordering::Relaxed);
+//!         HandlerAction::Keep
+//!     }
+//! }
+//!
+//! let mut a = Asm::new();
+//! a.label("main").li(R0, 0).li(R1, 10);
+//! a.label("loop").add(R0, R1).subi(R1, 1).jnz("loop");
+//! a.out(R0).halt();
+//! let prog = a.finish().unwrap();
+//! let m = Machine::new();
+//! let file = m.add_file(&prog.bytes);
+//! let (space, task) = m.spawn(file, prog.offset("main")).unwrap();
+//!
+//! // Probes, consumers, sites, spaces, slots per space, CPUs.
+//! let core: Box<ProbeCore<Machine, Count, 64, 8, 64, 4, 8, 1>> = Box::new(ProbeCore::new());
+//! m.for_each_mapping(file, &mut |mp| {
+//!     core.on_mmap(&m, mp).unwrap(); // the platform reports mappings as they appear
+//!     core::ops::ControlFlow::Continue(())
+//! });
+//! let key = ProbeKey::new(file, prog.offset("loop"));
+//! let h = core.register(&m, key, Count(AtomicU64::new(0)), ConsumerOptions::new())
+//!     .map_err(|(e, _)| e)
+//!     .unwrap();
+//!
+//! let mut ts = TaskState::<ToyArch>::new();
+//! m.run(task, 10_000, |m, t, ev, regs| {
+//!     match ev {
+//!         StepEvent::Breakpoint { .. } => {
+//!             match core.on_breakpoint(m, CpuId(0), space, t, &mut ts, regs) {
+//!                 Hit::Emulated | Hit::Boosted { .. } => {}
+//!                 Hit::SingleStep { .. } => { m.set_single_step(t, true); }
+//!                 other => panic!("{other:?}"),
+//!             }
+//!         }
+//!         StepEvent::SingleStepDone => { let _ = core.on_single_step(m, space, &mut ts, regs); }
+//!         _ => {}
+//!     }
+//!     Resume::Continue
+//! });
+//! assert_eq!(m.output(task), [55], "the program's behaviour is unchanged");
+//! let counted = core.unregister(&m, h).unwrap();
+//! assert_eq!(counted.0.load(Ordering::Relaxed), 10, "one hit per execution of `add`");
+//! assert_eq!(m.peek(space, probe_core::Addr(TEXT_BASE), prog.bytes.len()).unwrap(), prog.bytes);
+//! ```
 #![forbid(unsafe_code)]
 
 pub mod arch;
