@@ -48,6 +48,25 @@ fn spawn(m: &Machine, core: &MockCore, file: FileId) -> (SpaceId, probe_core::Ta
     (space, task)
 }
 
+/// The error a registration that must fail returns (the consumer comes back with it).
+fn refused<
+    const A: usize,
+    const B: usize,
+    const C: usize,
+    const D: usize,
+    const E: usize,
+    const F: usize,
+>(
+    m: &Machine,
+    core: &ProbeCore<Machine, Counter, A, B, C, D, E, F>,
+    key: ProbeKey,
+) -> Error {
+    match core.register(m, key, Counter::new(), ConsumerOptions::new()) {
+        Ok(h) => panic!("registration at {key:?} should fail, got {h:?}"),
+        Err((e, _consumer)) => e,
+    }
+}
+
 fn text(m: &Machine, space: SpaceId, len: usize) -> Vec<u8> {
     m.peek(space, Addr(platform_mock::TEXT_BASE), len).unwrap()
 }
@@ -189,16 +208,7 @@ fn bad_calls_get_typed_errors_and_change_nothing() {
     let (s1, _) = spawn(&m, &core, file);
     let len = bytes.len() as u64;
 
-    let e = core
-        .register(
-            &m,
-            ProbeKey::new(file, len + 3),
-            Counter::new(),
-            ConsumerOptions::new(),
-        )
-        .map(|_| ())
-        .unwrap_err()
-        .0;
+    let e = refused(&m, &*core, ProbeKey::new(file, len + 3));
     assert_eq!(
         e,
         Error::OffsetOutsideFile {
@@ -207,28 +217,10 @@ fn bad_calls_get_typed_errors_and_change_nothing() {
             size: len
         }
     );
-    let e = core
-        .register(
-            &m,
-            ProbeKey::new(FileId(999), 0),
-            Counter::new(),
-            ConsumerOptions::new(),
-        )
-        .map(|_| ())
-        .unwrap_err()
-        .0;
+    let e = refused(&m, &*core, ProbeKey::new(FileId(999), 0));
     assert_eq!(e, Error::NoSuchFile(FileId(999)));
     // Not an instruction boundary: the data word decodes as garbage or truncated.
-    let e = core
-        .register(
-            &m,
-            ProbeKey::new(file, len - 2),
-            Counter::new(),
-            ConsumerOptions::new(),
-        )
-        .map(|_| ())
-        .unwrap_err()
-        .0;
+    let e = refused(&m, &*core, ProbeKey::new(file, len - 2));
     assert!(
         matches!(
             e,
@@ -238,16 +230,7 @@ fn bad_calls_get_typed_errors_and_change_nothing() {
     );
 
     core.blacklist_file(file, f..f + 4).unwrap();
-    let e = core
-        .register(
-            &m,
-            ProbeKey::new(file, f),
-            Counter::new(),
-            ConsumerOptions::new(),
-        )
-        .map(|_| ())
-        .unwrap_err()
-        .0;
+    let e = refused(&m, &*core, ProbeKey::new(file, f));
     assert_eq!(e, Error::Blacklisted { file, offset: f });
     core.blacklist_addr(
         Some(s1),
@@ -257,16 +240,7 @@ fn bad_calls_get_typed_errors_and_change_nothing() {
         ),
     )
     .unwrap();
-    let e = core
-        .register(
-            &m,
-            ProbeKey::new(file, f + 8),
-            Counter::new(),
-            ConsumerOptions::new(),
-        )
-        .map(|_| ())
-        .unwrap_err()
-        .0;
+    let e = refused(&m, &*core, ProbeKey::new(file, f + 8));
     assert!(matches!(e, Error::BlacklistedAddress { .. }), "{e:?}");
 
     // A patch that fails half-way through the rmap walk rolls the whole registration back.
@@ -275,16 +249,7 @@ fn bad_calls_get_typed_errors_and_change_nothing() {
         space: Some(s2),
         ..FaultRule::new(FaultOp::Patch, 1)
     });
-    let e = core
-        .register(
-            &m,
-            ProbeKey::new(file, f + 20),
-            Counter::new(),
-            ConsumerOptions::new(),
-        )
-        .map(|_| ())
-        .unwrap_err()
-        .0;
+    let e = refused(&m, &*core, ProbeKey::new(file, f + 20));
     assert!(
         matches!(e, Error::Memory(me) if me.kind == MemErrorKind::Io),
         "{e:?}"
@@ -328,16 +293,7 @@ fn capacities_run_out_with_typed_errors() {
         .map_err(|(e, _)| e)
         .unwrap();
     // The single-stepped `ret` needs a second slot.
-    let e = core
-        .register(
-            &m,
-            ProbeKey::new(file, f + 24),
-            Counter::new(),
-            ConsumerOptions::new(),
-        )
-        .map(|_| ())
-        .unwrap_err()
-        .0;
+    let e = refused(&m, &*core, ProbeKey::new(file, f + 24));
     assert_eq!(
         e,
         Error::CapacityExhausted {
@@ -354,16 +310,7 @@ fn capacities_run_out_with_typed_errors() {
         )
         .map_err(|(e, _)| e)
         .unwrap();
-    let e = core
-        .register(
-            &m,
-            ProbeKey::new(file, f),
-            Counter::new(),
-            ConsumerOptions::new(),
-        )
-        .map(|_| ())
-        .unwrap_err()
-        .0;
+    let e = refused(&m, &*core, ProbeKey::new(file, f));
     assert_eq!(
         e,
         Error::CapacityExhausted {
