@@ -477,21 +477,9 @@ pub struct SigInfo {
     pub sender: i32,
 }
 
-/// `PTRACE_GETSIGINFO`.
+/// `PTRACE_GETSIGINFO`, decoded.
 pub fn sig_info(pid: Pid) -> Result<SigInfo, SysError> {
-    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
-    // SAFETY: data points to a writable `siginfo_t`, which GETSIGINFO fills on success.
-    let r = unsafe {
-        libc::ptrace(
-            libc::PTRACE_GETSIGINFO,
-            pid.0,
-            ptr::null_mut::<libc::c_void>(),
-            info.as_mut_ptr(),
-        )
-    };
-    check("PTRACE_GETSIGINFO", pid, r)?;
-    // SAFETY: the call succeeded, so the kernel wrote the struct (it was zeroed before).
-    let info = unsafe { info.assume_init() };
+    let info = sig_info_raw(pid)?.0;
     let sender = if info.si_code <= 0 {
         // SAFETY: si_code <= 0 means a user-sent signal, whose union member is `_kill`.
         unsafe { info.si_pid() }
