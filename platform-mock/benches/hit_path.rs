@@ -13,7 +13,7 @@ use platform_mock::asm::Asm;
 use platform_mock::{Machine, ToyArch, ToyRegs, TEXT_BASE};
 use probe_core::{
     Consumer, ConsumerOptions, CpuId, HandlerAction, Hit, HitContext, ProbeCore, ProbeKey, TaskId,
-    TaskState,
+    TaskState, TrapState,
 };
 
 struct Count(AtomicU64);
@@ -31,7 +31,7 @@ static BIG: Core = Core::new();
 static SMALL: Core = Core::new();
 
 fn bench(core: &Core, m: &Machine, space: probe_core::SpaceId, probes: usize, hits: u64) -> f64 {
-    let mut ts = TaskState::<ToyArch>::new();
+    let (mut trap, mut ts) = (TrapState::<ToyArch>::new(), TaskState::<32>::new());
     let mut regs = ToyRegs::default();
     // Visit the probes in a scattered order so the lookups are not all cache-hot.
     let mut i: u64 = 0;
@@ -39,7 +39,7 @@ fn bench(core: &Core, m: &Machine, space: probe_core::SpaceId, probes: usize, hi
     for _ in 0..hits {
         i = (i + 7919) % probes as u64;
         regs.pc = TEXT_BASE + 4 * i;
-        let hit = core.on_breakpoint(m, CpuId(0), space, TaskId(1), &mut ts, &mut regs);
+        let hit = core.on_breakpoint(m, CpuId(0), space, TaskId(1), &mut trap, &mut ts, &mut regs);
         debug_assert_eq!(hit, Hit::Emulated);
         let _ = black_box(hit);
     }
@@ -102,8 +102,8 @@ fn main() {
         reg.as_secs_f64() * 1e6 / N_PROBES as f64
     );
     println!(
-        "sizes: ProbeCore<131072 probes, 131072 consumers, 131072 sites, 4 spaces, 4 slots, 1 cpu> = {} bytes; TaskState<ToyArch> = {} bytes",
+        "sizes: ProbeCore<131072 probes, 131072 consumers, 131072 sites, 4 spaces, 4 slots, 1 cpu> = {} bytes; TaskState = {} bytes",
         core::mem::size_of::<Core>(),
-        core::mem::size_of::<TaskState<platform_mock::ToyArch>>()
+        core::mem::size_of::<TaskState>()
     );
 }

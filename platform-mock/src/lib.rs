@@ -56,7 +56,7 @@
 //! use platform_mock::{asm::Asm, isa::*, Machine, Resume, StepEvent, ToyArch, TEXT_BASE};
 //! use probe_core::{
 //!     Consumer, ConsumerOptions, CpuId, HandlerAction, Hit, HitContext, Platform, ProbeCore,
-//!     ProbeKey, TaskState,
+//!     ProbeKey, TaskState, TrapState,
 //! };
 //!
 //! struct Count(AtomicU64);
@@ -87,17 +87,18 @@
 //!     .map_err(|(e, _)| e)
 //!     .unwrap();
 //!
-//! let mut ts = TaskState::<ToyArch>::new();
+//! // The trap in flight (per execution context) and the task's tracked calls.
+//! let (mut trap, mut ts) = (TrapState::<ToyArch>::new(), TaskState::<32>::new());
 //! m.run(task, 10_000, |m, t, ev, regs| {
 //!     match ev {
 //!         StepEvent::Breakpoint { .. } => {
-//!             match core.on_breakpoint(m, CpuId(0), space, t, &mut ts, regs) {
+//!             match core.on_breakpoint(m, CpuId(0), space, t, &mut trap, &mut ts, regs) {
 //!                 Hit::Emulated | Hit::Boosted { .. } => {}
 //!                 Hit::SingleStep { .. } => { m.set_single_step(t, true); }
 //!                 other => panic!("{other:?}"),
 //!             }
 //!         }
-//!         StepEvent::SingleStepDone => { let _ = core.on_single_step(m, space, &mut ts, regs); }
+//!         StepEvent::SingleStepDone => { let _ = core.on_single_step(m, space, &mut trap, regs); }
 //!         _ => {}
 //!     }
 //!     Resume::Continue

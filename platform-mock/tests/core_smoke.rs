@@ -13,7 +13,7 @@ use platform_mock::isa::*;
 use platform_mock::{Machine, Resume, Scheduler, StepEvent, TaskStatus, ToyArch};
 use probe_core::{
     Arch, Consumer, ConsumerOptions, CpuId, HandlerAction, Hit, HitContext, PlanKind, ProbeCore,
-    ProbeKey, Step, TaskId, TaskState,
+    ProbeKey, Step, TaskId, TaskState, TrapState,
 };
 
 #[derive(Clone, Debug, Default)]
@@ -45,13 +45,13 @@ fn program() -> Program {
 
 /// Run every task to the end, driving the core on each trap.
 fn drive(m: &Machine, core: &Core) {
-    let mut states: HashMap<TaskId, TaskState<ToyArch>> = HashMap::new();
+    let mut states: HashMap<TaskId, (TrapState<ToyArch>, TaskState)> = HashMap::new();
     let out = m.run_all(&mut Scheduler::seeded(1), 100_000, |m, task, ev, regs| {
         let space = m.task_space(task).unwrap();
-        let ts = states.entry(task).or_default();
+        let (trap, ts) = states.entry(task).or_default();
         match ev {
             StepEvent::Breakpoint { .. } => {
-                match core.on_breakpoint(m, CpuId(0), space, task, ts, regs) {
+                match core.on_breakpoint(m, CpuId(0), space, task, trap, ts, regs) {
                     Hit::Emulated | Hit::Boosted { .. } | Hit::Restart => {}
                     Hit::SingleStep { .. } => {
                         m.set_single_step(task, true);
@@ -60,12 +60,15 @@ fn drive(m: &Machine, core: &Core) {
                 }
             }
             StepEvent::SingleStepDone => {
-                assert_eq!(core.on_single_step(m, space, ts, regs), Step::Done);
+                assert_eq!(core.on_single_step(m, space, trap, regs), Step::Done);
             }
-            StepEvent::Exited(_) => core.on_task_exit(ts),
+            StepEvent::Exited(_) => {
+                core.on_task_exit(ts);
+                core.clear_trap(trap);
+            }
             other => panic!("unexpected {other:?}"),
         }
-        core.task_quiescent(ts, regs.pc);
+        core.seen_at(trap, regs.pc);
         Resume::Continue
     });
     assert_eq!(out.reason, platform_mock::StopReason::AllDone);

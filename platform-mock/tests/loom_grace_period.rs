@@ -32,9 +32,18 @@ fn loom_grace_period_races_reader() {
 
         let (p2, core2) = (p.clone(), core.clone());
         let reader = loom::thread::spawn(move || {
-            let mut ts = TaskState::<ToyArch>::new();
+            let mut ts = TaskState::<32>::new();
+            let mut trap = probe_core::TrapState::<ToyArch>::new();
             let mut regs = regs_at(TEXT + NOP_AT);
-            let hit = core2.on_breakpoint(&p2, CpuId(1), SPACE, TaskId(2), &mut ts, &mut regs);
+            let hit = core2.on_breakpoint(
+                &p2,
+                CpuId(1),
+                SPACE,
+                TaskId(2),
+                &mut trap,
+                &mut ts,
+                &mut regs,
+            );
             (hit, regs.pc)
         });
 

@@ -31,13 +31,15 @@ fn loom_hit_races_unregister() {
 
         let (p2, core2) = (p.clone(), core.clone());
         let hitter = loom::thread::spawn(move || {
-            let mut ts = TaskState::<ToyArch>::new();
+            let mut ts = TaskState::<32>::new();
+            let mut trap = probe_core::TrapState::<ToyArch>::new();
             let mut regs = regs_at(TEXT + NOP_AT);
             let hit = core2.on_breakpoint(
                 &p2,
                 CpuId(0),
                 SPACE,
                 probe_core::TaskId(1),
+                &mut trap,
                 &mut ts,
                 &mut regs,
             );

@@ -35,13 +35,23 @@ fn loom_two_registrations_of_one_key() {
         assert_eq!(core.site_count(), 1);
         assert!(core.is_installed(SPACE, probe_core::Addr(TEXT + ADD_AT)));
 
-        let mut ts = TaskState::<ToyArch>::new();
+        let mut ts = TaskState::<32>::new();
+
+        let mut trap = probe_core::TrapState::<ToyArch>::new();
         let mut regs = regs_at(TEXT + ADD_AT);
-        let hit = core.on_breakpoint(&p, CpuId(0), SPACE, TaskId(1), &mut ts, &mut regs);
+        let hit = core.on_breakpoint(
+            &p,
+            CpuId(0),
+            SPACE,
+            TaskId(1),
+            &mut trap,
+            &mut ts,
+            &mut regs,
+        );
         assert!(matches!(hit, Hit::Boosted { .. }), "{hit:?}");
         assert_eq!(a.hits.load(Ordering::SeqCst), 1);
         assert_eq!(b.hits.load(Ordering::SeqCst), 1);
-        core.task_quiescent(&mut ts, TEXT + SUB_AT);
+        core.seen_at(&mut trap, TEXT + SUB_AT);
 
         core.unregister(&p, ha).unwrap();
         assert!(

@@ -34,11 +34,11 @@ fn loom_instances_from_concurrent_tasks() {
             .unwrap();
         let (p2, core2) = (p.clone(), core.clone());
         let t = loom::thread::spawn(move || {
-            let mut ts = TaskState::<ToyArch>::new();
+            let mut ts = TaskState::<32>::new();
             call_once(&core2, &p2, 1, 2, STACK2, &mut ts);
             assert!(ts.returns().is_empty());
         });
-        let mut ts = TaskState::<ToyArch>::new();
+        let mut ts = TaskState::<32>::new();
         call_once(&core, &p, 0, 1, STACK1, &mut ts);
         t.join().unwrap();
         let tracked = c.returns.load(Ordering::SeqCst) as u64;
@@ -63,7 +63,8 @@ fn loom_task_exit_races_unregister() {
         let ha = core.register(&p, key, a.clone(), ret_opts(4)).unwrap();
         let hb = core.register(&p, key, b.clone(), ret_opts(4)).unwrap();
         // The task enters the function (both consumers track it), then dies inside.
-        let mut ts = TaskState::<ToyArch>::new();
+        let mut ts = TaskState::<32>::new();
+        let mut trap = probe_core::TrapState::<ToyArch>::new();
         p.push_return(STACK1, 0x1234);
         let mut regs = platform_mock::ToyRegs {
             pc: TEXT + NOP_AT,
@@ -75,6 +76,7 @@ fn loom_task_exit_races_unregister() {
             probe_core::CpuId(0),
             SPACE,
             probe_core::TaskId(1),
+            &mut trap,
             &mut ts,
             &mut regs,
         );
@@ -109,7 +111,7 @@ fn loom_unregister_with_outstanding_instance() {
             .unwrap();
         let (p2, core2) = (p.clone(), core.clone());
         let t = loom::thread::spawn(move || {
-            let mut ts = TaskState::<ToyArch>::new();
+            let mut ts = TaskState::<32>::new();
             // Returns to the real address whatever happened to the consumer meanwhile.
             assert_eq!(call_once(&core2, &p2, 1, 2, STACK2, &mut ts), 0x1234);
             assert!(ts.returns().is_empty());

@@ -42,9 +42,18 @@ fn loom_slot_reuse_races_task_in_slot() {
 
         let (p2, core2) = (p.clone(), core.clone());
         let task = loom::thread::spawn(move || {
-            let mut ts = TaskState::<ToyArch>::new();
+            let mut ts = TaskState::<32>::new();
+            let mut trap = probe_core::TrapState::<ToyArch>::new();
             let mut regs = regs_at(TEXT + ADD_AT);
-            let hit = core2.on_breakpoint(&p2, CpuId(1), SPACE, TaskId(2), &mut ts, &mut regs);
+            let hit = core2.on_breakpoint(
+                &p2,
+                CpuId(1),
+                SPACE,
+                TaskId(2),
+                &mut trap,
+                &mut ts,
+                &mut regs,
+            );
             eprintln!("hit {hit:?}");
             if let Hit::Boosted { slot } = hit {
                 assert_eq!(slot.0, XOL_BASE);
@@ -55,7 +64,7 @@ fn loom_slot_reuse_races_task_in_slot() {
                 let code = p2.peek(XOL_BASE, x_code.len());
                 assert_eq!(code, x_code, "slot reused under a running task");
                 // Back in the original text after the jump: counted out.
-                core2.task_quiescent(&mut ts, TEXT + SUB_AT);
+                core2.seen_at(&mut trap, TEXT + SUB_AT);
             } else {
                 assert!(matches!(hit, Hit::Restart), "{hit:?}");
             }

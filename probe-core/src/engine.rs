@@ -295,6 +295,7 @@ impl<
         }
         let len = ArchOf::<P>::insn_len(&plan);
         w.blacklist.check_file(key.file, key.offset, len as u64)?;
+        self.check_overlap(key, len)?;
 
         // The file entry first, so the new probe can be linked from it.
         let fe = match self.probes.lookup(key.file.0, FILE_ENTRY) {
@@ -341,6 +342,37 @@ impl<
         fhead.store(pi, Ordering::Relaxed);
         self.probes.publish(pi);
         Ok((pi, true))
+    }
+
+    /// Refuse a new probe at `key` (instruction of `len` bytes) that lies inside an existing
+    /// probe's instruction or covers one: removing either would leave half an instruction
+    /// patched. At most `2 * MAX_INSN_LEN` lookups.
+    fn check_overlap(&self, key: ProbeKey, len: usize) -> Result<(), Error> {
+        let overlaps = |existing: u64| Error::Overlaps {
+            file: key.file,
+            offset: key.offset,
+            existing,
+        };
+        for d in 1..ArchOf::<P>::MAX_INSN_LEN as u64 {
+            let Some(before) = key.offset.checked_sub(d) else {
+                break;
+            };
+            if let Some(pi) = self.probes.lookup(key.file.0, before) {
+                let plan = self.probes.at(pi).val.plan.get();
+                if plan.is_some_and(|pl| ArchOf::<P>::insn_len(&pl) as u64 > d) {
+                    return Err(overlaps(before));
+                }
+            }
+        }
+        for d in 1..len as u64 {
+            let Some(after) = key.offset.checked_add(d) else {
+                break;
+            };
+            if after != FILE_ENTRY && self.probes.lookup(key.file.0, after).is_some() {
+                return Err(overlaps(after));
+            }
+        }
+        Ok(())
     }
 
     /// Run `f`; if a table was full, advance the epoch (reclaiming tombstones whose grace

@@ -30,6 +30,10 @@ pub enum Capacity {
     ReturnInstances,
     /// The per-space mapping table.
     Mappings,
+    /// Nested traps of one context (a trap taken while an outer one is still in its slot or
+    /// single step) beyond what its [`TrapState`](crate::TrapState) holds, or read-side
+    /// sections of one CPU nested more than 65 535 deep.
+    Nesting,
 }
 
 /// Why a memory access failed. Returned by [`AddressSpace`](crate::platform::AddressSpace)
@@ -45,6 +49,9 @@ pub enum MemErrorKind {
     Gone,
     /// The platform's own I/O failed (e.g. a short write to `/proc/PID/mem`).
     Io,
+    /// The platform claimed to have read more bytes than were asked for (a platform bug);
+    /// nothing read was used.
+    Overread,
 }
 
 /// A failed memory access at `addr`.
@@ -70,6 +77,7 @@ impl fmt::Display for MemError {
             MemErrorKind::Denied => "the platform denied the access",
             MemErrorKind::Gone => "the address space or file is gone",
             MemErrorKind::Io => "the platform's I/O failed",
+            MemErrorKind::Overread => "the platform claimed to read more bytes than asked for",
         };
         write!(f, "memory access at {} failed: {}", self.addr, why)
     }
@@ -137,6 +145,17 @@ pub enum Error {
     /// The consumer's options are invalid (e.g. `maxactive` of 0, or more per-instance data
     /// than `RET_DATA_MAX`).
     BadOptions,
+    /// The new probe's instruction would overlap the instruction of an existing probe of the
+    /// same file (one lies inside the other): removing one could leave half an instruction
+    /// patched. Probe instruction boundaries only.
+    Overlaps {
+        /// The file.
+        file: FileId,
+        /// The requested offset.
+        offset: u64,
+        /// The offset of the existing probe it overlaps.
+        existing: u64,
+    },
 }
 
 impl From<MemError> for Error {
@@ -196,6 +215,14 @@ impl fmt::Display for Error {
                 )
             }
             Error::NoSuchFile(file) => write!(f, "no such file: {file}"),
+            Error::Overlaps {
+                file,
+                offset,
+                existing,
+            } => write!(
+                f,
+                "offset {offset:#x} of file {file} overlaps the instruction of the probe at {existing:#x}; probe instruction boundaries only"
+            ),
             Error::BadOptions => write!(
                 f,
                 "invalid consumer options: maxactive must be at least 1 and data_size at most {}",

@@ -93,7 +93,15 @@ impl<
             // Nothing installed in the parent; the child may still be wanted.
             return self.refilter_locked(p, &w, child);
         };
-        let cx = self.space_entry(p, child)?;
+        let cx = match self.space_entry(p, child) {
+            Ok(cx) => cx,
+            Err(e) => {
+                // The core cannot track the child: it must not keep breakpoints (or counts)
+                // it inherited and nobody would handle.
+                self.scrub_child(p, px, child);
+                return Err(e);
+            }
+        };
         let pp = &self.spaces.at(px).val;
         let cp = &self.spaces.at(cx).val;
         cp.xol_base
@@ -140,8 +148,9 @@ impl<
                     self.sites.publish(ci);
                 }
                 Err(e) => {
-                    // The child keeps a breakpoint the core cannot track: take it out.
-                    let _ = self.restore_bytes(p, pi, child, Addr(addr));
+                    // The child keeps a breakpoint the core cannot track: take it out, and
+                    // its semaphore count with it.
+                    self.scrub_inherited(p, s, child);
                     first = first.and(Err(e));
                 }
             }
@@ -150,10 +159,32 @@ impl<
         first.and(self.refilter_locked(p, &w, child))
     }
 
+    /// Undo in `child` what it inherited of the parent's site `s` (the breakpoint byte and
+    /// the semaphore count), for a child the core cannot track.
+    fn scrub_inherited(&self, p: &P, s: u32, child: SpaceId) {
+        let site = self.sites.at(s);
+        let pi = site.val.probe.load(Ordering::Relaxed);
+        let _ = self.restore_bytes(p, pi, child, Addr(site.key().1));
+        let sem = site.val.sem_addr.load(Ordering::Relaxed);
+        if sem != 0 {
+            let _ = self.sem_update(p, child, Addr(sem), false);
+        }
+    }
+
+    /// Undo in `child` everything it inherited of the parent's space entry `px`.
+    fn scrub_child(&self, p: &P, px: u32, child: SpaceId) {
+        let mut s = self.spaces.at(px).val.sites.load(Ordering::Relaxed);
+        while s != NIL {
+            self.scrub_inherited(p, s, child);
+            s = self.sites.at(s).val.next(List::Space);
+        }
+    }
+
     /// `space` executed a new program: its old mappings are gone, so are its breakpoints and
-    /// slots. `task` is the task that called exec; its out-of-line state is dropped. The
-    /// platform then reports the new image's mappings with [`on_mmap`](Self::on_mmap).
-    pub fn on_exec<const D: usize>(&self, p: &P, space: SpaceId, task: &mut TaskState<P::Arch, D>) {
+    /// slots. `task` is the task that called exec; its tracked calls are dropped (its trap
+    /// state goes with [`clear_trap`](Self::clear_trap)). The platform then reports the new
+    /// image's mappings with [`on_mmap`](Self::on_mmap).
+    pub fn on_exec<const D: usize>(&self, p: &P, space: SpaceId, task: &mut TaskState<D>) {
         self.forget_task(task);
         self.on_space_exit(p, space);
     }
@@ -174,16 +205,13 @@ impl<
         self.spaces.remove(sx, &self.epochs);
     }
 
-    /// A task exited: release what the core held for it (its slot, its return instances).
-    pub fn on_task_exit<const D: usize>(&self, task: &mut TaskState<P::Arch, D>) {
+    /// A task exited: release its return instances. (A context that exits with it clears
+    /// its trap state with [`clear_trap`](Self::clear_trap).)
+    pub fn on_task_exit<const D: usize>(&self, task: &mut TaskState<D>) {
         self.forget_task(task);
     }
 
-    pub(crate) fn forget_task<const D: usize>(&self, task: &mut TaskState<P::Arch, D>) {
-        task.step = None;
-        if let Some(r) = task.xol.take() {
-            self.leave_slot(&r);
-        }
+    pub(crate) fn forget_task<const D: usize>(&self, task: &mut TaskState<D>) {
         while let Some(i) = task.rets.pop() {
             self.put_instance(i.consumer, i.generation);
         }
@@ -191,11 +219,7 @@ impl<
 
     /// A task forked `child` from `parent` (a new process): the child's stack is a copy, so it
     /// inherits the parent's hijacked return addresses and the instances that undo them.
-    pub fn on_task_fork<const D: usize>(
-        &self,
-        parent: &TaskState<P::Arch, D>,
-        child: &mut TaskState<P::Arch, D>,
-    ) {
+    pub fn on_task_fork<const D: usize>(&self, parent: &TaskState<D>, child: &mut TaskState<D>) {
         self.forget_task(child);
         for i in parent.rets.iter() {
             if child.rets.push(*i).is_ok() {

@@ -14,7 +14,8 @@ use crate::error::Error;
 use crate::platform::{AddressSpace, Platform};
 use crate::sync::Ordering;
 use crate::table::NIL;
-use crate::task::{RetInstance, ReturnChain, StepRecord, TaskState, XolRecord};
+use crate::task::{RetInstance, ReturnChain, TaskState};
+use crate::trap::{StepRecord, TrapState, XolRecord};
 
 /// Most return consumers of one probe that one hit can track.
 pub(crate) const PENDING_RETURNS: usize = 8;
@@ -83,24 +84,31 @@ impl<
     > ProbeCore<P, C, PROBES, CONSUMERS, SITES, SPACES, XOL, CPUS>
 {
     /// A breakpoint trap of `task` (running in `space`, handled on `cpu`) with registers
-    /// `regs` as the trap left them.
-    pub fn on_breakpoint<const D: usize>(
+    /// `regs` as the trap left them. `trap` is the state of the execution context that took
+    /// the trap (per CPU in a kernel, per thread under ptrace), `ts` the task's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_breakpoint<const N: usize, const D: usize>(
         &self,
         p: &P,
         cpu: CpuId,
         space: SpaceId,
         task: TaskId,
-        ts: &mut TaskState<P::Arch, D>,
+        trap: &mut TrapState<P::Arch, N>,
+        ts: &mut TaskState<D>,
         regs: &mut RegsOf<P>,
     ) -> Hit {
-        // A trapping task is not inside a slot (slots hold no breakpoints).
-        if let Some(r) = ts.xol.take() {
-            self.leave_slot(&r);
-        }
         let bp = <P::Arch as Arch>::breakpoint_address(regs.ip());
+        // A trap while this level's single step is in flight is a reentry (see `trap.rs`);
+        // otherwise a recorded boosted slot was left (the context traps elsewhere).
+        let reentry = trap.top().step.is_some();
+        if !reentry {
+            if let Some(r) = trap.top_mut().xol.take() {
+                self.leave_slot(&r);
+            }
+        }
         let guard = match self.epochs.pin(cpu) {
             Ok(g) => g,
-            Err(e) => return Hit::Failed(e),
+            Err(e) => return Self::failed(regs, bp, e),
         };
         let Some(si) = self.sites.lookup(space.0, bp.0) else {
             if let Some(sx) = self.spaces.lookup(space.0, 0) {
@@ -118,23 +126,145 @@ impl<
             drop(guard);
             return self.miss(p, space, bp, regs);
         };
-        let (file, offset) = pe.key();
-        let key = ProbeKey::new(crate::addr::FileId(file), offset);
         let Some(mem) = p.space(space) else {
-            return Hit::Failed(Error::NoSuchSpace(space));
+            return Self::failed(regs, bp, Error::NoSuchSpace(space));
         };
+        if reentry {
+            if let Err(e) = trap.push_reentry() {
+                pe.val.nmissed.fetch_add(1, Ordering::Relaxed);
+                return Self::failed(regs, bp, e);
+            }
+            pe.val.nmissed.fetch_add(1, Ordering::Relaxed);
+        }
 
         // Handlers see the registers as at the probed instruction.
-        let trap_ip = regs.ip();
         regs.set_ip(bp.0);
         let mut remove = false;
         // Return instances taken by this hit; pushed on the task's chain after the handlers.
         let mut pending: heapless::Vec<RetInstance, PENDING_RETURNS> = heapless::Vec::new();
         let sx = site.space.load(Ordering::Relaxed);
         let tramp = Addr(self.spaces.at(sx).val.trampoline.load(Ordering::Acquire));
-        let room = D.saturating_sub(ts.rets.len());
-        let returns = ReturnChain { rets: &ts.rets };
-        let mut ci = pe.val.consumers.load(Ordering::Acquire);
+        if !reentry {
+            let (file, offset) = pe.key();
+            let key = ProbeKey::new(crate::addr::FileId(file), offset);
+            remove = self.run_handlers(
+                p,
+                HitArgs {
+                    cpu,
+                    space,
+                    task,
+                    key,
+                    bp,
+                    tramp,
+                    room: D.saturating_sub(ts.rets.len()),
+                },
+                pe.val.consumers.load(Ordering::Acquire),
+                &ts.rets,
+                regs,
+                &mut pending,
+            );
+        }
+        // Only what the hit will undo on failure: the return address, if it was hijacked.
+        let hijacked = if pending.is_empty() {
+            None
+        } else {
+            self.hijack_return(ts, regs, &mem, tramp, &mut pending)
+        };
+        if remove {
+            self.spaces
+                .at(sx)
+                .val
+                .refilter
+                .store(true, Ordering::Relaxed);
+            self.pending.store(true, Ordering::Release);
+        }
+
+        let before = regs.clone();
+        let res = match <P::Arch as Arch>::plan_kind(&plan) {
+            PlanKind::Emulate => <P::Arch as Arch>::emulate(&plan, bp, regs, &mem)
+                .map(|()| Hit::Emulated)
+                .map_err(Error::Memory),
+            kind => {
+                let slot_index = site.slot.load(Ordering::Relaxed);
+                let slot = Addr(site.slot_addr.load(Ordering::Relaxed));
+                let mut state = <P::Arch as Arch>::StepState::default();
+                if slot_index == NIL {
+                    Err(Error::NoXolArea(space))
+                } else {
+                    <P::Arch as Arch>::prepare_xol(&plan, bp, slot, regs, &mut state, &mem)
+                        .map_err(Error::Memory)
+                        .map(|()| {
+                            let sp = &self.spaces.at(sx).val;
+                            // Count the context into the slot while still pinned: a writer
+                            // reusing the slot waits for the grace period, then sees this.
+                            sp.enter(slot_index);
+                            let frame = trap.top_mut();
+                            frame.xol = Some(XolRecord {
+                                space,
+                                space_index: sx,
+                                space_gen: sp.generation(),
+                                slot: slot_index,
+                                addr: slot,
+                            });
+                            if kind == PlanKind::SingleStep {
+                                frame.step = Some(StepRecord {
+                                    plan,
+                                    insn: bp,
+                                    slot,
+                                    state,
+                                });
+                                Hit::SingleStep { slot }
+                            } else {
+                                Hit::Boosted { slot }
+                            }
+                        })
+                }
+            }
+        };
+        drop(guard);
+        match res {
+            Ok(h) => {
+                // A reentered hit whose instruction is already done needs no frame.
+                if reentry && trap.top().is_idle() {
+                    trap.pop();
+                }
+                h
+            }
+            Err(e) => {
+                *regs = before;
+                if let Some(h) = hijacked {
+                    self.unhijack_return(ts, &mem, h, tramp);
+                }
+                if reentry {
+                    trap.pop();
+                }
+                Self::failed(regs, bp, e)
+            }
+        }
+    }
+
+    /// `Hit::Failed(e)`, with the registers at the probed instruction.
+    #[cold]
+    fn failed(regs: &mut RegsOf<P>, bp: Addr, e: Error) -> Hit {
+        regs.set_ip(bp.0);
+        Hit::Failed(e)
+    }
+
+    /// Run every live consumer of the chain starting at `ci` whose filter accepts the task.
+    /// Return consumers take an instance and run their entry handler; the instances they
+    /// keep go to `pending`. Returns whether some handler asked to be removed from the space.
+    #[allow(clippy::too_many_arguments)]
+    fn run_handlers(
+        &self,
+        p: &P,
+        a: HitArgs,
+        mut ci: u32,
+        rets: &[RetInstance],
+        regs: &mut RegsOf<P>,
+        pending: &mut heapless::Vec<RetInstance, PENDING_RETURNS>,
+    ) -> bool {
+        let mut remove = false;
+        let returns = ReturnChain { rets };
         let mut n = 0;
         while ci != NIL && n < CONSUMERS {
             let slot = &self.consumers[ci as usize];
@@ -144,16 +274,16 @@ impl<
                 let ret = slot.opts.get().ret;
                 slot.value.with(|c| {
                     let Some(c) = c else { return };
-                    if filtered && !c.filter(p, space, task) {
+                    if filtered && !c.filter(p, a.space, a.task) {
                         return;
                     }
                     let mut ctx = HitContext {
                         platform: p,
-                        cpu,
-                        task,
-                        space,
-                        key,
-                        addr: bp,
+                        cpu: a.cpu,
+                        task: a.task,
+                        space: a.space,
+                        key: a.key,
+                        addr: a.bp,
                         regs: &mut *regs,
                         returns,
                     };
@@ -163,8 +293,9 @@ impl<
                         }
                         return;
                     };
-                    // A return consumer (seed 002): take an instance, run the entry handler.
-                    if tramp.0 == 0 {
+                    // A return consumer (kretprobes' entry side): take an instance, run the
+                    // entry handler, which may decline.
+                    if a.tramp.0 == 0 {
                         // No trampoline in this space (its slot area could not be made).
                         slot.nmissed.fetch_add(1, Ordering::Relaxed);
                         return;
@@ -172,7 +303,7 @@ impl<
                     if !slot.take_instance(generation, ret.maxactive) {
                         return;
                     }
-                    if pending.len() >= room || pending.is_full() {
+                    if pending.len() >= a.room || pending.is_full() {
                         // The task's chain is at its depth limit.
                         slot.nmissed.fetch_add(1, Ordering::Relaxed);
                         slot.put_instance(generation);
@@ -181,8 +312,8 @@ impl<
                     let mut inst = RetInstance {
                         consumer: ci,
                         generation,
-                        key,
-                        func: bp,
+                        key: a.key,
+                        func: a.bp,
                         ret: Addr(0),
                         frame: 0,
                         chained: false,
@@ -201,69 +332,7 @@ impl<
             ci = slot.next.load(Ordering::Acquire);
             n += 1;
         }
-        if !pending.is_empty() {
-            self.hijack_return(ts, regs, &mem, tramp, &mut pending);
-        }
-        if remove {
-            let sx = site.space.load(Ordering::Relaxed);
-            self.spaces
-                .at(sx)
-                .val
-                .refilter
-                .store(true, Ordering::Relaxed);
-            self.pending.store(true, Ordering::Release);
-        }
-
-        match <P::Arch as Arch>::plan_kind(&plan) {
-            PlanKind::Emulate => {
-                let before = regs.clone();
-                match <P::Arch as Arch>::emulate(&plan, bp, regs, &mem) {
-                    Ok(()) => Hit::Emulated,
-                    Err(e) => {
-                        *regs = before;
-                        Hit::Failed(Error::Memory(e))
-                    }
-                }
-            }
-            kind => {
-                let slot_index = site.slot.load(Ordering::Relaxed);
-                let slot = Addr(site.slot_addr.load(Ordering::Relaxed));
-                if slot_index == NIL {
-                    regs.set_ip(trap_ip);
-                    return Hit::Failed(Error::NoXolArea(space));
-                }
-                let sx = site.space.load(Ordering::Relaxed);
-                let mut state = <P::Arch as Arch>::StepState::default();
-                let before = regs.clone();
-                if let Err(e) =
-                    <P::Arch as Arch>::prepare_xol(&plan, bp, slot, regs, &mut state, &mem)
-                {
-                    *regs = before;
-                    return Hit::Failed(Error::Memory(e));
-                }
-                // Count the task into the slot while still pinned: a writer reusing the slot
-                // waits for the grace period, then sees this count.
-                self.spaces.at(sx).val.enter(slot_index);
-                ts.xol = Some(XolRecord {
-                    space,
-                    space_index: sx,
-                    slot: slot_index,
-                    addr: slot,
-                });
-                drop(guard);
-                if kind == PlanKind::SingleStep {
-                    ts.step = Some(StepRecord {
-                        plan,
-                        insn: bp,
-                        slot,
-                        state,
-                    });
-                    Hit::SingleStep { slot }
-                } else {
-                    Hit::Boosted { slot }
-                }
-            }
-        }
+        remove
     }
 
     /// No site at `bp`: gone (restart) or not ours.
@@ -287,16 +356,17 @@ impl<
         }
     }
 
-    /// A single-step trap of `task`. Completes the step the core started (fixing up the
-    /// registers), or says it is not ours.
-    pub fn on_single_step<const D: usize>(
+    /// A single-step trap of the context whose state is `trap`. Completes the innermost step
+    /// the core started (fixing up the registers), or says it is not ours. Reentry frames
+    /// above that step whose instruction was boosted are done by now and are popped.
+    pub fn on_single_step<const N: usize>(
         &self,
         p: &P,
         space: SpaceId,
-        ts: &mut TaskState<P::Arch, D>,
+        trap: &mut TrapState<P::Arch, N>,
         regs: &mut RegsOf<P>,
     ) -> Step {
-        let Some(rec) = ts.step.take() else {
+        let Some(rec) = self.take_step(trap) else {
             return Step::NotOurs;
         };
         let res = match p.space(space) {
@@ -306,9 +376,6 @@ impl<
             .map_err(Error::Memory),
             None => Err(Error::NoSuchSpace(space)),
         };
-        if let Some(r) = ts.xol.take() {
-            self.leave_slot(&r);
-        }
         match res {
             Ok(()) => Step::Done,
             Err(e) => {
@@ -319,44 +386,117 @@ impl<
     }
 
     /// The single step did not complete (a signal arrived first, or the platform must deliver
-    /// something else): put the task back at the probed instruction so that it traps again
+    /// something else): put the context back at the probed instruction so that it traps again
     /// later. Returns whether a step was pending.
-    pub fn abort_single_step<const D: usize>(
+    pub fn abort_single_step<const N: usize>(
         &self,
-        ts: &mut TaskState<P::Arch, D>,
+        trap: &mut TrapState<P::Arch, N>,
         regs: &mut RegsOf<P>,
     ) -> bool {
-        let Some(rec) = ts.step.take() else {
+        let Some(rec) = self.take_step(trap) else {
             return false;
         };
         <P::Arch as Arch>::abort_step(&rec.plan, rec.insn, rec.slot, regs, &rec.state);
-        if let Some(r) = ts.xol.take() {
-            self.leave_slot(&r);
-        }
         true
     }
 
-    /// The platform saw `task` with its IP at `ip` (e.g. at a context switch or any stop): if
-    /// it was counted into a slot and is now outside it, it is counted out (seed 001). Cheap;
-    /// call it as often as convenient.
-    pub fn task_quiescent<const D: usize>(&self, ts: &mut TaskState<P::Arch, D>, ip: u64) {
-        if ts.step.is_some() {
+    /// Take the innermost pending step: pop finished reentry frames above it, count the
+    /// context out of the step's slot, and pop the step's frame if it was a reentry.
+    fn take_step<const N: usize>(
+        &self,
+        trap: &mut TrapState<P::Arch, N>,
+    ) -> Option<StepRecord<P::Arch>> {
+        while trap.top().step.is_none() && trap.top().reentry {
+            if let Some(r) = trap.pop() {
+                self.leave_slot(&r);
+            }
+        }
+        let frame = trap.top_mut();
+        let rec = frame.step.take()?;
+        let reentry = frame.reentry;
+        if let Some(r) = frame.xol.take() {
+            self.leave_slot(&r);
+        }
+        if reentry {
+            trap.pop();
+        }
+        Some(rec)
+    }
+
+    /// The platform saw the context of `trap` with its IP at `ip` at its current nesting
+    /// level (e.g. at a context switch, or at any stop of a thread that is not inside a
+    /// nested context it did not announce): if it was counted into a slot and is now outside
+    /// it, it is counted out. Cheap; call it as often as convenient.
+    pub fn seen_at<const N: usize>(&self, trap: &mut TrapState<P::Arch, N>, ip: u64) {
+        let frame = trap.top_mut();
+        if frame.step.is_some() {
             return;
         }
-        if let Some(r) = ts.xol {
+        if let Some(r) = frame.xol {
             let size = <P::Arch as Arch>::SLOT_SIZE as u64;
             if ip < r.addr.0 || ip >= r.addr.0.saturating_add(size) {
-                ts.xol = None;
+                frame.xol = None;
                 self.leave_slot(&r);
             }
         }
     }
 
+    /// The nested context announced with [`TrapState::nest`] has ended: its level is popped
+    /// (counting it out of any slot it was left in; a step it left pending is abandoned) and
+    /// the outer level's record is current again.
+    pub fn unnest<const N: usize>(&self, trap: &mut TrapState<P::Arch, N>) {
+        // Reentry frames of the nested level go with it.
+        while trap.top().reentry {
+            if let Some(r) = trap.pop() {
+                self.leave_slot(&r);
+            }
+        }
+        if trap.depth() > 0 {
+            if let Some(r) = trap.pop() {
+                self.leave_slot(&r);
+            }
+        }
+    }
+
+    /// Forget everything in flight for the context of `trap` (it exited, or its space
+    /// executed a new program), counting it out of every slot.
+    pub fn clear_trap<const N: usize>(&self, trap: &mut TrapState<P::Arch, N>) {
+        while trap.depth() > 0 {
+            if let Some(r) = trap.pop() {
+                self.leave_slot(&r);
+            }
+        }
+        if let Some(r) = trap.pop() {
+            self.leave_slot(&r);
+        }
+    }
+
+    /// Hits of the probe at `key` that ran no handler because they were reentries (see
+    /// [`TrapState`]), as kprobes' `nmissed`. `None` if no such probe is registered.
+    pub fn probe_nmissed(&self, key: ProbeKey) -> Option<u64> {
+        let _w = self.writer.lock();
+        let pi = self.probes.lookup(key.file.0, key.offset)?;
+        Some(self.probes.at(pi).val.nmissed.load(Ordering::Relaxed))
+    }
+
     pub(crate) fn leave_slot(&self, r: &XolRecord) {
         let e = self.spaces.at(r.space_index);
-        // A stale record (the space was torn down and the entry reused) is ignored.
-        if e.key().0 == r.space.0 {
+        // A stale record (the space was torn down and the entry reused) counts nothing out.
+        if e.key().0 == r.space.0 && e.val.generation() == r.space_gen {
             e.val.leave(r.slot);
         }
     }
+}
+
+/// What the handlers of one hit are told.
+#[derive(Clone, Copy)]
+struct HitArgs {
+    cpu: CpuId,
+    space: SpaceId,
+    task: TaskId,
+    key: ProbeKey,
+    bp: Addr,
+    tramp: Addr,
+    /// Instances the task's chain still has room for.
+    room: usize,
 }

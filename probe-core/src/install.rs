@@ -309,10 +309,12 @@ impl<
         let sp = &self.spaces.at(sx).val;
         self.unlink(si, List::Space, &sp.sites);
         let slot = site.slot.load(Ordering::Relaxed);
+        // Unpublish the site before stamping its slot: a reader that can still reach the
+        // slot through the site is pinned before the slot's stamp.
+        self.sites.remove(si, &self.epochs);
         if slot != NIL {
             sp.retire(slot, &self.epochs);
         }
-        self.sites.remove(si, &self.epochs);
     }
 
     /// Restore the original bytes of every breakpoint in `space` and forget them (detach from

@@ -3,7 +3,7 @@
 //!
 //! - A site-table entry (what the hit path reads first) stays within 72 bytes, its hot fields
 //!   (state, key, probe, space, slot) first.
-//! - The per-CPU epoch words are 8 bytes each; a consumer slot's bookkeeping stays small.
+//! - The epoch clock and each per-CPU epoch word sit alone on a 128-byte line; a consumer slot's bookkeeping stays small.
 //! - Everything the hit path shares between CPUs is `Send + Sync`.
 
 use static_assertions::{assert_impl_all, const_assert};
@@ -16,7 +16,9 @@ use crate::xol::{SpacePayload, XolSlot};
 
 const_assert!(core::mem::size_of::<Entry<SitePayload>>() <= 72);
 const_assert!(core::mem::size_of::<XolSlot>() == 16);
-const_assert!(core::mem::size_of::<Epochs<4>>() == 8 + 4 * 16);
+// The clock and each CPU's word on cache lines of their own.
+const_assert!(core::mem::size_of::<Epochs<4>>() == 128 * 5);
+const_assert!(core::mem::align_of::<Epochs<4>>() == 128);
 const_assert!(core::mem::size_of::<ConsumerSlot<()>>() <= 96);
 const_assert!(core::mem::size_of::<crate::task::RetInstance>() <= 128);
 
@@ -41,14 +43,15 @@ mod tests {
             std::println!(
                 "probe entry {} B, site entry {} B, consumer slot {} B (+ the consumer), \
                  space entry {} B + {} B per XOL slot, return instance {} B, \
-                 TaskState<X86_64, 32> {} B",
+                 TaskState<32> {} B, TrapState<X86_64> {} B",
                 size_of::<Entry<ProbePayload<X86_64>>>(),
                 size_of::<Entry<SitePayload>>(),
                 size_of::<ConsumerSlot<()>>(),
                 size_of::<Entry<SpacePayload<0>>>(),
                 size_of::<XolSlot>(),
                 size_of::<crate::task::RetInstance>(),
-                size_of::<crate::task::TaskState<X86_64, 32>>(),
+                size_of::<crate::task::TaskState<32>>(),
+                size_of::<crate::trap::TrapState<X86_64>>(),
             );
         }
         assert!(size_of::<Entry<SitePayload>>() <= 72);

@@ -59,9 +59,11 @@ pub(crate) mod site;
 pub(crate) mod sync;
 pub(crate) mod table;
 pub mod task;
+pub mod trap;
 pub(crate) mod xol;
 
 pub use blacklist::BLACKLIST_CAPACITY;
 pub use engine::ProbeCore;
 pub use hit::{Hit, Step};
 pub use task::{ReturnChain, TaskState};
+pub use trap::TrapState;

@@ -31,19 +31,34 @@ pub trait AddressSpace {
     /// Read exactly `buf.len()` bytes, crossing page boundaries with as many partial reads as
     /// it takes.
     fn read_exact(&self, addr: Addr, buf: &mut [u8]) -> Result<(), MemError> {
-        let mut done = 0;
-        while done < buf.len() {
-            let at = addr
-                .checked_add(done as u64)
-                .ok_or(MemError::new(addr, MemErrorKind::Unmapped))?;
-            let n = self.read(at, &mut buf[done..])?;
-            if n == 0 {
-                return Err(MemError::new(at, MemErrorKind::Unmapped));
-            }
-            done += n;
-        }
-        Ok(())
+        fill(addr.0, buf, |at, b| self.read(Addr(at), b))
     }
+}
+
+/// Fill `buf` from position `start` on with as many partial reads as it takes. Never trusts
+/// the count a read returns: nothing (`Unmapped`) and more than asked (`Overread`) are errors,
+/// and positions that would pass `u64::MAX` are `Unmapped`.
+fn fill(
+    start: u64,
+    buf: &mut [u8],
+    mut read: impl FnMut(u64, &mut [u8]) -> Result<usize, MemError>,
+) -> Result<(), MemError> {
+    let mut done = 0;
+    while done < buf.len() {
+        let at = start
+            .checked_add(done as u64)
+            .ok_or(MemError::new(Addr(start), MemErrorKind::Unmapped))?;
+        let want = buf.len() - done;
+        let n = read(at, &mut buf[done..])?;
+        if n == 0 {
+            return Err(MemError::new(Addr(at), MemErrorKind::Unmapped));
+        }
+        if n > want {
+            return Err(MemError::new(Addr(at), MemErrorKind::Overread));
+        }
+        done += n;
+    }
+    Ok(())
 }
 
 /// One file-backed mapping of a space: `range` maps the file from `file_offset` on.
@@ -133,16 +148,5 @@ pub fn read_file_exact<P: Platform + ?Sized>(
     offset: u64,
     buf: &mut [u8],
 ) -> Result<(), MemError> {
-    let mut done = 0;
-    while done < buf.len() {
-        let n = p.read_file(file, offset + done as u64, &mut buf[done..])?;
-        if n == 0 {
-            return Err(MemError::new(
-                Addr(offset + done as u64),
-                MemErrorKind::Unmapped,
-            ));
-        }
-        done += n;
-    }
-    Ok(())
+    fill(offset, buf, |at, b| p.read_file(file, at, b))
 }

@@ -8,7 +8,7 @@
 
 use crate::arch::Arch;
 use crate::consumer::ConsumerOptions;
-use crate::sync::{AtomicU32, Ordering, PublishCell};
+use crate::sync::{AtomicU32, AtomicU64, Ordering, PublishCell};
 use crate::table::{Payload, NIL};
 
 /// The key offset of a file entry; no instruction lives at offset `u64::MAX`.
@@ -35,6 +35,8 @@ pub(crate) struct ProbePayload<A: Arch> {
     pub(crate) next_of_file: AtomicU32,
     /// Writer only: the previous probe of the same file (NIL for the first).
     pub(crate) prev_of_file: AtomicU32,
+    /// Hits that ran no handler because they were reentries (kprobes' `nmissed`).
+    pub(crate) nmissed: AtomicU64,
 }
 
 impl<A: Arch> Payload for ProbePayload<A> {
@@ -47,6 +49,7 @@ impl<A: Arch> Payload for ProbePayload<A> {
         sites: AtomicU32::new(NIL),
         next_of_file: AtomicU32::new(NIL),
         prev_of_file: AtomicU32::new(NIL),
+        nmissed: AtomicU64::new(0),
     };
     #[cfg(loom)]
     fn blank() -> Self {
@@ -58,6 +61,7 @@ impl<A: Arch> Payload for ProbePayload<A> {
             sites: AtomicU32::new(NIL),
             next_of_file: AtomicU32::new(NIL),
             prev_of_file: AtomicU32::new(NIL),
+            nmissed: AtomicU64::new(0),
         }
     }
 }
@@ -69,5 +73,6 @@ impl<A: Arch> ProbePayload<A> {
         self.sites.store(NIL, Ordering::Relaxed);
         self.next_of_file.store(NIL, Ordering::Relaxed);
         self.prev_of_file.store(NIL, Ordering::Relaxed);
+        self.nmissed.store(0, Ordering::Relaxed);
     }
 }

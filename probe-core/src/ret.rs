@@ -13,6 +13,19 @@ use crate::sync::Ordering;
 use crate::table::NIL;
 use crate::task::{RetInstance, TaskState};
 
+/// A return address the hit path replaced, and the instances it pushed for it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Hijack {
+    /// The stack pointer at entry (where the return address is).
+    frame: u64,
+    /// The return address found there.
+    real: Addr,
+    /// Instances pushed on the task's chain.
+    pushed: usize,
+    /// Whether the return address was written (not already the trampoline).
+    wrote: bool,
+}
+
 impl<
         P: Platform,
         C: Consumer<P>,
@@ -84,7 +97,7 @@ impl<
         &self,
         p: &P,
         space: SpaceId,
-        task: &mut TaskState<P::Arch, D>,
+        task: &mut TaskState<D>,
     ) -> Result<(), Error> {
         let mut first = Ok(());
         let tramp = self
@@ -140,37 +153,65 @@ impl<
     /// Replace the return address with the trampoline and push this hit's instances on the
     /// task's chain. The first keeps the return address it found (the trampoline itself when
     /// an outer instance already hijacked this frame: a tail call); the others are chained.
+    /// Returns what was done, for [`unhijack_return`](Self::unhijack_return).
     pub(crate) fn hijack_return<const D: usize, M: AddressSpace>(
         &self,
-        ts: &mut TaskState<P::Arch, D>,
+        ts: &mut TaskState<D>,
         regs: &mut RegsOf<P>,
         mem: &M,
         tramp: Addr,
         pending: &mut heapless::Vec<RetInstance, PENDING_RETURNS>,
-    ) {
+    ) -> Option<Hijack> {
         let give_back = |pending: &mut heapless::Vec<RetInstance, PENDING_RETURNS>| {
-            for i in pending.iter() {
+            for i in pending.drain(..) {
                 self.put_instance(i.consumer, i.generation);
             }
         };
         let Ok(cur) = <P::Arch as Arch>::return_address(regs, mem) else {
             give_back(pending);
-            return;
+            return None;
         };
         let chained = cur == tramp;
         // Frames abandoned by longjmp or unwinding go first.
         self.drop_abandoned(ts, regs.sp(), chained);
         if !chained && <P::Arch as Arch>::set_return_address(regs, mem, tramp).is_err() {
             give_back(pending);
-            return;
+            return None;
         }
+        let mut pushed = 0;
         for (k, mut inst) in pending.drain(..).enumerate() {
             inst.frame = regs.sp();
             inst.ret = if k == 0 { cur } else { tramp };
             inst.chained = k > 0 || chained;
-            if let Err(inst) = ts.rets.push(inst) {
-                self.put_instance(inst.consumer, inst.generation);
+            match ts.rets.push(inst) {
+                Ok(()) => pushed += 1,
+                Err(inst) => self.put_instance(inst.consumer, inst.generation),
             }
+        }
+        Some(Hijack {
+            frame: regs.sp(),
+            real: cur,
+            pushed,
+            wrote: !chained,
+        })
+    }
+
+    /// Undo [`hijack_return`](Self::hijack_return) (the hit failed after it): the real
+    /// return address goes back and this hit's instances are given back.
+    pub(crate) fn unhijack_return<const D: usize, M: AddressSpace>(
+        &self,
+        ts: &mut TaskState<D>,
+        mem: &M,
+        h: Hijack,
+        tramp: Addr,
+    ) {
+        for _ in 0..h.pushed {
+            if let Some(i) = ts.rets.pop() {
+                self.put_instance(i.consumer, i.generation);
+            }
+        }
+        if h.wrote {
+            let _ = ArchOf::<P>::restore_return_address(h.frame, mem, tramp, h.real);
         }
     }
 
@@ -181,7 +222,7 @@ impl<
     /// was dropped.
     pub(crate) fn drop_abandoned<const D: usize>(
         &self,
-        ts: &mut TaskState<P::Arch, D>,
+        ts: &mut TaskState<D>,
         sp: u64,
         chained: bool,
     ) -> bool {
@@ -214,7 +255,7 @@ impl<
         cpu: CpuId,
         space: SpaceId,
         task: TaskId,
-        ts: &mut TaskState<P::Arch, D>,
+        ts: &mut TaskState<D>,
         regs: &mut RegsOf<P>,
     ) -> Hit {
         let frame = <P::Arch as Arch>::returned_frame(regs.sp());

@@ -39,6 +39,29 @@ macro_rules! array_of {
 }
 pub(crate) use array_of;
 
+/// A value alone on its cache line (128 bytes: x86 prefetches lines in pairs), so that words
+/// written by different CPUs never share one (crossbeam-utils' `CachePadded`).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct CachePadded<T> {
+    value: T,
+}
+
+impl<T> CachePadded<T> {
+    /// Pad `value`.
+    pub(crate) const fn new(value: T) -> CachePadded<T> {
+        CachePadded { value }
+    }
+}
+
+impl<T> core::ops::Deref for CachePadded<T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
 /// Tell the CPU (or loom's scheduler) that we are spinning.
 #[inline]
 pub(crate) fn spin_loop() {

@@ -20,6 +20,9 @@ const LIVE: u64 = 1;
 const CLAIMED: u64 = 2;
 const RETIRED_TAG: u64 = 3;
 
+/// A retire stamp no epoch reaches: the entry is unpublished but not yet stamped.
+const NEVER: u64 = u64::MAX >> 4;
+
 #[inline]
 const fn retired(epoch: u64) -> u64 {
     (epoch << 2) | RETIRED_TAG
@@ -204,9 +207,15 @@ impl<V, const N: usize> Table<V, N> {
     }
 
     /// Unpublish entry `i`; it is reused after a grace period. Writer only.
+    ///
+    /// Unpublish first (a tombstone that never expires), then stamp: the stamp is read after
+    /// a full fence, so no reader pinned at a later epoch can still see the entry live
+    /// (`reclaim.rs` gives the argument).
     pub(crate) fn remove<const C: usize>(&self, i: u32, epochs: &Epochs<C>) {
         let e = &self.entries[i as usize];
-        e.state.store(retired(epochs.now()), Ordering::Release);
+        e.state.store(retired(NEVER), Ordering::Release);
+        let stamp = epochs.retire_stamp();
+        e.state.store(retired(stamp), Ordering::Release);
         self.used.fetch_sub(1, Ordering::Relaxed);
         self.tombs.fetch_add(1, Ordering::Relaxed);
     }

@@ -2,33 +2,15 @@
 //!
 //! The platform keeps one [`TaskState`] per task and passes it by `&mut` to every call about
 //! that task; calls about one task are naturally never concurrent, so this state needs no lock
-//! and the hit path touches no shared table for it. It holds the task's out-of-line record,
-//! a pending single step, and its chain of return-probe instances (seed 003: instances are
-//! found by task, not by stack address), bounded by `DEPTH`.
+//! and the hit path touches no shared table for it. It holds the task's chain of return-probe
+//! instances (instances are found by task, not by stack address: the kretprobe rework of
+//! 2005, `kernel/kprobes.c`), bounded by `DEPTH`. What belongs to the trap in flight (a slot,
+//! a single step) is per execution context instead: [`TrapState`](crate::TrapState).
 
 use heapless::Vec;
 
-use crate::addr::{Addr, ProbeKey, SpaceId};
-use crate::arch::Arch;
+use crate::addr::{Addr, ProbeKey};
 use crate::consumer::RET_DATA_MAX;
-
-/// The task's record of an out-of-line slot its IP may be in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct XolRecord {
-    pub(crate) space: SpaceId,
-    pub(crate) space_index: u32,
-    pub(crate) slot: u32,
-    pub(crate) addr: Addr,
-}
-
-/// A single step in progress.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct StepRecord<A: Arch> {
-    pub(crate) plan: A::Plan,
-    pub(crate) insn: Addr,
-    pub(crate) slot: Addr,
-    pub(crate) state: A::StepState,
-}
 
 /// One tracked call of a return-probed function.
 #[derive(Clone, Copy, Debug)]
@@ -90,39 +72,18 @@ impl<'a> ReturnChain<'a> {
     }
 }
 
-/// What the core remembers about one task between calls. `DEPTH` bounds the chain of tracked
-/// calls (return-probe instances); a call that would go deeper is counted as missed.
+/// What the core remembers about one task between calls: its tracked calls. `DEPTH` bounds
+/// the chain of tracked calls (return-probe instances); a call that would go deeper is counted
+/// as missed.
 #[derive(Debug)]
-pub struct TaskState<A: Arch, const DEPTH: usize = 32> {
-    pub(crate) xol: Option<XolRecord>,
-    pub(crate) step: Option<StepRecord<A>>,
+pub struct TaskState<const DEPTH: usize = 32> {
     pub(crate) rets: Vec<RetInstance, DEPTH>,
 }
 
-impl<A: Arch, const DEPTH: usize> TaskState<A, DEPTH> {
+impl<const DEPTH: usize> TaskState<DEPTH> {
     /// A task the core has not seen yet.
-    pub const fn new() -> TaskState<A, DEPTH> {
-        TaskState {
-            xol: None,
-            step: None,
-            rets: Vec::new(),
-        }
-    }
-
-    /// Whether a single step is pending: the platform must report its completion with
-    /// `on_single_step` (or its abandonment with `abort_single_step`).
-    pub fn stepping(&self) -> bool {
-        self.step.is_some()
-    }
-
-    /// Whether the task may be executing inside an out-of-line slot.
-    pub fn in_slot(&self) -> bool {
-        self.xol.is_some()
-    }
-
-    /// The slot the task was last sent to, if it may still be inside.
-    pub fn slot(&self) -> Option<Addr> {
-        self.xol.map(|r| r.addr)
+    pub const fn new() -> TaskState<DEPTH> {
+        TaskState { rets: Vec::new() }
     }
 
     /// The task's tracked calls (return-probe instances).
@@ -131,7 +92,7 @@ impl<A: Arch, const DEPTH: usize> TaskState<A, DEPTH> {
     }
 }
 
-impl<A: Arch, const DEPTH: usize> Default for TaskState<A, DEPTH> {
+impl<const DEPTH: usize> Default for TaskState<DEPTH> {
     fn default() -> Self {
         Self::new()
     }

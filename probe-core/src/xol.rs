@@ -60,6 +60,9 @@ pub(crate) struct SpacePayload<const XOL: usize> {
     pub(crate) sites: AtomicU32,
     /// Writer only: where the next slot search starts.
     cursor: AtomicU32,
+    /// Bumped each time the entry is (re)used for a space: records of an earlier use are
+    /// stale and count nothing out.
+    generation: AtomicU32,
     /// A handler asked for this space's filters to be re-evaluated.
     pub(crate) refilter: AtomicBool,
     pub(crate) slots: [XolSlot; XOL],
@@ -72,6 +75,7 @@ impl<const XOL: usize> Payload for SpacePayload<XOL> {
         trampoline: AtomicU64::new(0),
         sites: AtomicU32::new(NIL),
         cursor: AtomicU32::new(0),
+        generation: AtomicU32::new(0),
         refilter: AtomicBool::new(false),
         slots: array_of![XolSlot::new(); XOL],
     };
@@ -82,6 +86,7 @@ impl<const XOL: usize> Payload for SpacePayload<XOL> {
             trampoline: AtomicU64::new(0),
             sites: AtomicU32::new(NIL),
             cursor: AtomicU32::new(0),
+            generation: AtomicU32::new(0),
             refilter: AtomicBool::new(false),
             slots: array_of![XolSlot::new(); XOL],
         }
@@ -96,12 +101,20 @@ impl<const XOL: usize> SpacePayload<XOL> {
         self.sites.store(NIL, Ordering::Relaxed);
         self.cursor.store(0, Ordering::Relaxed);
         self.refilter.store(false, Ordering::Relaxed);
+        // Records of the entry's earlier space are stale from now on (they carry the old
+        // generation), so its occupancy counts can never drain: start them at zero. The
+        // entry is reused only a grace period after that space was forgotten.
+        self.generation.fetch_add(1, Ordering::Relaxed);
         for s in self.slots.iter() {
-            // A reused space entry may still see tasks counted into the old space's slots
-            // (tasks that never reported). Slots start free; stale counts only ever delay
-            // reuse, so keep them.
             s.state.store(FREE, Ordering::Relaxed);
+            s.occupancy.store(0, Ordering::Relaxed);
         }
+    }
+
+    /// The entry's current generation.
+    #[inline]
+    pub(crate) fn generation(&self) -> u32 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     /// The address of slot `i`.
@@ -131,11 +144,13 @@ impl<const XOL: usize> SpacePayload<XOL> {
         None
     }
 
-    /// Give slot `i` back; reusable after a grace period once no task is inside. Writer only.
+    /// Give slot `i` back; reusable after a grace period once no task is inside. Writer only,
+    /// and only after everything that leads readers to the slot (its site) is unpublished:
+    /// the stamp is read after a full fence (`reclaim.rs`).
     pub(crate) fn retire<const C: usize>(&self, i: u32, epochs: &Epochs<C>) {
         if let Some(s) = self.slots.get(i as usize) {
-            s.state
-                .store((epochs.now() << 2) | RETIRED_TAG, Ordering::Release);
+            let stamp = epochs.retire_stamp();
+            s.state.store((stamp << 2) | RETIRED_TAG, Ordering::Release);
         }
     }
 

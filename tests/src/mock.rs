@@ -11,7 +11,7 @@ use platform_mock::sched::Resume;
 use platform_mock::{Machine, StepEvent, ToyArch};
 use probe_core::{
     Consumer, CpuId, FileId, HandlerAction, Hit, HitContext, Mapping, Platform, ProbeCore, SpaceId,
-    Step, TaskId, TaskState,
+    Step, TaskId, TaskState, TrapState,
 };
 
 /// Which tasks a [`Counter`] wants.
@@ -120,7 +120,7 @@ pub struct RunStats {
 #[derive(Debug, Default)]
 pub struct Runner {
     /// Per-task core state, owned by the platform as the core expects.
-    pub tasks: HashMap<TaskId, TaskState<ToyArch>>,
+    pub tasks: HashMap<TaskId, (TrapState<ToyArch>, TaskState)>,
     /// What happened.
     pub stats: RunStats,
 }
@@ -152,12 +152,12 @@ impl Runner {
         let tasks = &mut self.tasks;
         let stats = &mut self.stats;
         m.run(task, max_steps, |m, t, ev, regs| {
-            let ts = tasks.entry(t).or_default();
+            let (trap, ts) = tasks.entry(t).or_default();
             let space = m.task_space(t).expect("task has a space");
             match ev {
                 StepEvent::Breakpoint { .. } => {
                     stats.traps += 1;
-                    match core.on_breakpoint(m, CpuId(0), space, t, ts, regs) {
+                    match core.on_breakpoint(m, CpuId(0), space, t, trap, ts, regs) {
                         Hit::Emulated => stats.emulated += 1,
                         Hit::Boosted { .. } => stats.boosted += 1,
                         Hit::SingleStep { .. } => {
@@ -170,17 +170,20 @@ impl Runner {
                     }
                     let _ = core.maintain(m);
                 }
-                StepEvent::SingleStepDone => match core.on_single_step(m, space, ts, regs) {
+                StepEvent::SingleStepDone => match core.on_single_step(m, space, trap, regs) {
                     Step::Done => {}
                     other => panic!("unexpected step outcome {other:?}"),
                 },
-                StepEvent::Exited(_) => core.on_task_exit(ts),
+                StepEvent::Exited(_) => {
+                    core.on_task_exit(ts);
+                    core.clear_trap(trap);
+                }
                 _ => {}
             }
             Resume::Continue
         });
-        if let Some(ts) = self.tasks.get_mut(&task) {
-            core.task_quiescent(ts, m.regs(task).map_or(0, |r| r.pc));
+        if let Some((trap, _)) = self.tasks.get_mut(&task) {
+            core.seen_at(trap, m.regs(task).map_or(0, |r| r.pc));
         }
         match m.status(task)? {
             platform_mock::task::TaskStatus::Exited(code) => Some(code),

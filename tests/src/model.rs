@@ -247,10 +247,11 @@ pub fn run(data: &[u8]) -> RunStats {
                 let prog = b % progs.len();
                 let id = spaces[i].id;
                 let anchor = first_task(&m, id);
-                let ts = runner.tasks.entry(anchor).or_default();
+                let (trap, ts) = runner.tasks.entry(anchor).or_default();
                 m.exec(anchor, progs[prog].file, progs[prog].entry)
                     .expect("exec");
                 core.on_exec(&m, id, ts);
+                core.clear_trap(trap);
                 report_mappings(&m, &core, id, &files).expect("mmap event");
                 spaces[i].prog = prog;
                 spaces[i].extra = None;

@@ -336,7 +336,7 @@ fn exec_and_munmap_forget_breakpoints_and_a_new_mapping_gets_them() {
         .map_err(|(e, _)| e)
         .unwrap();
     assert_eq!(core.site_count(), 1);
-    let mut ts = probe_core::TaskState::<ToyArch>::new();
+    let mut ts = probe_core::TaskState::<32>::new();
     m.exec(t1, file, 0).unwrap();
     core.on_exec(&m, s1, &mut ts);
     assert_eq!(core.site_count(), 0, "exec starts clean");

@@ -11,7 +11,8 @@ use platform_mock::asm::Asm;
 use platform_mock::isa::{Reg, SP};
 use platform_mock::{Machine, ToyArch, TEXT_BASE};
 use probe_core::{
-    ConsumerOptions, EntryAction, FileId, HitContext, ProbeCore, ProbeKey, ReturnContext, TaskState,
+    ConsumerOptions, EntryAction, FileId, HitContext, ProbeCore, ProbeKey, ReturnContext,
+    TaskState, TrapState,
 };
 use probe_tests::mock::{report_mappings, Runner};
 
@@ -295,7 +296,7 @@ fn stop_inside_fib(m: &Machine, core: &Core, runner: &mut Runner, task: probe_co
         if runner
             .tasks
             .get(&task)
-            .is_some_and(|ts: &TaskState<ToyArch>| ts.returns().len() >= 4)
+            .is_some_and(|(_, ts)| ts.returns().len() >= 4)
         {
             return;
         }
@@ -322,10 +323,10 @@ fn fork_with_pending_returns_and_task_exit() {
     stop_inside_fib(&m, &core, &mut runner, task);
     let (cspace, child) = m.fork(task).unwrap();
     core.on_fork(&m, space, cspace).unwrap();
-    let mut cts = TaskState::<ToyArch>::new();
-    core.on_task_fork(&runner.tasks[&task], &mut cts);
-    assert_eq!(cts.returns().len(), runner.tasks[&task].returns().len());
-    runner.tasks.insert(child, cts);
+    let mut cts = TaskState::<32>::new();
+    core.on_task_fork(&runner.tasks[&task].1, &mut cts);
+    assert_eq!(cts.returns().len(), runner.tasks[&task].1.returns().len());
+    runner.tasks.insert(child, (TrapState::new(), cts));
     assert_eq!(run(&m, &core, &mut runner, task), Some(34));
     assert_eq!(
         run(&m, &core, &mut runner, child),
@@ -343,7 +344,7 @@ fn fork_with_pending_returns_and_task_exit() {
     stop_inside_fib(&m, &core, &mut runner, t2);
     assert!(core.instances_in_use(h).unwrap() >= 4);
     m.exit(t2, 9);
-    core.on_task_exit(runner.tasks.get_mut(&t2).unwrap());
+    core.on_task_exit(&mut runner.tasks.get_mut(&t2).unwrap().1);
     assert_eq!(core.instances_in_use(h).unwrap(), 0);
     core.unregister(&m, h).unwrap();
 }
@@ -381,9 +382,9 @@ fn unregister_with_outstanding_instances_and_detach() {
         .unwrap();
     stop_inside_fib(&m, &core, &mut runner, t2);
     core.unregister(&m, h).unwrap();
-    core.restore_returns(&m, space2, runner.tasks.get_mut(&t2).unwrap())
+    core.restore_returns(&m, space2, &mut runner.tasks.get_mut(&t2).unwrap().1)
         .unwrap();
-    assert!(runner.tasks[&t2].returns().is_empty());
+    assert!(runner.tasks[&t2].1.returns().is_empty());
     assert_eq!(
         m.run_to_exit(t2, 1_000_000),
         Some(34),
@@ -416,13 +417,22 @@ fn a_stale_instance_never_touches_the_next_consumer_in_its_slot() {
         .map_err(|(e, _)| e)
         .unwrap();
     // Drive t1 into fib by hand: one entry trap.
-    let mut ts1 = TaskState::<ToyArch>::new();
-    let mut ts2 = TaskState::<ToyArch>::new();
-    let enter = |t, ts: &mut TaskState<ToyArch>, space| {
+    let mut ts1 = TaskState::<32>::new();
+    let mut ts2 = TaskState::<32>::new();
+    let enter = |t, ts: &mut TaskState, space| {
+        let mut trap = TrapState::<ToyArch>::new();
         for _ in 0..10 {
             if let platform_mock::StepEvent::Breakpoint { .. } = m.step(t) {
                 let mut regs = m.regs(t).unwrap();
-                let hit = core.on_breakpoint(&m, probe_core::CpuId(0), space, t, ts, &mut regs);
+                let hit = core.on_breakpoint(
+                    &m,
+                    probe_core::CpuId(0),
+                    space,
+                    t,
+                    &mut trap,
+                    ts,
+                    &mut regs,
+                );
                 m.set_regs(t, regs);
                 assert!(matches!(hit, probe_core::Hit::Boosted { .. }), "{hit:?}");
                 return;

@@ -232,9 +232,9 @@ impl Session {
         let Some(t) = self.tasks.get_mut(&tid) else {
             return;
         };
-        if t.ts.in_slot() {
+        if t.trap.in_slot() {
             if let Ok(r) = sys::get_regs(tid) {
-                self.core.task_quiescent(&mut t.ts, r.rip);
+                self.core.seen_at(&mut t.trap, r.rip);
             }
         }
     }
@@ -244,7 +244,7 @@ impl Session {
             Ok(i) => i,
             Err(_) => return, // killed meanwhile: its exit is reported next
         };
-        let stepping = self.tasks.get(&tid).is_some_and(|t| t.ts.stepping());
+        let stepping = self.tasks.get(&tid).is_some_and(|t| t.trap.stepping());
         if info.code == libc::SI_KERNEL && !stepping {
             self.on_int3(tid);
         } else if stepping && (info.code == TRAP_TRACE || info.code == TRAP_BRKPT) {
@@ -271,6 +271,7 @@ impl Session {
             CpuId(0),
             space,
             tid_of(tid),
+            &mut t.trap,
             &mut t.ts,
             &mut regs,
         );
@@ -300,7 +301,7 @@ impl Session {
                 self.stats.stepped += 1;
                 if self.detaching {
                     if let Some(t) = self.tasks.get_mut(&tid) {
-                        self.core.abort_single_step(&mut t.ts, &mut regs);
+                        self.core.abort_single_step(&mut t.trap, &mut regs);
                     }
                     if self.set_regs(tid, &before, &regs) {
                         self.resume(tid, 0);
@@ -346,7 +347,7 @@ impl Session {
         let space = t.space;
         match self
             .core
-            .on_single_step(&self.platform, space, &mut t.ts, &mut regs)
+            .on_single_step(&self.platform, space, &mut t.trap, &mut regs)
         {
             Step::Done => {
                 if self.set_regs(tid, &before, &regs) {
@@ -368,7 +369,7 @@ impl Session {
 
     /// A signal-delivery-stop for `sig` (not one of our traps).
     fn on_signal(&mut self, tid: Pid, sig: i32, code: Option<i32>) {
-        let stepping = self.tasks.get(&tid).is_some_and(|t| t.ts.stepping());
+        let stepping = self.tasks.get(&tid).is_some_and(|t| t.trap.stepping());
         if stepping {
             let code = match code {
                 Some(c) => c,
@@ -384,7 +385,7 @@ impl Session {
             let at_slot = self
                 .tasks
                 .get(&tid)
-                .and_then(|t| t.ts.slot())
+                .and_then(|t| t.trap.slot())
                 .is_some_and(|s| s.0 == raw.rip);
             if !fault && at_slot && !self.detaching {
                 // Not caused by the stepped instruction, which has not run yet: hold the
@@ -401,7 +402,7 @@ impl Session {
             let before = to_core(&raw);
             let mut regs = before;
             if let Some(t) = self.tasks.get_mut(&tid) {
-                self.core.abort_single_step(&mut t.ts, &mut regs);
+                self.core.abort_single_step(&mut t.trap, &mut regs);
             }
             self.stats.aborted_steps += 1;
             if !self.set_regs(tid, &before, &regs) {
@@ -422,6 +423,7 @@ impl Session {
                 if let Some(t) = self.tasks.get_mut(&tid) {
                     t.exiting = true;
                     self.core.on_task_exit(&mut t.ts);
+                    self.core.clear_trap(&mut t.trap);
                 }
                 self.platform.set_stopped(tid_of(tid), false);
                 self.resume(tid, 0);
@@ -525,6 +527,7 @@ impl Session {
             // A non-leader thread exec'd: it takes the leader's id; the old leader is gone.
             if let Some(mut old) = self.tasks.remove(&tid) {
                 self.core.on_task_exit(&mut old.ts);
+                self.core.clear_trap(&mut old.trap);
             }
             if let Some(t) = self.tasks.remove(&former) {
                 self.tasks.insert(tid, t);
@@ -545,6 +548,7 @@ impl Session {
         for p in others {
             if let Some(mut o) = self.tasks.remove(&p) {
                 self.core.on_task_exit(&mut o.ts);
+                self.core.clear_trap(&mut o.trap);
             }
             self.platform.remove_task(tid_of(p));
         }
@@ -556,9 +560,11 @@ impl Session {
         if let Some(t) = self.tasks.get_mut(&tid) {
             if old_space == new_space {
                 self.core.on_exec(&self.platform, old_space, &mut t.ts);
+                self.core.clear_trap(&mut t.trap);
             } else {
                 // A vfork child leaves its parent's space, which lives on.
                 self.core.on_task_exit(&mut t.ts);
+                self.core.clear_trap(&mut t.trap);
             }
             t.space = new_space;
             t.tgid = tid;
@@ -582,6 +588,7 @@ impl Session {
         self.orphans.remove(&tid);
         if let Some(mut t) = self.tasks.remove(&tid) {
             self.core.on_task_exit(&mut t.ts);
+            self.core.clear_trap(&mut t.trap);
             self.platform.remove_task(tid_of(tid));
             let space = t.space;
             if !self.tasks.values().any(|o| o.space == space) {

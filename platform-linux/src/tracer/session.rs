@@ -17,6 +17,7 @@ use std::sync::Arc;
 use probe_core::arch::x86_64::X86_64;
 use probe_core::{
     ConsumerHandle, ConsumerOptions, FileId, ProbeCore, ProbeKey, SpaceId, TaskId, TaskState,
+    TrapState,
 };
 
 use super::consumer::{HitRecord, LinuxConsumer, Role, Shared};
@@ -83,7 +84,10 @@ pub const RETURN_DEPTH: usize = 256;
 /// One traced thread.
 #[derive(Debug)]
 pub(crate) struct Task {
-    pub(crate) ts: TaskState<X86_64, RETURN_DEPTH>,
+    /// Its tracked calls (return-probe instances).
+    pub(crate) ts: TaskState<RETURN_DEPTH>,
+    /// Its trap in flight (a slot, a single step).
+    pub(crate) trap: TrapState<X86_64>,
     /// Its thread group (process).
     pub(crate) tgid: Pid,
     /// The address space it runs in (a vfork child runs in its parent's).
@@ -99,6 +103,7 @@ impl Task {
     pub(crate) fn new(tgid: Pid, space: SpaceId, run: Run) -> Task {
         Task {
             ts: TaskState::new(),
+            trap: TrapState::new(),
             tgid,
             space,
             run,

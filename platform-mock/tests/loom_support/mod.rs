@@ -239,17 +239,18 @@ pub fn call_once<const P: usize, const X: usize>(
     cpu: u32,
     task: u64,
     sp: u64,
-    ts: &mut probe_core::TaskState<ToyArch>,
+    ts: &mut probe_core::TaskState,
 ) -> u64 {
     use probe_core::{CpuId, Hit};
     let ret = 0x1234;
+    let mut trap = probe_core::TrapState::<ToyArch>::new();
     p.push_return(sp, ret);
     let mut regs = ToyRegs {
         pc: TEXT + NOP_AT,
         ..ToyRegs::default()
     };
     regs.r[15] = sp;
-    let hit = core.on_breakpoint(p, CpuId(cpu), SPACE, TaskId(task), ts, &mut regs);
+    let hit = core.on_breakpoint(p, CpuId(cpu), SPACE, TaskId(task), &mut trap, ts, &mut regs);
     assert!(matches!(hit, Hit::Emulated | Hit::Restart), "{hit:?}");
     // The function body ran; now it returns: pop whatever is in the return slot.
     let slot = u64::from_le_bytes(p.peek(sp, 8).try_into().unwrap());
@@ -258,7 +259,7 @@ pub fn call_once<const P: usize, const X: usize>(
     if slot == ret {
         return ret;
     }
-    let hit = core.on_breakpoint(p, CpuId(cpu), SPACE, TaskId(task), ts, &mut regs);
+    let hit = core.on_breakpoint(p, CpuId(cpu), SPACE, TaskId(task), &mut trap, ts, &mut regs);
     match hit {
         Hit::Returned { to } => {
             assert_eq!(to.0, ret);

@@ -57,7 +57,8 @@ impl<
         let mut found = None;
         p.for_each_mapping(file, &mut |m| {
             if m.space == space && m.write {
-                if let (Some(a), Some(_)) = (m.addr_of(offset), m.addr_of(offset + 1)) {
+                let second = offset.checked_add(1).and_then(|o| m.addr_of(o));
+                if let (Some(a), Some(_)) = (m.addr_of(offset), second) {
                     found = Some(a);
                     return ControlFlow::Break(());
                 }
