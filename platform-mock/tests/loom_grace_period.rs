@@ -1,77 +1,87 @@
-//! loom: a grace period racing a reader.
+//! loom: a grace period racing a reader, where nothing synchronizes for the writer.
 //!
-//! A reader is inside the hit path of probe X while a writer unregisters X (freeing its probe
-//! entry) and registers probe Y in a table so small that Y can only reuse X's entries. The
-//! entries must not be reused while the reader can still see them: loom's cell tracking fails
-//! the model on any write racing the reader, and the reader must see X's data whole.
+//! A reader is inside the hit path of boosted probe X while the writer takes X's text away
+//! (`on_munmap`: the site is forgotten and the slot retired without waiting for anyone), runs
+//! `maintain` (which sweeps tombstones), and registers Y in tables so small (one site bucket,
+//! one slot) that Y can only reuse X's site and slot. A third context ticks the epoch. The
+//! entries must not be reused while the reader can still reach them: the reader must only
+//! ever run X's consumer for X's address and execute X's slot code, and Y's registration
+//! either reuses the entries (the reader was done) or fails with a typed capacity error (it
+//! was still pinned). Both outcomes must be reached.
 #![cfg(loom)]
 
 mod loom_support;
 
-use loom::sync::atomic::Ordering;
 use loom::sync::Arc;
 use loom_support::*;
-use platform_mock::ToyArch;
-use probe_core::{Capacity, ConsumerOptions, CpuId, Error, Hit, ProbeKey, TaskId, TaskState};
+use probe_core::{Addr, Arch, Capacity, ConsumerOptions, Error, Hit, ProbeKey, Range};
+
+const NAME: &str = "loom_grace_period_races_reader";
+
+fn slot_code(at: u64) -> Vec<u8> {
+    let file = program();
+    let plan = platform_mock::ToyArch::analyze(&file[at as usize..]).unwrap();
+    let mut out = [0u8; platform_mock::ToyArch::SLOT_SIZE];
+    let n = platform_mock::ToyArch::encode_slot(&plan, Addr(TEXT + at), Addr(XOL_BASE), &mut out)
+        .unwrap();
+    out[..n].to_vec()
+}
 
 #[test]
 fn loom_grace_period_races_reader() {
-    loom::model(|| {
+    model(NAME, &["reused", "still pinned"], || {
         let p = Arc::new(LoomPlatform::new());
-        // Two probe buckets: the file entry and one probe.
-        let core: Arc<Core<2, 2>> = Arc::new(Core::new());
-        let x = Counter::new();
-        let hx = core
-            .register(
-                &p,
-                ProbeKey::new(FILE, NOP_AT),
-                x.clone(),
-                ConsumerOptions::new(),
-            )
-            .unwrap();
+        // Probes, sites, XOL slots: one site bucket and one slot, so Y must reuse X's.
+        let core: Arc<AtCore<8, 1, 1>> = Arc::new(AtCore::new());
+        let x = AtAddr::new(ADD_AT);
+        core.register(
+            &p,
+            ProbeKey::new(FILE, ADD_AT),
+            x.clone(),
+            ConsumerOptions::new(),
+        )
+        .unwrap();
+        let x_code = slot_code(ADD_AT);
 
         let (p2, core2) = (p.clone(), core.clone());
         let reader = loom::thread::spawn(move || {
-            let mut ts = TaskState::<32>::new();
-            let mut trap = probe_core::TrapState::<ToyArch>::new();
-            let mut regs = regs_at(TEXT + NOP_AT);
-            let hit = core2.on_breakpoint(
-                &p2,
-                CpuId(1),
-                SPACE,
-                TaskId(2),
-                &mut trap,
-                &mut ts,
-                &mut regs,
-            );
-            (hit, regs.pc)
+            let (hit, regs, mut trap) = hit_at(&*core2, &p2, 1, ADD_AT);
+            match hit {
+                Hit::Boosted { slot } => {
+                    assert_eq!((slot.0, regs.pc), (XOL_BASE, XOL_BASE));
+                    // "Execute" the slot: it must still hold X's relocated instruction.
+                    assert_eq!(
+                        p2.peek(XOL_BASE, x_code.len()),
+                        x_code,
+                        "slot reused under a task"
+                    );
+                    core2.seen_at(&mut trap, TEXT + SUB_AT);
+                }
+                // The site was already forgotten; the int3 is still in the (unmapped) text.
+                Hit::NotOurs => assert_eq!(regs.pc, TEXT + ADD_AT),
+                other => panic!("unexpected {other:?}"),
+            }
+        });
+        let core3 = core.clone();
+        let ticker = loom::thread::spawn(move || {
+            core3.quiescent();
         });
 
-        let back = core.unregister(&p, hx).unwrap();
-        back.unregistered.store(true, Ordering::SeqCst);
-        let y = Counter::new();
-        let hy = core.register(&p, ProbeKey::new(FILE, SUB_AT), y, ConsumerOptions::new());
-
-        let (hit, pc) = reader.join().unwrap();
-        match hit {
-            // X's plan (a nop) was read whole: emulated past it.
-            Hit::Emulated => assert_eq!(pc, TEXT + NOP_AT + 4),
-            Hit::Restart => assert_eq!(pc, TEXT + NOP_AT),
-            other => panic!("unexpected {other:?}"),
-        }
-        match hy {
-            Ok(h) => {
-                core.unregister(&p, h).unwrap();
-            }
-            // The reader still pinned the old entries: the writer may not reuse them.
+        let len = program().len() as u64;
+        core.on_munmap(&p, SPACE, Range::new(Addr(TEXT), Addr(TEXT + len)));
+        let _ = core.maintain(&p);
+        let y = AtAddr::new(SUB_AT);
+        match core.register(&p, ProbeKey::new(FILE, SUB_AT), y, ConsumerOptions::new()) {
+            Ok(_) => reached(NAME, "reused"),
             Err((
                 Error::CapacityExhausted {
-                    what: Capacity::Probes,
+                    what: Capacity::Sites | Capacity::XolSlots,
                 },
                 _,
-            )) => {}
+            )) => reached(NAME, "still pinned"),
             Err((e, _)) => panic!("unexpected {e:?}"),
         }
-        assert!(p.text_pristine());
+        reader.join().unwrap();
+        ticker.join().unwrap();
     });
 }

@@ -3,7 +3,9 @@
 //! and the fewer objects there are, the more of them it can afford.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::ControlFlow;
+use std::sync::atomic::AtomicUsize as StdAtomicUsize;
 
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use loom::sync::Arc;
@@ -28,10 +30,12 @@ pub const SEM_OFF: u64 = 0x40;
 pub const STACK1: u64 = 0x1e00;
 pub const STACK2: u64 = 0x1d00;
 
-/// Offsets in the file: a `nop` (emulated), two ALU instructions (boosted).
+/// Offsets in the file: a `nop` (emulated), two ALU instructions (boosted), a `ret`
+/// (single-stepped).
 pub const NOP_AT: u64 = 0;
 pub const ADD_AT: u64 = 4;
 pub const SUB_AT: u64 = 8;
+pub const RET_AT: u64 = 12;
 
 pub fn program() -> Vec<u8> {
     let r1 = Reg::new(1).unwrap();
@@ -40,6 +44,7 @@ pub fn program() -> Vec<u8> {
     a.nop()
         .add(r1, r2)
         .sub(r1, r2)
+        .ret()
         .halt()
         .nops_to(SEM_OFF as usize);
     a.word(0);
@@ -49,7 +54,9 @@ pub fn program() -> Vec<u8> {
 #[derive(Debug)]
 pub struct LoomPlatform {
     pub file: Vec<u8>,
-    pub mem: std::sync::Mutex<Vec<u8>>,
+    /// Memory, behind a loom mutex: a task that sees patched text also sees what the writer
+    /// published before patching it (the ordering a real text write gives).
+    pub mem: loom::sync::Mutex<Vec<u8>>,
     pub tasks: Vec<TaskId>,
 }
 
@@ -61,7 +68,7 @@ impl LoomPlatform {
         mem[DATA as usize..DATA as usize + file.len()].copy_from_slice(&file);
         LoomPlatform {
             file,
-            mem: std::sync::Mutex::new(mem),
+            mem: loom::sync::Mutex::new(mem),
             tasks: vec![TaskId(1), TaskId(2)],
         }
     }
@@ -279,4 +286,118 @@ pub fn regs_at(addr: u64) -> ToyRegs {
         pc: addr,
         ..ToyRegs::default()
     }
+}
+
+/// Run `f` under `loom::model`, count the interleavings it explored, print the count and the
+/// bound, and fail if it explored only one (a model that explores one interleaving checks
+/// nothing) or never reached one of the branches in `must_reach` (see [`reached`]).
+pub fn model<F>(name: &'static str, must_reach: &'static [&'static str], f: F)
+where
+    F: Fn() + Sync + Send + 'static,
+{
+    let runs = std::sync::Arc::new(StdAtomicUsize::new(0));
+    let r = runs.clone();
+    loom::model(move || {
+        r.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        f();
+    });
+    let n = runs.load(std::sync::atomic::Ordering::Relaxed);
+    let bound = std::env::var("LOOM_MAX_PREEMPTIONS").unwrap_or_else(|_| "unbounded".into());
+    println!("loom model {name}: {n} interleavings explored (LOOM_MAX_PREEMPTIONS={bound})");
+    assert!(n > 1, "{name}: loom explored a single interleaving");
+    let seen = REACHED.lock().unwrap();
+    for b in must_reach {
+        assert!(
+            seen.get(name).is_some_and(|s| s.contains(b)),
+            "{name}: branch `{b}` never reached in any interleaving"
+        );
+    }
+}
+
+static REACHED: std::sync::Mutex<BTreeMap<&'static str, BTreeSet<&'static str>>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// Record that model `name` reached branch `branch` in some interleaving.
+pub fn reached(name: &'static str, branch: &'static str) {
+    REACHED
+        .lock()
+        .unwrap()
+        .entry(name)
+        .or_default()
+        .insert(branch);
+}
+
+/// A consumer that checks it only ever runs for the address it was registered at, and never
+/// after its unregistration returned.
+#[derive(Debug, Clone)]
+pub struct AtAddr {
+    pub addr: u64,
+    pub hits: Arc<AtomicUsize>,
+    pub unregistered: Arc<AtomicBool>,
+    /// The handler asks to be removed from the space.
+    pub remove: bool,
+}
+
+impl AtAddr {
+    pub fn new(offset: u64) -> AtAddr {
+        AtAddr {
+            addr: TEXT + offset,
+            hits: Arc::new(AtomicUsize::new(0)),
+            unregistered: Arc::new(AtomicBool::new(false)),
+            remove: false,
+        }
+    }
+}
+
+impl Consumer<LoomPlatform> for AtAddr {
+    fn handler(&self, ctx: &mut HitContext<'_, LoomPlatform>) -> HandlerAction {
+        assert_eq!(
+            ctx.addr.0, self.addr,
+            "a consumer ran for another probe's hit"
+        );
+        assert!(
+            !self.unregistered.load(Ordering::SeqCst),
+            "handler ran after unregister returned"
+        );
+        self.hits.fetch_add(1, Ordering::SeqCst);
+        if self.remove {
+            HandlerAction::RemoveFromSpace
+        } else {
+            HandlerAction::Keep
+        }
+    }
+}
+
+/// A core over [`AtAddr`] consumers.
+pub type AtCore<const PROBES: usize, const SITES: usize, const XOL: usize> =
+    ProbeCore<LoomPlatform, AtAddr, PROBES, 4, SITES, 2, XOL, 2>;
+
+/// One hit at `TEXT + offset` on `cpu`, as a fresh context: returns the outcome, the IP the
+/// registers ended at, and the context's trap state (a boosted or stepped context is still in
+/// its slot).
+pub fn hit_at<
+    C: Consumer<LoomPlatform>,
+    const A: usize,
+    const B: usize,
+    const D: usize,
+    const E: usize,
+>(
+    core: &ProbeCore<LoomPlatform, C, A, 4, B, D, E, 2>,
+    p: &LoomPlatform,
+    cpu: u32,
+    offset: u64,
+) -> (probe_core::Hit, ToyRegs, probe_core::TrapState<ToyArch>) {
+    let mut ts = probe_core::TaskState::<4>::new();
+    let mut trap = probe_core::TrapState::<ToyArch>::new();
+    let mut regs = regs_at(TEXT + offset);
+    let hit = core.on_breakpoint(
+        p,
+        probe_core::CpuId(cpu),
+        SPACE,
+        TaskId(cpu as u64 + 1),
+        &mut trap,
+        &mut ts,
+        &mut regs,
+    );
+    (hit, regs, trap)
 }
