@@ -266,3 +266,80 @@ impl<V, const N: usize> Table<V, N> {
             .map(|(i, _)| i as u32)
     }
 }
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! loom: the table's own reclamation, below the engine. Run with
+    //! `RUSTFLAGS="--cfg loom" cargo test -p probe-core --release --lib`.
+    extern crate std;
+
+    use loom::sync::Arc;
+
+    use super::*;
+    use crate::addr::CpuId;
+    use crate::sync::PublishCell;
+
+    #[derive(Debug)]
+    struct Val(PublishCell<u64>);
+
+    impl Payload for Val {
+        fn blank() -> Self {
+            Val(PublishCell::new(0))
+        }
+    }
+
+    type T = Table<Val, 2>;
+
+    /// Two keys with the same home bucket, so the second can only take the first's bucket.
+    fn colliding() -> ((u64, u64), (u64, u64)) {
+        let a = (1, 0x1000);
+        let b = (1..10_000u64)
+            .map(|k| (1, 0x1000 + k))
+            .find(|&(k0, k1)| T::home(k0, k1) == T::home(a.0, a.1))
+            .unwrap();
+        (a, b)
+    }
+
+    /// A lookup of entry A races its removal, a sweep of its tombstone and the insertion of
+    /// B into the same bucket, with a third context advancing the epoch: B's payload must
+    /// never be written while the reader can still read A's.
+    #[test]
+    fn loom_sweep_races_lookup() {
+        let (a, b) = colliding();
+        let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let r = runs.clone();
+        loom::model(move || {
+            r.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let t: Arc<T> = Arc::new(T::new());
+            let e: Arc<Epochs<2>> = Arc::new(Epochs::new());
+            let ia = t.claim(a.0, a.1, &*e, Capacity::Probes).unwrap();
+            t.at(ia).val.0.set(1);
+            t.publish(ia);
+
+            let (t2, e2) = (t.clone(), e.clone());
+            let reader = loom::thread::spawn(move || {
+                let _g = e2.pin(CpuId(0)).unwrap();
+                if let Some(i) = t2.lookup(a.0, a.1) {
+                    assert_eq!(t2.at(i).val.0.get(), 1, "read another key's payload");
+                }
+            });
+            let e3 = e.clone();
+            let ticker = loom::thread::spawn(move || {
+                e3.try_advance();
+                e3.try_advance();
+            });
+
+            t.remove(ia, &*e);
+            t.maybe_sweep(&*e);
+            if let Ok(ib) = t.claim(b.0, b.1, &*e, Capacity::Probes) {
+                t.at(ib).val.0.set(2);
+                t.publish(ib);
+            }
+            reader.join().unwrap();
+            ticker.join().unwrap();
+        });
+        let n = runs.load(std::sync::atomic::Ordering::Relaxed);
+        std::println!("loom model loom_sweep_races_lookup: {n} interleavings explored");
+        assert!(n > 1);
+    }
+}
