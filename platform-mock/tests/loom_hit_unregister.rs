@@ -15,7 +15,7 @@ use probe_core::{ConsumerOptions, CpuId, Hit, ProbeKey, TaskState};
 
 #[test]
 fn loom_hit_races_unregister() {
-    loom::model(|| {
+    model("loom_hit_races_unregister", &[], || {
         let p = Arc::new(LoomPlatform::new());
         let core: Arc<Core<8, 2>> = Arc::new(Core::new());
         let c = Counter::new();

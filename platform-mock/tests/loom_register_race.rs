@@ -14,7 +14,7 @@ use probe_core::{ConsumerOptions, CpuId, Hit, ProbeKey, TaskId, TaskState};
 
 #[test]
 fn loom_two_registrations_of_one_key() {
-    loom::model(|| {
+    model("loom_two_registrations_of_one_key", &[], || {
         let p = Arc::new(LoomPlatform::new());
         let core: Arc<Core<8, 2>> = Arc::new(Core::new());
         let (a, b) = (Counter::new(), Counter::new());

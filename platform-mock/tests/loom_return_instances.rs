@@ -25,7 +25,7 @@ fn ret_opts(max: u32) -> ConsumerOptions {
 
 #[test]
 fn loom_instances_from_concurrent_tasks() {
-    loom::model(|| {
+    model("loom_instances_from_concurrent_tasks", &[], || {
         let p = Arc::new(LoomPlatform::new());
         let core: Arc<Core<8, 2>> = Arc::new(Core::new());
         let c = Counter::new();
@@ -55,13 +55,25 @@ fn loom_instances_from_concurrent_tasks() {
 
 #[test]
 fn loom_task_exit_races_unregister() {
-    loom::model(|| {
+    model("loom_task_exit_races_unregister", &[], || {
         let p = Arc::new(LoomPlatform::new());
         let core: Arc<Core<8, 2>> = Arc::new(Core::new());
         let (a, b) = (Counter::new(), Counter::new());
         let key = ProbeKey::new(FILE, NOP_AT);
         let ha = core.register(&p, key, a.clone(), ret_opts(4)).unwrap();
         let hb = core.register(&p, key, b.clone(), ret_opts(4)).unwrap();
+        // Fill the other consumer slots, so that the next registration must reuse B's.
+        let fillers: Vec<_> = (0..2)
+            .map(|_| {
+                core.register(
+                    &p,
+                    ProbeKey::new(FILE, SUB_AT),
+                    Counter::new(),
+                    ConsumerOptions::new(),
+                )
+                .unwrap()
+            })
+            .collect();
         // The task enters the function (both consumers track it), then dies inside.
         let mut ts = TaskState::<32>::new();
         let mut trap = probe_core::TrapState::<ToyArch>::new();
@@ -82,27 +94,42 @@ fn loom_task_exit_races_unregister() {
         );
         assert_eq!(ts.returns().len(), 2);
 
+        // Meanwhile B is unregistered and its slot reused by C at once (a new generation),
+        // and a tick advances the epoch: the dying task's give-back of B's instance must not
+        // touch C's count, whenever it lands.
         let (p2, core2) = (p.clone(), core.clone());
         let t = loom::thread::spawn(move || {
             let back = core2.unregister(&p2, hb).unwrap();
             back.unregistered.store(true, Ordering::SeqCst);
+            let hc = core2
+                .register(&p2, key, Counter::new(), ret_opts(4))
+                .unwrap();
+            assert_eq!(hc.id() as u32, hb.id() as u32, "C reuses B's slot");
+            hc
         });
+        let core3 = core.clone();
+        let ticker = loom::thread::spawn(move || core3.quiescent());
         core.on_task_exit(&mut ts);
-        t.join().unwrap();
+        let hc = t.join().unwrap();
+        ticker.join().unwrap();
         assert_eq!(core.instances_in_use(ha).unwrap(), 0);
-        // The unregistered slot's next consumer starts with nothing in use.
-        let c = Counter::new();
-        let hc = core.register(&p, key, c, ret_opts(4)).unwrap();
-        assert_eq!(core.instances_in_use(hc).unwrap(), 0);
+        assert_eq!(
+            core.instances_in_use(hc).unwrap(),
+            0,
+            "C starts with nothing in use"
+        );
         core.unregister(&p, ha).unwrap();
         core.unregister(&p, hc).unwrap();
+        for h in fillers {
+            core.unregister(&p, h).unwrap();
+        }
         assert!(p.text_pristine());
     });
 }
 
 #[test]
 fn loom_unregister_with_outstanding_instance() {
-    loom::model(|| {
+    model("loom_unregister_with_outstanding_instance", &[], || {
         let p = Arc::new(LoomPlatform::new());
         let core: Arc<Core<8, 2>> = Arc::new(Core::new());
         let c = Counter::new();

@@ -11,7 +11,7 @@ use probe_core::{ConsumerOptions, ProbeKey};
 
 #[test]
 fn loom_shared_semaphore_install_remove() {
-    loom::model(|| {
+    model("loom_shared_semaphore_install_remove", &[], || {
         let p = Arc::new(LoomPlatform::new());
         let core: Arc<Core<8, 2>> = Arc::new(Core::new());
         let opts = ConsumerOptions::new().with_semaphore(SEM_OFF);

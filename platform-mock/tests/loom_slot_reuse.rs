@@ -26,7 +26,7 @@ fn slot_code(at: u64) -> Vec<u8> {
 
 #[test]
 fn loom_slot_reuse_races_task_in_slot() {
-    loom::model(|| {
+    model("loom_slot_reuse_races_task_in_slot", &[], || {
         let p = Arc::new(LoomPlatform::new());
         let core: Arc<Core<8, 1>> = Arc::new(Core::new());
         let x = Counter::new();

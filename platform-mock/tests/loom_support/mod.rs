@@ -297,7 +297,12 @@ where
 {
     let runs = std::sync::Arc::new(StdAtomicUsize::new(0));
     let r = runs.clone();
-    loom::model(move || {
+    // Builder::new reads LOOM_MAX_PREEMPTIONS and the other LOOM_* variables. Writers spin
+    // in `synchronize` (yielding), and a model runs several of them: allow more branches than
+    // loom's default 1 000 per execution.
+    let mut b = loom::model::Builder::new();
+    b.max_branches = 20_000;
+    b.check(move || {
         r.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         f();
     });
@@ -334,8 +339,9 @@ pub struct AtAddr {
     pub addr: u64,
     pub hits: Arc<AtomicUsize>,
     pub unregistered: Arc<AtomicBool>,
-    /// The handler asks to be removed from the space.
+    /// The handler asks to be removed from the space (and its filter declines from then on).
     pub remove: bool,
+    pub declined: Arc<AtomicBool>,
 }
 
 impl AtAddr {
@@ -345,11 +351,18 @@ impl AtAddr {
             hits: Arc::new(AtomicUsize::new(0)),
             unregistered: Arc::new(AtomicBool::new(false)),
             remove: false,
+            declined: Arc::new(AtomicBool::new(false)),
         }
     }
 }
 
 impl Consumer<LoomPlatform> for AtAddr {
+    fn has_filter(&self) -> bool {
+        self.remove
+    }
+    fn filter(&self, _p: &LoomPlatform, _space: SpaceId, _task: TaskId) -> bool {
+        !self.declined.load(Ordering::SeqCst)
+    }
     fn handler(&self, ctx: &mut HitContext<'_, LoomPlatform>) -> HandlerAction {
         assert_eq!(
             ctx.addr.0, self.addr,
@@ -361,6 +374,7 @@ impl Consumer<LoomPlatform> for AtAddr {
         );
         self.hits.fetch_add(1, Ordering::SeqCst);
         if self.remove {
+            self.declined.store(true, Ordering::SeqCst);
             HandlerAction::RemoveFromSpace
         } else {
             HandlerAction::Keep
