@@ -4,6 +4,7 @@
 //! before it reports leaving. Meanwhile X is unregistered and Y, another boosted probe, is
 //! registered with a single slot per space. Y may only get the slot once the task is out: the
 //! task must always execute X's code, and Y's registration otherwise fails with a typed error.
+//! A third context ticks the epoch meanwhile.
 #![cfg(loom)]
 
 mod loom_support;
@@ -70,6 +71,8 @@ fn loom_slot_reuse_races_task_in_slot() {
             }
         });
 
+        let core3 = core.clone();
+        let ticker = loom::thread::spawn(move || core3.quiescent());
         let back = core.unregister(&p, hx).unwrap();
         back.unregistered.store(true, Ordering::SeqCst);
         let hy = core.register(
@@ -79,6 +82,7 @@ fn loom_slot_reuse_races_task_in_slot() {
             ConsumerOptions::new(),
         );
         task.join().unwrap();
+        ticker.join().unwrap();
         eprintln!("hy ok={}", hy.is_ok());
         match hy {
             Ok(h) => {
