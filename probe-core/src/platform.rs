@@ -150,3 +150,37 @@ pub fn read_file_exact<P: Platform + ?Sized>(
 ) -> Result<(), MemError> {
     fill(offset, buf, |at, b| p.read_file(file, at, b))
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_never_trusts_the_count_a_read_returns() {
+        let mut buf = [0u8; 8];
+        // More than asked: a platform bug, refused.
+        let e = fill(0x1000, &mut buf, |_, b| Ok(b.len() + 1)).unwrap_err();
+        assert_eq!(e.kind, MemErrorKind::Overread);
+        // Nothing: unmapped, at the position reached.
+        let e = fill(0x1000, &mut buf, |at, b| {
+            if at == 0x1000 {
+                b[..4].fill(7);
+                Ok(4)
+            } else {
+                Ok(0)
+            }
+        })
+        .unwrap_err();
+        assert_eq!(e, MemError::new(Addr(0x1004), MemErrorKind::Unmapped));
+        // Partial reads add up.
+        fill(0x1000, &mut buf, |at, b| {
+            b[0] = at as u8;
+            Ok(1)
+        })
+        .unwrap();
+        assert_eq!(buf, [0, 1, 2, 3, 4, 5, 6, 7]);
+        // Positions past u64::MAX are unmapped, never a wrap or a panic.
+        let e = fill(u64::MAX, &mut buf, |_, _| Ok(1)).unwrap_err();
+        assert_eq!(e.kind, MemErrorKind::Unmapped);
+    }
+}

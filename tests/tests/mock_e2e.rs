@@ -354,3 +354,169 @@ fn exec_and_munmap_forget_breakpoints_and_a_new_mapping_gets_them() {
     assert_eq!(core.site_count(), 0);
     core.unregister(&m, h).unwrap();
 }
+
+#[test]
+fn overlapping_probes_are_refused_with_the_existing_offset() {
+    let (m, core, file, f) = setup();
+    let _ = spawn(&m, &core, file);
+    // `li` at f is 8 bytes long: f + 4 lies inside it.
+    let h = core
+        .register(
+            &m,
+            ProbeKey::new(file, f),
+            Counter::new(),
+            ConsumerOptions::new(),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    assert_eq!(
+        refused(&m, &core, ProbeKey::new(file, f + 4)),
+        Error::Overlaps {
+            file,
+            offset: f + 4,
+            existing: f
+        }
+    );
+    // The next instruction boundary is fine.
+    let h2 = core
+        .register(
+            &m,
+            ProbeKey::new(file, f + 8),
+            Counter::new(),
+            ConsumerOptions::new(),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    core.unregister(&m, h).unwrap();
+    // And the other way round: with only f + 4 registered (if it decodes), f covers it.
+    if let Ok(h3) = core.register(
+        &m,
+        ProbeKey::new(file, f + 4),
+        Counter::new(),
+        ConsumerOptions::new(),
+    ) {
+        assert_eq!(
+            refused(&m, &core, ProbeKey::new(file, f)),
+            Error::Overlaps {
+                file,
+                offset: f,
+                existing: f + 4
+            }
+        );
+        core.unregister(&m, h3).unwrap();
+    }
+    core.unregister(&m, h2).unwrap();
+}
+
+/// Step `t` until its next breakpoint trap and hand it to the core with `trap` and `ts`.
+fn trap_once(
+    m: &Machine,
+    core: &MockCore,
+    t: probe_core::TaskId,
+    space: SpaceId,
+    trap: &mut probe_core::TrapState<ToyArch>,
+    ts: &mut probe_core::TaskState,
+) -> probe_core::Hit {
+    for _ in 0..1000 {
+        if let platform_mock::StepEvent::Breakpoint { .. } = m.step(t) {
+            let mut regs = m.regs(t).unwrap();
+            let hit = core.on_breakpoint(m, probe_core::CpuId(0), space, t, trap, ts, &mut regs);
+            m.set_regs(t, regs);
+            return hit;
+        }
+    }
+    panic!("no breakpoint trap");
+}
+
+#[test]
+fn a_nested_context_keeps_the_outer_slot_and_a_reentry_keeps_the_outer_step() {
+    let (m, core, file, f) = setup();
+    let (s1, t1) = spawn(&m, &core, file);
+    let key_add = ProbeKey::new(file, f + 8);
+    let key_ldpc = ProbeKey::new(file, f + 12);
+    let (add, ldpc) = (Counter::new(), Counter::new());
+    let ha = core
+        .register(&m, key_add, add.clone(), ConsumerOptions::new())
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let hl = core
+        .register(&m, key_ldpc, ldpc.clone(), ConsumerOptions::new())
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let mut trap = probe_core::TrapState::<ToyArch>::new();
+    let mut ts = probe_core::TaskState::new();
+    // The task is sent to add's boosted slot and is interrupted there.
+    let hit = trap_once(&m, &core, t1, s1, &mut trap, &mut ts);
+    let probe_core::Hit::Boosted { slot: outer } = hit else {
+        panic!("{hit:?}")
+    };
+    assert_eq!(trap.slot(), Some(outer));
+    // A signal handler runs on the same state and hits the single-stepped probe.
+    trap.nest().unwrap();
+    let mut regs = m.regs(t1).unwrap();
+    regs.pc = platform_mock::TEXT_BASE + f + 12;
+    let inner = core.on_breakpoint(
+        &m,
+        probe_core::CpuId(0),
+        s1,
+        t1,
+        &mut trap,
+        &mut ts,
+        &mut regs,
+    );
+    let probe_core::Hit::SingleStep { slot: inner_slot } = inner else {
+        panic!("{inner:?}")
+    };
+    assert_ne!(inner_slot, outer);
+    assert_eq!(
+        ldpc.hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "a hit in an announced nested context runs its handlers"
+    );
+    // Mid-step, the same context traps on add again: a reentry, no handler, nmissed.
+    let mut again = m.regs(t1).unwrap();
+    again.pc = platform_mock::TEXT_BASE + f + 8;
+    let re = core.on_breakpoint(
+        &m,
+        probe_core::CpuId(0),
+        s1,
+        t1,
+        &mut trap,
+        &mut ts,
+        &mut again,
+    );
+    assert!(matches!(re, probe_core::Hit::Boosted { .. }), "{re:?}");
+    assert_eq!(
+        add.hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the reentered hit ran no handler"
+    );
+    assert_eq!(core.probe_nmissed(key_add), Some(1));
+    assert!(
+        trap.any_stepping(),
+        "the nested level's step survived the reentry"
+    );
+    // The nested step completes (the reentry's boosted frame is done by then), the handler
+    // returns: the outer level is current again and still counted in add's slot.
+    regs.pc = inner_slot.0 + 4;
+    assert_eq!(
+        core.on_single_step(&m, s1, &mut trap, &mut regs),
+        probe_core::Step::Done
+    );
+    assert_eq!(
+        regs.pc,
+        platform_mock::TEXT_BASE + f + 20,
+        "past the 8-byte ldpc"
+    );
+    core.unnest(&mut trap);
+    assert_eq!(trap.depth(), 0);
+    assert_eq!(
+        trap.slot(),
+        Some(outer),
+        "the outer slot record survived the nested context"
+    );
+    core.seen_at(&mut trap, platform_mock::TEXT_BASE + f + 12);
+    assert!(trap.is_idle());
+    core.unregister(&m, ha).unwrap();
+    core.unregister(&m, hl).unwrap();
+}
