@@ -12,7 +12,7 @@ use crate::platform::{read_file_exact, Platform};
 use crate::probe::{ProbePayload, FILE_ENTRY, MAX_ORIG};
 use crate::reclaim::Epochs;
 use crate::site::{List, SitePayload};
-use crate::sync::{array_of, const_fn, AtomicBool, Mutex, Ordering};
+use crate::sync::{array_of, const_fn, AtomicBool, AtomicU64, CachePadded, Mutex, Ordering};
 use crate::table::{Table, NIL};
 use crate::xol::SpacePayload;
 
@@ -57,6 +57,9 @@ pub struct ProbeCore<
     pub(crate) writer: Mutex<Writer>,
     /// Some space has a pending filter re-evaluation.
     pub(crate) pending: AtomicBool,
+    /// Bumped on every site publication and removal (writer only; readers read it on the
+    /// miss path), on a line of its own.
+    pub(crate) site_changes: CachePadded<AtomicU64>,
     _platform: PhantomData<fn(&P)>,
 }
 
@@ -125,6 +128,7 @@ impl<
                     consumer_cursor: 0,
                 }),
                 pending: AtomicBool::new(false),
+                site_changes: CachePadded::new(AtomicU64::new(0)),
                 _platform: PhantomData,
             }
         }
@@ -289,7 +293,11 @@ impl<
         let avail = (size - key.offset).min(ArchOf::<P>::MAX_INSN_LEN as u64) as usize;
         let mut orig = [0u8; MAX_ORIG];
         read_file_exact(p, key.file, key.offset, &mut orig[..avail])?;
-        let mut plan = ArchOf::<P>::analyze(&orig[..avail])?;
+        let mut plan = if p.privileged() {
+            ArchOf::<P>::analyze_privileged(&orig[..avail])?
+        } else {
+            ArchOf::<P>::analyze(&orig[..avail])?
+        };
         if p.prefer_boost() {
             plan = ArchOf::<P>::boost_instead(&plan).unwrap_or(plan);
         }

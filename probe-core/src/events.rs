@@ -145,7 +145,7 @@ impl<
                     }
                     self.link(ci, List::Probe, &self.probes.at(pi).val.sites);
                     self.link(ci, List::Space, &cp.sites);
-                    self.sites.publish(ci);
+                    self.publish_site(ci);
                 }
                 Err(e) => {
                     // The child keeps a breakpoint the core cannot track: take it out, and

@@ -110,6 +110,7 @@ impl<
             Ok(g) => g,
             Err(e) => return Self::failed(regs, bp, e),
         };
+        let changes = self.site_changes.load(Ordering::Acquire);
         let Some(si) = self.sites.lookup(space.0, bp.0) else {
             if let Some(sx) = self.spaces.lookup(space.0, 0) {
                 if self.spaces.at(sx).val.trampoline.load(Ordering::Acquire) == bp.0 {
@@ -117,14 +118,14 @@ impl<
                 }
             }
             drop(guard);
-            return self.miss(p, space, bp, regs);
+            return self.miss(p, space, bp, regs, changes);
         };
         let site = &self.sites.at(si).val;
         let pi = site.probe.load(Ordering::Relaxed);
         let pe = self.probes.at(pi);
         let Some(plan) = pe.val.plan.get() else {
             drop(guard);
-            return self.miss(p, space, bp, regs);
+            return self.miss(p, space, bp, regs, changes);
         };
         let Some(mem) = p.space(space) else {
             return Self::failed(regs, bp, Error::NoSuchSpace(space));
@@ -335,9 +336,19 @@ impl<
         remove
     }
 
-    /// No site at `bp`: gone (restart) or not ours.
+    /// No site at `bp`: gone (restart) or not ours. `changes` is the site-change count read
+    /// before the lookup that missed: if a site was published or removed since (a probe
+    /// reinstalled at this very address between the lookup and the text read, say), the
+    /// breakpoint read may be ours, so the instruction is restarted to trap again.
     #[cold]
-    pub(crate) fn miss(&self, p: &P, space: SpaceId, bp: Addr, regs: &mut RegsOf<P>) -> Hit {
+    pub(crate) fn miss(
+        &self,
+        p: &P,
+        space: SpaceId,
+        bp: Addr,
+        regs: &mut RegsOf<P>,
+        changes: u64,
+    ) -> Hit {
         let brk = <P::Arch as Arch>::BREAKPOINT;
         let mut cur = [0u8; 16];
         let n = brk.len().min(cur.len());
@@ -348,7 +359,7 @@ impl<
             },
             None => true,
         };
-        if still_breakpoint {
+        if still_breakpoint && self.site_changes.load(Ordering::Acquire) == changes {
             Hit::NotOurs
         } else {
             regs.set_ip(bp.0);

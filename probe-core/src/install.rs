@@ -142,7 +142,7 @@ impl<
         site.slot_addr.store(slot_addr.0, Ordering::Relaxed);
         self.link(si, List::Probe, &probe.sites);
         self.link(si, List::Space, &sp.sites);
-        self.sites.publish(si);
+        self.publish_site(si);
         if self.probe_has_ret(pi) {
             if let Err(e) = self.ensure_trampoline(p, sx, addr) {
                 self.forget_site(si);
@@ -266,6 +266,13 @@ impl<
         }
     }
 
+    /// Publish site `si` (its payload filled) and count the change, before its breakpoint is
+    /// written: a trap that missed every site can tell whether the sites changed since.
+    pub(crate) fn publish_site(&self, si: u32) {
+        self.sites.publish(si);
+        self.site_changes.fetch_add(1, Ordering::Release);
+    }
+
     /// Remove site `si`; with `restore`, put the original bytes back first (when the
     /// breakpoint is still ours). The site is forgotten either way.
     pub(crate) fn remove_site(&self, p: &P, si: u32, restore: bool) -> Result<(), Error> {
@@ -312,6 +319,7 @@ impl<
         // Unpublish the site before stamping its slot: a reader that can still reach the
         // slot through the site is pinned before the slot's stamp.
         self.sites.remove(si, &self.epochs);
+        self.site_changes.fetch_add(1, Ordering::Release);
         if slot != NIL {
             sp.retire(slot, &self.epochs);
         }

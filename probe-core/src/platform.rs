@@ -139,6 +139,15 @@ pub trait Platform {
     fn prefer_boost(&self) -> bool {
         false
     }
+
+    /// Whether the probed code runs privileged (ring 0: a kernel or hypervisor probing its
+    /// own text). Then privileged instructions are analysed with
+    /// [`Arch::analyze_privileged`](crate::Arch::analyze_privileged) (on x86-64: `cli`/`sti`
+    /// emulated, the others single-stepped with interrupts off) instead of refused. Asked once
+    /// per probe, at registration.
+    fn privileged(&self) -> bool {
+        false
+    }
 }
 
 /// Read exactly `buf.len()` bytes of a file, across as many partial reads as it takes.

@@ -133,6 +133,14 @@ pub trait Arch: Sized + 'static {
     /// [`encode_slot`](Arch::encode_slot).
     fn analyze(code: &[u8]) -> Result<Self::Plan, Reject>;
 
+    /// Like [`analyze`](Arch::analyze), for code that runs privileged (a kernel probing its
+    /// own text, [`Platform::privileged`](crate::Platform::privileged)): instructions refused
+    /// as `Privileged` in user code may be emulated or single-stepped instead. By default the
+    /// same analysis.
+    fn analyze_privileged(code: &[u8]) -> Result<Self::Plan, Reject> {
+        Self::analyze(code)
+    }
+
     /// How this plan resumes the instruction.
     fn plan_kind(plan: &Self::Plan) -> PlanKind;
 

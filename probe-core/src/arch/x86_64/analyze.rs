@@ -217,8 +217,9 @@ fn rip_rel(ins: &Instruction, dec: &Decoder<'_>, bytes: &[u8]) -> Result<RipRel,
     })
 }
 
-/// Analyse the instruction at the start of `code` (at most 15 bytes are looked at).
-pub(crate) fn analyze(code: &[u8]) -> Result<Plan, Reject> {
+/// Analyse the instruction at the start of `code` (at most 15 bytes are looked at), for code
+/// that runs in user mode (`privileged` false) or in ring 0.
+pub(crate) fn analyze(code: &[u8], privileged: bool) -> Result<Plan, Reject> {
     let code = &code[..code.len().min(MAX_LEN)];
     if code.is_empty() {
         return Err(Reject::Truncated { have: 0 });
@@ -240,7 +241,10 @@ pub(crate) fn analyze(code: &[u8]) -> Result<Plan, Reject> {
     }
     let mut bytes = [0u8; MAX_LEN];
     bytes[..len].copy_from_slice(&code[..len]);
-    let op = classify(&ins, &dec, &bytes[..len])?;
+    let op = match classify(&ins, &dec, &bytes[..len]) {
+        Err(Reject::Privileged) if privileged => privileged_op(&ins)?,
+        r => r?,
+    };
     Ok(Plan {
         bytes,
         len: len as u8,
@@ -271,6 +275,21 @@ fn refuse(ins: &Instruction) -> Result<(), Reject> {
             Err(Reject::Unsupported)
         }
         _ => Ok(()),
+    }
+}
+
+/// Ring 0: how a privileged instruction resumes. `cli`/`sti` are emulated (they only change
+/// IF, which the single step would otherwise fight over); the others are single-stepped from
+/// their slot, which a platform does with interrupts off: so `hlt` (which would wait for an
+/// interrupt forever), hypervisor calls and RIP-relative operands stay refused.
+fn privileged_op(ins: &Instruction) -> Result<Op, Reject> {
+    use Mnemonic as M;
+    match ins.mnemonic() {
+        M::Cli => Ok(Op::Cli),
+        M::Sti => Ok(Op::Sti),
+        M::Hlt | M::Vmcall | M::Vmmcall => Err(Reject::Privileged),
+        _ if ins.is_ip_rel_memory_operand() => Err(Reject::Unsupported),
+        _ => Ok(Op::StepPrivileged),
     }
 }
 

@@ -27,7 +27,11 @@ impl Arch for X86_64 {
     type StepState = StepState;
 
     fn analyze(code: &[u8]) -> Result<Plan, Reject> {
-        analyze::analyze(code)
+        analyze::analyze(code, false)
+    }
+
+    fn analyze_privileged(code: &[u8]) -> Result<Plan, Reject> {
+        analyze::analyze(code, true)
     }
 
     fn plan_kind(plan: &Plan) -> PlanKind {

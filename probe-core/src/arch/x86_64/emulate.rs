@@ -5,7 +5,7 @@
 //! changes, so an error leaves the registers untouched.
 
 use super::plan::{MemRef, Op, Plan, Seg, NO_REG};
-use super::regs::{X86Regs, CF, OF, PF, SF, ZF};
+use super::regs::{X86Regs, CF, IF, OF, PF, SF, ZF};
 use crate::addr::Addr;
 use crate::error::{MemError, MemErrorKind};
 use crate::platform::AddressSpace;
@@ -125,7 +125,19 @@ pub(crate) fn emulate<M: AddressSpace + ?Sized>(
             regs.rsp = push(mem, regs, next)?;
             regs.rip = target;
         }
-        Op::Boost { .. } | Op::StepLoop { .. } | Op::StepRipRel { .. } | Op::StepCall => {
+        Op::Cli => {
+            regs.eflags &= !IF;
+            regs.rip = next;
+        }
+        Op::Sti => {
+            regs.eflags |= IF;
+            regs.rip = next;
+        }
+        Op::Boost { .. }
+        | Op::StepLoop { .. }
+        | Op::StepRipRel { .. }
+        | Op::StepCall
+        | Op::StepPrivileged => {
             return Err(MemError::new(insn, MemErrorKind::Denied));
         }
     }

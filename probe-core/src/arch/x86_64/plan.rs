@@ -70,6 +70,10 @@ pub(crate) enum Op {
     JmpMem { mem: MemRef },
     /// `call qword [mem]` (64-bit addressing).
     CallMem { mem: MemRef },
+    /// `cli` in ring 0: clear IF.
+    Cli,
+    /// `sti` in ring 0: set IF.
+    Sti,
     // ---- Boost ----
     /// Copied to the slot and followed by a jump back.
     Boost {
@@ -87,6 +91,9 @@ pub(crate) enum Op {
     /// An indirect `call` the emulator does not do (32-bit addressing): stepped, then the
     /// return address it pushed is rewritten.
     StepCall,
+    /// A privileged instruction in ring 0 (`mov cr`, `wrmsr`, `invlpg`, ...): stepped from
+    /// its slot as it is (it has no RIP-relative operand).
+    StepPrivileged,
 }
 
 /// The displacement placed in a single-stepped `loop`/`jrcxz` (a jump over two `int3`s).
@@ -151,7 +158,9 @@ impl Plan {
     pub fn kind(&self) -> PlanKind {
         match self.op {
             Op::Boost { .. } => PlanKind::Boost,
-            Op::StepLoop { .. } | Op::StepRipRel { .. } | Op::StepCall => PlanKind::SingleStep,
+            Op::StepLoop { .. } | Op::StepRipRel { .. } | Op::StepCall | Op::StepPrivileged => {
+                PlanKind::SingleStep
+            }
             _ => PlanKind::Emulate,
         }
     }
@@ -202,6 +211,9 @@ impl Plan {
             Op::StepLoop { .. } => "step-loop",
             Op::StepRipRel { .. } => "step-riprel",
             Op::StepCall => "step-call",
+            Op::StepPrivileged => "step-privileged",
+            Op::Cli => "cli",
+            Op::Sti => "sti",
         }
     }
 }

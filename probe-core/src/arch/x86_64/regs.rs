@@ -50,6 +50,8 @@ pub const PF: u64 = 1 << 2;
 pub const AF: u64 = 1 << 4;
 /// Zero flag.
 pub const ZF: u64 = 1 << 6;
+/// The interrupt-enable flag (ring 0 code may clear and set it).
+pub const IF: u64 = 1 << 9;
 /// Sign flag.
 pub const SF: u64 = 1 << 7;
 /// Trap flag.

@@ -173,7 +173,7 @@ pub(crate) fn encode_slot(
             }
             w.put(&[INT3]);
         }
-        Op::StepCall => {
+        Op::StepCall | Op::StepPrivileged => {
             w.put(plan.bytes());
             w.put(&[INT3]);
         }

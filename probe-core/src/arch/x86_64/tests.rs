@@ -335,3 +335,55 @@ fn plan_size() {
     // Reported in the design notes; keep it small (it lives in every probe).
     assert_eq!(core::mem::size_of::<Plan>(), 44);
 }
+
+#[test]
+fn privileged_code_steps_or_emulates_what_user_code_refuses() {
+    let k = |code: &[u8]| X86_64::analyze_privileged(code).map(|p| X86_64::plan_kind(&p));
+    // mov cr3,rax; wrmsr; invlpg [rax]; lgdt [rax]: stepped from the slot.
+    for code in [
+        &[0x0f, 0x22, 0xd8][..],
+        &[0x0f, 0x30],
+        &[0x0f, 0x01, 0x38],
+        &[0x0f, 0x01, 0x10],
+    ] {
+        assert_eq!(
+            kind(code),
+            Err(Reject::Privileged),
+            "{code:x?} in user code"
+        );
+        assert_eq!(k(code), Ok(PlanKind::SingleStep), "{code:x?} in ring 0");
+    }
+    // hlt would wait forever with interrupts off; a RIP-relative operand is not relocated.
+    assert_eq!(k(&[0xf4]), Err(Reject::Privileged));
+    assert_eq!(
+        k(&[0x0f, 0x01, 0x15, 0x10, 0, 0, 0]),
+        Err(Reject::Unsupported)
+    ); // lgdt [rip+16]
+       // cli and sti only change IF: emulated.
+    let mem = Mem::default();
+    let mut r = regs();
+    r.eflags |= super::regs::IF;
+    let cli = X86_64::analyze_privileged(&[0xfa]).unwrap();
+    assert_eq!(X86_64::plan_kind(&cli), PlanKind::Emulate);
+    X86_64::emulate(&cli, Addr(0x1000), &mut r, &mem).unwrap();
+    assert_eq!((r.eflags & super::regs::IF, r.rip), (0, 0x1001));
+    let sti = X86_64::analyze_privileged(&[0xfb]).unwrap();
+    X86_64::emulate(&sti, Addr(0x1001), &mut r, &mem).unwrap();
+    assert_eq!(
+        (r.eflags & super::regs::IF, r.rip),
+        (super::regs::IF, 0x1002)
+    );
+    // The slot of a stepped privileged instruction holds it as it is, then a breakpoint; the
+    // fall-through maps back after the instruction.
+    let wrmsr = X86_64::analyze_privileged(&[0x0f, 0x30]).unwrap();
+    let mut out = [0u8; X86_64::SLOT_SIZE];
+    let n = X86_64::encode_slot(&wrmsr, Addr(0x1000), Addr(0x9000), &mut out).unwrap();
+    assert_eq!(&out[..n], &[0x0f, 0x30, 0xcc]);
+    let mut r = regs();
+    let mut st = Default::default();
+    X86_64::prepare_xol(&wrmsr, Addr(0x1000), Addr(0x9000), &mut r, &mut st, &mem).unwrap();
+    assert_eq!(r.rip, 0x9000);
+    r.rip = 0x9002;
+    X86_64::finish_step(&wrmsr, Addr(0x1000), Addr(0x9000), &mut r, &st, &mem).unwrap();
+    assert_eq!(r.rip, 0x1002);
+}
