@@ -51,6 +51,18 @@ const J: usize = 2;
 const CYCLES: usize = 10_000;
 /// Steps every CPU runs after the writer is done.
 const EXTRA_STEPS: u64 = 2_000;
+/// Left alone, either side can run far ahead of the other (a spinning thread starves one
+/// blocked on the machine's lock; the scheduler favours whom it likes), and registration
+/// periods would meet no execution, or executions no writer. So they keep in step, by
+/// counts: writer cycle `c` starts once every CPU has run `c * PACE - SLACK` steps, and a CPU
+/// runs step `n` once the writer has started cycle `(n - SLACK) / PACE`.
+const PACE: u64 = 12;
+const SLACK: u64 = 4 * PACE;
+/// A side waiting for the other parks (it is unparked as the other progresses) at most this
+/// many times, each for at most `PACE_PARK`: then pacing is off for good. A thread that
+/// stopped must not hang the others, and the checks hold either way.
+const PACE_PARKS: u32 = 1_000;
+const PACE_PARK: Duration = Duration::from_millis(1);
 /// Hard bound on any CPU's steps: reaching it fails the test instead of hanging.
 const MAX_STEPS: u64 = 20_000_000;
 
@@ -112,6 +124,10 @@ struct Shared {
     /// Handlers running right now, and the most seen at once.
     running: AtomicU64,
     max_running: AtomicU64,
+    /// Steps run per CPU, writer cycles started, and whether pacing gave up (see `PACE`).
+    steps: [AtomicU64; CPUS],
+    cycle: AtomicU64,
+    pacing_off: AtomicBool,
 }
 
 impl Shared {
@@ -125,6 +141,9 @@ impl Shared {
             raced: AtomicU64::new(0),
             running: AtomicU64::new(0),
             max_running: AtomicU64::new(0),
+            steps: Default::default(),
+            cycle: AtomicU64::new(0),
+            pacing_off: AtomicBool::new(false),
         }
     }
 }
@@ -208,6 +227,8 @@ struct Cpu<'a> {
     space: SpaceId,
     task: TaskId,
     addrs: [u64; K],
+    /// The writer's thread, unparked as this CPU makes progress.
+    writer: std::thread::Thread,
     /// The program's text (outside: in a slot).
     text: core::ops::Range<u64>,
     stats: CpuStats,
@@ -230,6 +251,21 @@ impl Cpu<'_> {
         (states, calls)
     }
 
+    /// Wait (bounded) while this CPU is ahead of the writer (see `PACE`).
+    fn pace(&self, done: &AtomicBool) {
+        let s = self.shared;
+        let ahead = || s.steps[self.i].load(SeqCst) > s.cycle.load(SeqCst) * PACE + SLACK;
+        let mut parks = 0;
+        while ahead() && !done.load(SeqCst) && !s.pacing_off.load(SeqCst) {
+            if parks == PACE_PARKS {
+                s.pacing_off.store(true, SeqCst);
+                break;
+            }
+            std::thread::park_timeout(PACE_PARK);
+            parks += 1;
+        }
+    }
+
     /// Run until the writer is done plus `EXTRA_STEPS`, and until nothing is in flight.
     fn run(mut self, done: &AtomicBool) -> CpuResult {
         let (m, core) = (self.m, self.core);
@@ -248,6 +284,10 @@ impl Cpu<'_> {
             let at = self.addrs.iter().position(|&a| a == regs.pc);
             let before = at.map(|k| self.snapshot(k));
             self.stats.steps += 1;
+            self.pace(done);
+            if self.shared.steps[self.i].fetch_add(1, SeqCst) % PACE == 0 {
+                self.writer.unpark();
+            }
             let ev = m.step(self.task);
             match ev {
                 StepEvent::Normal => {
@@ -406,6 +446,7 @@ fn writer(
     shared: &Arc<Shared>,
     file: FileId,
     offsets: [u64; K],
+    cpus: &[std::thread::Thread],
     failures: &mut Vec<String>,
 ) -> WriterStats {
     let mut stats = WriterStats::default();
@@ -414,6 +455,22 @@ fn writer(
     let mut handles: [[Live; J]; K] = Default::default();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for cycle in 0..CYCLES + K * J {
+        // Wait (bounded) while some CPU is behind (see `PACE`), then let the CPUs on.
+        let behind =
+            || (0..CPUS).any(|i| shared.steps[i].load(SeqCst) + SLACK < cycle as u64 * PACE);
+        let mut parks = 0;
+        while behind() && !shared.pacing_off.load(SeqCst) {
+            if parks == PACE_PARKS {
+                shared.pacing_off.store(true, SeqCst);
+                break;
+            }
+            std::thread::park_timeout(PACE_PARK);
+            parks += 1;
+        }
+        shared.cycle.store(cycle as u64 + 1, SeqCst);
+        for t in cpus {
+            t.unpark();
+        }
         // The last K * J cycles unregister whatever is left.
         let (k, j) = if cycle < CYCLES {
             (rng.below(K), rng.below(J))
@@ -557,6 +614,7 @@ fn consumers_come_and_go_under_four_cpus() {
         space: tasks[i].0,
         task: tasks[i].1,
         addrs,
+        writer: std::thread::current(),
         text: TEXT_BASE..TEXT_BASE + p.bytes.len() as u64,
         stats: CpuStats::default(),
         accounted: [[0; J]; K],
@@ -585,13 +643,15 @@ fn consumers_come_and_go_under_four_cpus() {
                     let _ = core.maintain(&m);
                 }
                 ticks.fetch_add(1, SeqCst);
-                if n % 8 == 0 {
-                    std::thread::yield_now();
-                }
+                std::thread::yield_now();
             }
         });
-        let w = writer(&m, &core, &shared, file, offsets, &mut failures);
+        let threads: Vec<_> = cpus.iter().map(|h| h.thread().clone()).collect();
+        let w = writer(&m, &core, &shared, file, offsets, &threads, &mut failures);
         done.store(true, SeqCst);
+        for t in &threads {
+            t.unpark();
+        }
         let results: Vec<CpuResult> = cpus.into_iter().map(|h| h.join().unwrap()).collect();
         (w, results)
     });
@@ -633,8 +693,9 @@ fn consumers_come_and_go_under_four_cpus() {
     }
     let traps = total.at_probe - total.untrapped;
     println!(
-        "{elapsed:?}: writer {wstats:?}\n  ticks {}, {total:?}\n  handlers racing their \
+        "{elapsed:?}: writer {wstats:?}\n  pacing gave up: {}, ticks {}, {total:?}\n  handlers racing their \
          (un)registration {}, most handlers at once {}, {:.0} traps/s, {:.0} handler calls/s",
+        shared.pacing_off.load(SeqCst),
         ticks.load(SeqCst),
         shared.raced.load(SeqCst),
         shared.max_running.load(SeqCst),
