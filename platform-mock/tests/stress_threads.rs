@@ -47,8 +47,13 @@ use probe_core::{
 const CPUS: usize = 4;
 /// Consumers per probed instruction.
 const J: usize = 2;
-/// Writer cycles (one register or unregister each).
-const CYCLES: usize = 10_000;
+/// Writer cycles (one register or unregister each): about 1.5 s in a debug build, 1.5 s for
+/// the larger count in a release build.
+const CYCLES: usize = if cfg!(debug_assertions) {
+    10_000
+} else {
+    50_000
+};
 /// Steps every CPU runs after the writer is done.
 const EXTRA_STEPS: u64 = 2_000;
 /// Left alone, either side can run far ahead of the other (a spinning thread starves one
@@ -57,7 +62,7 @@ const EXTRA_STEPS: u64 = 2_000;
 /// counts: writer cycle `c` starts once every CPU has run `c * PACE - SLACK` steps, and a CPU
 /// runs step `n` once the writer has started cycle `(n - SLACK) / PACE`.
 const PACE: u64 = 12;
-const SLACK: u64 = 4 * PACE;
+const SLACK: u64 = 64 * PACE;
 /// A side waiting for the other parks (it is unparked as the other progresses) at most this
 /// many times, each for at most `PACE_PARK`: then pacing is off for good. A thread that
 /// stopped must not hang the others, and the checks hold either way.
