@@ -22,7 +22,13 @@
 //! Besides: no handler runs after its `unregister` (or failed `register`) returned (each
 //! consumer's flag is set right then; handlers count violations instead of panicking inside
 //! the core); each task's output equals an untraced run's; and at the end the text of every
-//! space is the file's again, with no site and no probe left.
+//! space is the file's again, with no site and no probe left; and nothing leaked: with the
+//! grace periods passed, every instruction can be probed at once again and every execution of
+//! each hits it.
+//!
+//! The second test, `a_trap_that_misses_a_probe_reinstalled_meanwhile_is_still_ours`, is the
+//! core bug this stress test found (a spurious `NotOurs`), made deterministic with a hook in
+//! the platform's memory reads; it fails until the core is fixed.
 //!
 //! Counts bound every loop; no correctness depends on timing. A run prints its statistics
 //! (`--nocapture`).
