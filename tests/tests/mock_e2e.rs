@@ -469,7 +469,7 @@ fn a_nested_context_keeps_the_outer_slot_and_a_reentry_keeps_the_outer_step() {
     };
     assert_ne!(inner_slot, outer);
     assert_eq!(
-        ldpc.hits.load(std::sync::atomic::Ordering::SeqCst),
+        ldpc.hits.load(core::sync::atomic::Ordering::SeqCst),
         1,
         "a hit in an announced nested context runs its handlers"
     );
@@ -487,7 +487,7 @@ fn a_nested_context_keeps_the_outer_slot_and_a_reentry_keeps_the_outer_step() {
     );
     assert!(matches!(re, probe_core::Hit::Boosted { .. }), "{re:?}");
     assert_eq!(
-        add.hits.load(std::sync::atomic::Ordering::SeqCst),
+        add.hits.load(core::sync::atomic::Ordering::SeqCst),
         1,
         "the reentered hit ran no handler"
     );
