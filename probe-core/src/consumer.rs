@@ -64,9 +64,6 @@ pub enum EntryAction {
     Decline,
 }
 
-/// Most bytes of per-instance data a return consumer may ask for.
-pub const RET_DATA_MAX: usize = 64;
-
 /// Options of a return consumer (seed 002).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct ReturnOptions {
@@ -74,7 +71,7 @@ pub struct ReturnOptions {
     /// finds none free is counted in `nmissed` and not tracked.
     pub maxactive: u32,
     /// Bytes of per-instance data shared by the entry and the return handler (at most
-    /// [`RET_DATA_MAX`]).
+    /// [`RET_DATA_MAX`](crate::RET_DATA_MAX)).
     pub data_size: usize,
 }
 

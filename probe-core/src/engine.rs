@@ -6,7 +6,7 @@ use core::marker::PhantomData;
 use crate::addr::{Addr, CpuId, FileId, ProbeKey, Range, SpaceId};
 use crate::arch::Arch;
 use crate::blacklist::Blacklist;
-use crate::consumer::{Consumer, ConsumerHandle, ConsumerOptions, ConsumerSlot, RET_DATA_MAX};
+use crate::consumer::{Consumer, ConsumerHandle, ConsumerOptions, ConsumerSlot};
 use crate::error::{Capacity, Error};
 use crate::platform::{read_file_exact, Platform};
 use crate::probe::{ProbePayload, FILE_ENTRY, MAX_ORIG};
@@ -14,6 +14,7 @@ use crate::reclaim::Epochs;
 use crate::site::{List, SitePayload};
 use crate::sync::{array_of, const_fn, AtomicBool, AtomicU64, CachePadded, Mutex, Ordering};
 use crate::table::{Table, NIL};
+use crate::task::RET_DATA_MAX;
 use crate::xol::SpacePayload;
 
 /// Largest out-of-line slot the core supports.

@@ -4,6 +4,7 @@ use core::fmt;
 
 use crate::addr::{Addr, FileId, SpaceId};
 use crate::arch::Reject;
+pub use crate::memory::{MemError, MemErrorKind};
 
 /// Which fixed-capacity table ran out. Capacities are chosen by the embedder through the core's
 /// const generics; running out is never a panic.
@@ -35,55 +36,6 @@ pub enum Capacity {
     /// sections of one CPU nested more than 65 535 deep.
     Nesting,
 }
-
-/// Why a memory access failed. Returned by [`AddressSpace`](crate::platform::AddressSpace)
-/// implementations and passed through unchanged.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-#[non_exhaustive]
-pub enum MemErrorKind {
-    /// Nothing is mapped there.
-    Unmapped,
-    /// Mapped, but the platform refused the access.
-    Denied,
-    /// The address space (or the file) is gone.
-    Gone,
-    /// The platform's own I/O failed (e.g. a short write to `/proc/PID/mem`).
-    Io,
-    /// The platform claimed to have read more bytes than were asked for (a platform bug);
-    /// nothing read was used.
-    Overread,
-}
-
-/// A failed memory access at `addr`.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct MemError {
-    /// Where the access failed.
-    pub addr: Addr,
-    /// Why.
-    pub kind: MemErrorKind,
-}
-
-impl MemError {
-    /// A new memory error.
-    pub const fn new(addr: Addr, kind: MemErrorKind) -> MemError {
-        MemError { addr, kind }
-    }
-}
-
-impl fmt::Display for MemError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let why = match self.kind {
-            MemErrorKind::Unmapped => "nothing is mapped there",
-            MemErrorKind::Denied => "the platform denied the access",
-            MemErrorKind::Gone => "the address space or file is gone",
-            MemErrorKind::Io => "the platform's I/O failed",
-            MemErrorKind::Overread => "the platform claimed to read more bytes than asked for",
-        };
-        write!(f, "memory access at {} failed: {}", self.addr, why)
-    }
-}
-
-impl core::error::Error for MemError {}
 
 /// Errors of the core's control operations (register, unregister, events).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -226,7 +178,7 @@ impl fmt::Display for Error {
             Error::BadOptions => write!(
                 f,
                 "invalid consumer options: maxactive must be at least 1 and data_size at most {}",
-                crate::consumer::RET_DATA_MAX
+                crate::task::RET_DATA_MAX
             ),
         }
     }

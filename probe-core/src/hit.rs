@@ -319,7 +319,7 @@ impl<
                         frame: 0,
                         chained: false,
                         data_len: ret.data_size as u8,
-                        data: [0; crate::consumer::RET_DATA_MAX],
+                        data: [0; crate::task::RET_DATA_MAX],
                     };
                     if c.entry_handler(&mut ctx, &mut inst.data[..ret.data_size])
                         == EntryAction::Decline

@@ -32,6 +32,7 @@ pub mod addr;
 pub mod arch;
 pub mod consumer;
 pub mod error;
+pub mod memory;
 pub mod platform;
 pub mod sdt;
 
@@ -39,7 +40,7 @@ pub use addr::{Addr, CpuId, FileId, ProbeKey, Range, SpaceId, TaskId};
 pub use arch::{Arch, PlanKind, Registers, Reject};
 pub use consumer::{
     Consumer, ConsumerHandle, ConsumerOptions, EntryAction, HandlerAction, HitContext,
-    ReturnContext, ReturnOptions, RET_DATA_MAX,
+    ReturnContext, ReturnOptions,
 };
 pub use error::{Capacity, Error, MemError, MemErrorKind};
 pub use platform::{AddressSpace, Mapping, Platform};
@@ -65,5 +66,5 @@ pub(crate) mod xol;
 pub use blacklist::BLACKLIST_CAPACITY;
 pub use engine::ProbeCore;
 pub use hit::{Hit, Step};
-pub use task::{ReturnChain, TaskState};
+pub use task::{ReturnChain, TaskState, RET_DATA_MAX};
 pub use trap::TrapState;

@@ -9,57 +9,9 @@ use core::ops::ControlFlow;
 
 use crate::addr::{Addr, FileId, Range, SpaceId, TaskId};
 use crate::arch::Arch;
-use crate::error::{MemError, MemErrorKind};
-
-/// Memory of one address space, consumer side only (modelled on rust-vmm's `vm-memory`).
-pub trait AddressSpace {
-    /// Which space this is.
-    fn id(&self) -> SpaceId;
-
-    /// Read up to `buf.len()` bytes at `addr`; returns how many were read. A read may stop
-    /// short at a boundary the platform cannot cross in one go (a page, a mapping); it then
-    /// returns the bytes it did read. Reading nothing at all is an error.
-    fn read(&self, addr: Addr, buf: &mut [u8]) -> Result<usize, MemError>;
-
-    /// Write data (a stack slot, an SDT semaphore). Must not change code protections.
-    fn write(&self, addr: Addr, data: &[u8]) -> Result<(), MemError>;
-
-    /// Patch code: a write that lands even in read-only text, breaking copy-on-write the
-    /// platform's way, so that the file and other spaces never see it.
-    fn patch_code(&self, addr: Addr, data: &[u8]) -> Result<(), MemError>;
-
-    /// Read exactly `buf.len()` bytes, crossing page boundaries with as many partial reads as
-    /// it takes.
-    fn read_exact(&self, addr: Addr, buf: &mut [u8]) -> Result<(), MemError> {
-        fill(addr.0, buf, |at, b| self.read(Addr(at), b))
-    }
-}
-
-/// Fill `buf` from position `start` on with as many partial reads as it takes. Never trusts
-/// the count a read returns: nothing (`Unmapped`) and more than asked (`Overread`) are errors,
-/// and positions that would pass `u64::MAX` are `Unmapped`.
-fn fill(
-    start: u64,
-    buf: &mut [u8],
-    mut read: impl FnMut(u64, &mut [u8]) -> Result<usize, MemError>,
-) -> Result<(), MemError> {
-    let mut done = 0;
-    while done < buf.len() {
-        let at = start
-            .checked_add(done as u64)
-            .ok_or(MemError::new(Addr(start), MemErrorKind::Unmapped))?;
-        let want = buf.len() - done;
-        let n = read(at, &mut buf[done..])?;
-        if n == 0 {
-            return Err(MemError::new(Addr(at), MemErrorKind::Unmapped));
-        }
-        if n > want {
-            return Err(MemError::new(Addr(at), MemErrorKind::Overread));
-        }
-        done += n;
-    }
-    Ok(())
-}
+use crate::error::MemError;
+use crate::memory::fill;
+pub use crate::memory::AddressSpace;
 
 /// One file-backed mapping of a space: `range` maps the file from `file_offset` on.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -158,38 +110,4 @@ pub fn read_file_exact<P: Platform + ?Sized>(
     buf: &mut [u8],
 ) -> Result<(), MemError> {
     fill(offset, buf, |at, b| p.read_file(file, at, b))
-}
-
-#[cfg(all(test, not(loom)))]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fill_never_trusts_the_count_a_read_returns() {
-        let mut buf = [0u8; 8];
-        // More than asked: a platform bug, refused.
-        let e = fill(0x1000, &mut buf, |_, b| Ok(b.len() + 1)).unwrap_err();
-        assert_eq!(e.kind, MemErrorKind::Overread);
-        // Nothing: unmapped, at the position reached.
-        let e = fill(0x1000, &mut buf, |at, b| {
-            if at == 0x1000 {
-                b[..4].fill(7);
-                Ok(4)
-            } else {
-                Ok(0)
-            }
-        })
-        .unwrap_err();
-        assert_eq!(e, MemError::new(Addr(0x1004), MemErrorKind::Unmapped));
-        // Partial reads add up.
-        fill(0x1000, &mut buf, |at, b| {
-            b[0] = at as u8;
-            Ok(1)
-        })
-        .unwrap();
-        assert_eq!(buf, [0, 1, 2, 3, 4, 5, 6, 7]);
-        // Positions past u64::MAX are unmapped, never a wrap or a panic.
-        let e = fill(u64::MAX, &mut buf, |_, _| Ok(1)).unwrap_err();
-        assert_eq!(e.kind, MemErrorKind::Unmapped);
-    }
 }

@@ -10,7 +10,9 @@
 use heapless::Vec;
 
 use crate::addr::{Addr, ProbeKey};
-use crate::consumer::RET_DATA_MAX;
+
+/// Most bytes of per-instance data a return consumer may ask for.
+pub const RET_DATA_MAX: usize = 64;
 
 /// One tracked call of a return-probed function.
 #[derive(Clone, Copy, Debug)]

@@ -3,7 +3,7 @@
 use core::fmt;
 
 use crate::addr::Addr;
-use crate::error::MemError;
+use crate::memory::MemError;
 use crate::platform::AddressSpace;
 
 /// How a probed instruction is resumed after the handlers ran, in order of preference.

@@ -8,8 +8,8 @@ use super::step::StepState;
 use super::{analyze, emulate, slot, step};
 use crate::addr::Addr;
 use crate::arch::{Arch, PlanKind, Reject};
-use crate::error::MemError;
-use crate::platform::AddressSpace;
+use crate::memory::AddressSpace;
+use crate::memory::MemError;
 
 /// The x86-64 architecture (64-bit mode, System V ABI), built on iced-x86.
 #[derive(Clone, Copy, Debug, Default)]

@@ -7,8 +7,8 @@
 use super::plan::{MemRef, Op, Plan, Seg, NO_REG};
 use super::regs::{X86Regs, CF, IF, OF, PF, SF, ZF};
 use crate::addr::Addr;
-use crate::error::{MemError, MemErrorKind};
-use crate::platform::AddressSpace;
+use crate::memory::AddressSpace;
+use crate::memory::{MemError, MemErrorKind};
 
 /// Whether condition `cc` (the opcode's low nibble, 0 = o ... 15 = g) holds for `eflags`.
 pub(crate) fn condition(cc: u8, eflags: u64) -> bool {

@@ -6,8 +6,8 @@ use super::plan::{Op, Plan, RipRel, LOOP_PROBE_REL};
 use super::regs::X86Regs;
 use super::slot::{relocated, SLOT_SIZE};
 use crate::addr::Addr;
-use crate::error::MemError;
-use crate::platform::AddressSpace;
+use crate::memory::AddressSpace;
+use crate::memory::MemError;
 
 /// What `prepare_xol` changed besides rip, for `finish_step` and `abort_step` to undo.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
