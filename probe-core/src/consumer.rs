@@ -179,8 +179,8 @@ impl ConsumerHandle {
 
 mod slot {
     use crate::consumer::ConsumerOptions;
-    use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering, OwnedCell, PublishCell};
-    use crate::table::NIL;
+    use crate::sync::{AtomicBool, AtomicU64, Ordering, OwnedCell, PublishCell};
+    use crate::table::{Link, NIL};
 
     const FREE: u64 = 0;
     const LIVE: u64 = 1;
@@ -192,9 +192,9 @@ mod slot {
         /// `generation << 2 | {FREE, LIVE, DEAD}`.
         state: AtomicU64,
         /// Next consumer of the same probe (readers follow it).
-        pub(crate) next: AtomicU32,
+        pub(crate) next: Link,
         /// The probe's index (writer only).
-        pub(crate) probe: AtomicU32,
+        pub(crate) probe: Link,
         /// Cached `has_filter()`.
         pub(crate) has_filter: AtomicBool,
         pub(crate) value: OwnedCell<C>,
@@ -210,8 +210,8 @@ mod slot {
             pub(crate) fn new() -> ConsumerSlot<C> {
                 ConsumerSlot {
                     state: AtomicU64::new(FREE),
-                    next: AtomicU32::new(NIL),
-                    probe: AtomicU32::new(NIL),
+                    next: Link::nil(),
+                    probe: Link::nil(),
                     has_filter: AtomicBool::new(false),
                     value: OwnedCell::new(),
                     opts: PublishCell::new(ConsumerOptions::new()),

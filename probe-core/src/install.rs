@@ -12,8 +12,8 @@ use crate::error::{Capacity, Error};
 use crate::platform::{AddressSpace, Mapping, Platform};
 use crate::probe::MAX_ORIG;
 use crate::site::List;
-use crate::sync::{AtomicU32, Ordering};
-use crate::table::NIL;
+use crate::sync::Ordering;
+use crate::table::{Link, NIL};
 
 impl<
         P: Platform,
@@ -237,7 +237,7 @@ impl<
         Ok(sx)
     }
 
-    pub(crate) fn link(&self, si: u32, l: List, head: &AtomicU32) {
+    pub(crate) fn link(&self, si: u32, l: List, head: &Link) {
         let old = head.load(Ordering::Relaxed);
         let (prev, next) = self.sites.at(si).val.links(l);
         prev.store(NIL, Ordering::Relaxed);
@@ -253,7 +253,7 @@ impl<
         head.store(si, Ordering::Relaxed);
     }
 
-    pub(crate) fn unlink(&self, si: u32, l: List, head: &AtomicU32) {
+    pub(crate) fn unlink(&self, si: u32, l: List, head: &Link) {
         let (prev, next) = self.sites.at(si).val.links(l);
         let (p, n) = (prev.load(Ordering::Relaxed), next.load(Ordering::Relaxed));
         if p != NIL {

@@ -8,8 +8,8 @@
 
 use crate::arch::Arch;
 use crate::consumer::ConsumerOptions;
-use crate::sync::{AtomicU32, AtomicU64, Ordering, PublishCell};
-use crate::table::{Payload, NIL};
+use crate::sync::{AtomicU64, OptionCell, Ordering, PublishCell};
+use crate::table::{Link, Payload, NIL};
 
 /// The key offset of a file entry; no instruction lives at offset `u64::MAX`.
 pub(crate) const FILE_ENTRY: u64 = u64::MAX;
@@ -21,20 +21,20 @@ pub(crate) const MAX_ORIG: usize = 16;
 #[derive(Debug)]
 pub(crate) struct ProbePayload<A: Arch> {
     /// The analysis (`None` for a file entry).
-    pub(crate) plan: PublishCell<Option<A::Plan>>,
+    pub(crate) plan: OptionCell<A::Plan>,
     /// The original instruction's bytes (its first `insn_len` are meaningful).
     pub(crate) orig: PublishCell<[u8; MAX_ORIG]>,
     /// Options shared by all consumers (the SDT semaphore).
     pub(crate) opts: PublishCell<ConsumerOptions>,
     /// Head of the consumer chain (readers follow it).
-    pub(crate) consumers: AtomicU32,
+    pub(crate) consumers: Link,
     /// Writer only: head of this probe's site list.
-    pub(crate) sites: AtomicU32,
+    pub(crate) sites: Link,
     /// Writer only: for a file entry, the head of the file's probe list; for a probe, the next
     /// probe of the same file.
-    pub(crate) next_of_file: AtomicU32,
+    pub(crate) next_of_file: Link,
     /// Writer only: the previous probe of the same file (NIL for the first).
-    pub(crate) prev_of_file: AtomicU32,
+    pub(crate) prev_of_file: Link,
     /// Hits that ran no handler because they were reentries (kprobes' `nmissed`).
     pub(crate) nmissed: AtomicU64,
 }
@@ -42,25 +42,25 @@ pub(crate) struct ProbePayload<A: Arch> {
 impl<A: Arch> Payload for ProbePayload<A> {
     #[cfg(not(loom))]
     const BLANK: Self = ProbePayload {
-        plan: PublishCell::new(None),
+        plan: OptionCell::new(),
         orig: PublishCell::new([0; MAX_ORIG]),
         opts: PublishCell::new(ConsumerOptions::new()),
-        consumers: AtomicU32::new(NIL),
-        sites: AtomicU32::new(NIL),
-        next_of_file: AtomicU32::new(NIL),
-        prev_of_file: AtomicU32::new(NIL),
+        consumers: Link::nil(),
+        sites: Link::nil(),
+        next_of_file: Link::nil(),
+        prev_of_file: Link::nil(),
         nmissed: AtomicU64::new(0),
     };
     #[cfg(loom)]
     fn blank() -> Self {
         ProbePayload {
-            plan: PublishCell::new(None),
+            plan: OptionCell::new(),
             orig: PublishCell::new([0; MAX_ORIG]),
             opts: PublishCell::new(ConsumerOptions::new()),
-            consumers: AtomicU32::new(NIL),
-            sites: AtomicU32::new(NIL),
-            next_of_file: AtomicU32::new(NIL),
-            prev_of_file: AtomicU32::new(NIL),
+            consumers: Link::nil(),
+            sites: Link::nil(),
+            next_of_file: Link::nil(),
+            prev_of_file: Link::nil(),
             nmissed: AtomicU64::new(0),
         }
     }

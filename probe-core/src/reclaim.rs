@@ -70,10 +70,10 @@ impl<const CPUS: usize> Drop for Guard<'_, CPUS> {
 
 impl<const CPUS: usize> Epochs<CPUS> {
     const_fn! {
-        /// A clock at epoch 2 with no CPU pinned.
+        /// A clock at epoch 0 with no CPU pinned (all zero bits: a core can live in `.bss`).
         pub(crate) fn new() -> Epochs<CPUS> {
             Epochs {
-                global: CachePadded::new(AtomicU64::new(2)),
+                global: CachePadded::new(AtomicU64::new(0)),
                 local: array_of![CachePadded::new(AtomicU64::new(0)); CPUS],
             }
         }

@@ -5,55 +5,55 @@
 //! Sites sit on two writer-only doubly linked lists, the probe's and the space's, so that
 //! unregistering a probe or tearing down a space touches only its own sites.
 
-use crate::sync::{AtomicU32, AtomicU64, Ordering};
-use crate::table::{Payload, NIL};
+use crate::sync::{AtomicU64, Ordering};
+use crate::table::{Link, Payload};
 
 /// A site table entry.
 #[derive(Debug)]
 pub(crate) struct SitePayload {
     /// Index of the probe in the probe table.
-    pub(crate) probe: AtomicU32,
+    pub(crate) probe: Link,
     /// Index of the space in the space table.
-    pub(crate) space: AtomicU32,
+    pub(crate) space: Link,
     /// The out-of-line slot's index in its space (NIL for emulated probes).
-    pub(crate) slot: AtomicU32,
+    pub(crate) slot: Link,
     /// The slot's address.
     pub(crate) slot_addr: AtomicU64,
     /// Writer only: the address of the SDT semaphore this site incremented (0: none).
     pub(crate) sem_addr: AtomicU64,
     /// Writer only: links of the probe's site list.
-    pub(crate) next_of_probe: AtomicU32,
-    pub(crate) prev_of_probe: AtomicU32,
+    pub(crate) next_of_probe: Link,
+    pub(crate) prev_of_probe: Link,
     /// Writer only: links of the space's site list.
-    pub(crate) next_of_space: AtomicU32,
-    pub(crate) prev_of_space: AtomicU32,
+    pub(crate) next_of_space: Link,
+    pub(crate) prev_of_space: Link,
 }
 
 impl Payload for SitePayload {
     #[cfg(not(loom))]
     const BLANK: Self = SitePayload {
-        probe: AtomicU32::new(NIL),
-        space: AtomicU32::new(NIL),
-        slot: AtomicU32::new(NIL),
+        probe: Link::nil(),
+        space: Link::nil(),
+        slot: Link::nil(),
         slot_addr: AtomicU64::new(0),
         sem_addr: AtomicU64::new(0),
-        next_of_probe: AtomicU32::new(NIL),
-        prev_of_probe: AtomicU32::new(NIL),
-        next_of_space: AtomicU32::new(NIL),
-        prev_of_space: AtomicU32::new(NIL),
+        next_of_probe: Link::nil(),
+        prev_of_probe: Link::nil(),
+        next_of_space: Link::nil(),
+        prev_of_space: Link::nil(),
     };
     #[cfg(loom)]
     fn blank() -> Self {
         SitePayload {
-            probe: AtomicU32::new(NIL),
-            space: AtomicU32::new(NIL),
-            slot: AtomicU32::new(NIL),
+            probe: Link::nil(),
+            space: Link::nil(),
+            slot: Link::nil(),
             slot_addr: AtomicU64::new(0),
             sem_addr: AtomicU64::new(0),
-            next_of_probe: AtomicU32::new(NIL),
-            prev_of_probe: AtomicU32::new(NIL),
-            next_of_space: AtomicU32::new(NIL),
-            prev_of_space: AtomicU32::new(NIL),
+            next_of_probe: Link::nil(),
+            prev_of_probe: Link::nil(),
+            next_of_space: Link::nil(),
+            prev_of_space: Link::nil(),
         }
     }
 }
@@ -67,7 +67,7 @@ pub(crate) enum List {
 
 impl SitePayload {
     #[inline]
-    pub(crate) fn links(&self, l: List) -> (&AtomicU32, &AtomicU32) {
+    pub(crate) fn links(&self, l: List) -> (&Link, &Link) {
         match l {
             List::Probe => (&self.prev_of_probe, &self.next_of_probe),
             List::Space => (&self.prev_of_space, &self.next_of_space),

@@ -182,10 +182,59 @@ impl<T: Copy> PublishCell<T> {
     }
 }
 
+/// An `Option<T>` whose `None` is all zero bits: a flag and a possibly uninitialised value.
+/// (`Option<T>` may put `None` in a niche of `T` with non-zero bits, which would keep tables of
+/// them out of `.bss`.)
+struct ZeroOption<T> {
+    some: bool,
+    value: core::mem::MaybeUninit<T>,
+}
+
+impl<T> ZeroOption<T> {
+    const fn none() -> ZeroOption<T> {
+        ZeroOption {
+            some: false,
+            value: core::mem::MaybeUninit::uninit(),
+        }
+    }
+
+    /// Take the value out, leaving `None`.
+    fn take(&mut self) -> Option<T> {
+        if !self.some {
+            return None;
+        }
+        self.some = false;
+        // SAFETY: `some` was true, so `value` was initialised (by `put`), and it is read out
+        // exactly once: `some` is now false.
+        Some(unsafe { self.value.assume_init_read() })
+    }
+
+    /// Put `v` in (the slot must be `None`).
+    fn put(&mut self, v: Option<T>) {
+        debug_assert!(!self.some);
+        if let Some(v) = v {
+            self.value = core::mem::MaybeUninit::new(v);
+            self.some = true;
+        }
+    }
+
+    fn as_ref(&self) -> Option<&T> {
+        // SAFETY: `some` is true only while `value` holds an initialised value.
+        self.some.then(|| unsafe { self.value.assume_init_ref() })
+    }
+}
+
+impl<T> Drop for ZeroOption<T> {
+    fn drop(&mut self) {
+        drop(self.take());
+    }
+}
+
 /// A cell holding an owned, non-`Copy` value (a consumer), with the same publication protocol as
-/// [`PublishCell`]; readers get shared references that live no longer than their pin.
+/// [`PublishCell`]; readers get shared references that live no longer than their pin. Empty is
+/// all zero bits.
 pub(crate) struct OwnedCell<T> {
-    cell: RawCell<Option<T>>,
+    cell: RawCell<ZeroOption<T>>,
 }
 
 impl<T> core::fmt::Debug for OwnedCell<T> {
@@ -199,31 +248,28 @@ impl<T> core::fmt::Debug for OwnedCell<T> {
 unsafe impl<T: Send + Sync> Sync for OwnedCell<T> {}
 
 impl<T> OwnedCell<T> {
-    /// An empty cell.
-    #[cfg(not(loom))]
-    pub(crate) const fn new() -> OwnedCell<T> {
-        OwnedCell {
-            cell: RawCell::new(None),
-        }
-    }
-    /// An empty cell.
-    #[cfg(loom)]
-    pub(crate) fn new() -> OwnedCell<T> {
-        OwnedCell {
-            cell: RawCell::new(None),
+    const_fn! {
+        /// An empty cell.
+        pub(crate) fn new() -> OwnedCell<T> {
+            OwnedCell {
+                cell: RawCell::new(ZeroOption::none()),
+            }
         }
     }
 
     /// Put `v` in, returning what was there. Only while unpublished (rule 1).
     pub(crate) fn replace(&self, v: Option<T>) -> Option<T> {
+        let swap = |z: &mut ZeroOption<T>| {
+            let old = z.take();
+            z.put(v);
+            old
+        };
         #[cfg(not(loom))]
         // SAFETY: rule 1: unreachable to readers, writers serialised.
-        return unsafe { core::mem::replace(&mut *self.cell.get(), v) };
+        return swap(unsafe { &mut *self.cell.get() });
         #[cfg(loom)]
         // SAFETY: as above; loom checks it.
-        return self
-            .cell
-            .with_mut(|p| unsafe { core::mem::replace(&mut *p, v) });
+        return self.cell.with_mut(|p| swap(unsafe { &mut *p }));
     }
 
     /// Run `f` on a shared reference to the value. Only while published and reached under a
@@ -236,5 +282,58 @@ impl<T> OwnedCell<T> {
         #[cfg(loom)]
         // SAFETY: as above; loom checks it.
         return self.cell.with(|p| f(unsafe { (*p).as_ref() }));
+    }
+}
+
+/// A [`PublishCell`] for an optional value whose blank state (`None`) is all zero bits, so that
+/// tables of them can live in a zero-initialised static: `Option<T>` itself may encode `None`
+/// in a niche of `T` with non-zero bits. Same publication protocol as [`PublishCell`].
+#[derive(Debug)]
+pub(crate) struct OptionCell<T: Copy> {
+    /// `(true, init)` holds a value; `(false, _)` holds none and the payload may be
+    /// uninitialised.
+    cell: RawCell<(bool, core::mem::MaybeUninit<T>)>,
+}
+
+// SAFETY: as for `PublishCell`: copies out, writes ordered by the publication protocol.
+unsafe impl<T: Copy + Send + Sync> Sync for OptionCell<T> {}
+
+impl<T: Copy> OptionCell<T> {
+    const_fn! {
+        /// An empty cell (all zero bits but for the uninitialised payload).
+        pub(crate) fn new() -> OptionCell<T> {
+            OptionCell {
+                cell: RawCell::new((false, core::mem::MaybeUninit::uninit())),
+            }
+        }
+    }
+
+    /// Store `v`. Only while unpublished (rule 1 of [`PublishCell`]).
+    pub(crate) fn set(&self, v: Option<T>) {
+        let val = match v {
+            Some(v) => (true, core::mem::MaybeUninit::new(v)),
+            None => (false, core::mem::MaybeUninit::uninit()),
+        };
+        #[cfg(not(loom))]
+        // SAFETY: rule 1: the entry is unreachable to readers and writers are serialised.
+        unsafe {
+            *self.cell.get() = val;
+        }
+        #[cfg(loom)]
+        // SAFETY: as above; loom checks it.
+        self.cell.with_mut(|p| unsafe { *p = val });
+    }
+
+    /// A copy of the value. Only while published and reached under a pin (rule 2 of
+    /// [`PublishCell`]), or by the writer.
+    pub(crate) fn get(&self) -> Option<T> {
+        #[cfg(not(loom))]
+        // SAFETY: rule 2 orders the write before this read; no write can race it.
+        let (set, v) = unsafe { *self.cell.get() };
+        #[cfg(loom)]
+        // SAFETY: as above; loom checks it.
+        let (set, v) = self.cell.with(|p| unsafe { *p });
+        // SAFETY: `set` is true only when `set(Some(v))` stored an initialised value with it.
+        set.then(|| unsafe { v.assume_init() })
     }
 }

@@ -10,10 +10,37 @@
 
 use crate::error::{Capacity, Error};
 use crate::reclaim::Epochs;
-use crate::sync::{array_of, const_fn, AtomicU64, Ordering};
+use crate::sync::{array_of, const_fn, AtomicU32, AtomicU64, Ordering};
 
 /// No entry.
 pub(crate) const NIL: u32 = u32::MAX;
+
+/// An atomic link to a table entry (an index, or [`NIL`]), stored complemented so that a
+/// blank link is all zero bits: tables full of them can live in a zero-initialised static
+/// (`.bss`) rather than in the image's data. Same API as the `AtomicU32` it wraps.
+#[derive(Debug)]
+pub(crate) struct Link(AtomicU32);
+
+impl Link {
+    const_fn! {
+        /// A link to nothing.
+        pub(crate) fn nil() -> Link {
+            Link(AtomicU32::new(0))
+        }
+    }
+
+    /// The index linked to, or [`NIL`].
+    #[inline]
+    pub(crate) fn load(&self, o: Ordering) -> u32 {
+        !self.0.load(o)
+    }
+
+    /// Link to `i` (or [`NIL`]).
+    #[inline]
+    pub(crate) fn store(&self, i: u32, o: Ordering) {
+        self.0.store(!i, o);
+    }
+}
 
 const EMPTY: u64 = 0;
 const LIVE: u64 = 1;

@@ -23,7 +23,7 @@
 use crate::addr::Addr;
 use crate::reclaim::Epochs;
 use crate::sync::{array_of, AtomicBool, AtomicU32, AtomicU64, Ordering};
-use crate::table::{Payload, NIL};
+use crate::table::{Link, Payload, NIL};
 
 const FREE: u64 = 0;
 const USED: u64 = 1;
@@ -57,7 +57,7 @@ pub(crate) struct SpacePayload<const XOL: usize> {
     /// The return trampoline's address (0: none yet); it occupies one slot.
     pub(crate) trampoline: AtomicU64,
     /// Writer only: head of the space's site list.
-    pub(crate) sites: AtomicU32,
+    pub(crate) sites: Link,
     /// Writer only: where the next slot search starts.
     cursor: AtomicU32,
     /// Bumped each time the entry is (re)used for a space: records of an earlier use are
@@ -73,7 +73,7 @@ impl<const XOL: usize> Payload for SpacePayload<XOL> {
     const BLANK: Self = SpacePayload {
         xol_base: AtomicU64::new(0),
         trampoline: AtomicU64::new(0),
-        sites: AtomicU32::new(NIL),
+        sites: Link::nil(),
         cursor: AtomicU32::new(0),
         generation: AtomicU32::new(0),
         refilter: AtomicBool::new(false),
@@ -84,7 +84,7 @@ impl<const XOL: usize> Payload for SpacePayload<XOL> {
         SpacePayload {
             xol_base: AtomicU64::new(0),
             trampoline: AtomicU64::new(0),
-            sites: AtomicU32::new(NIL),
+            sites: Link::nil(),
             cursor: AtomicU32::new(0),
             generation: AtomicU32::new(0),
             refilter: AtomicBool::new(false),
