@@ -31,7 +31,20 @@ fn slot_code(at: u64) -> Vec<u8> {
 
 #[test]
 fn loom_grace_period_races_reader() {
-    model(NAME, &["reused", "still pinned"], || {
+    races_reader(NAME, false);
+}
+
+/// The same with the whole space torn down (`on_space_exit`: its sites, slots and the space
+/// entry itself are forgotten without waiting) before the re-registration.
+#[test]
+fn loom_space_exit_races_reader() {
+    races_reader(SPACE_EXIT, true);
+}
+
+const SPACE_EXIT: &str = "loom_space_exit_races_reader";
+
+fn races_reader(name: &'static str, space_exit: bool) {
+    model(name, &["reused", "still pinned"], move || {
         let p = Arc::new(LoomPlatform::new());
         // Probes, sites, XOL slots: one site bucket and one slot, so Y must reuse X's.
         let core: Arc<AtCore<8, 1, 1>> = Arc::new(AtCore::new());
@@ -72,17 +85,21 @@ fn loom_grace_period_races_reader() {
         });
 
         let len = program().len() as u64;
-        core.on_munmap(&p, SPACE, Range::new(Addr(TEXT), Addr(TEXT + len)));
+        if space_exit {
+            core.on_space_exit(&p, SPACE);
+        } else {
+            core.on_munmap(&p, SPACE, Range::new(Addr(TEXT), Addr(TEXT + len)));
+        }
         let _ = core.maintain(&p);
         let y = AtAddr::new(NOP_AT);
         match core.register(&p, ProbeKey::new(FILE, NOP_AT), y, ConsumerOptions::new()) {
-            Ok(_) => reached(NAME, "reused"),
+            Ok(_) => reached(name, "reused"),
             Err((
                 Error::CapacityExhausted {
-                    what: Capacity::Sites,
+                    what: Capacity::Sites | Capacity::Spaces,
                 },
                 _,
-            )) => reached(NAME, "still pinned"),
+            )) => reached(name, "still pinned"),
             Err((e, _)) => panic!("unexpected {e:?}"),
         }
         reader.join().unwrap();
