@@ -1,4 +1,4 @@
-//! loom: return-probe instances (seeds 002 and 003) under concurrency.
+//! loom: return-probe instances under concurrency.
 //!
 //! - `loom_instances_from_concurrent_tasks`: two tasks call a function with a return consumer
 //!   of `maxactive` 1 at once: never more than one instance is out, every call is tracked or

@@ -1,4 +1,4 @@
-//! loom: concurrent install and removal of two probes sharing one SDT semaphore (seed 004).
+//! loom: concurrent install and removal of two probes sharing one SDT semaphore.
 //! The counter always ends equal to the number of installed probes that use it, and never
 //! goes below zero.
 #![cfg(loom)]

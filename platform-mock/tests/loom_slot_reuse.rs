@@ -1,4 +1,4 @@
-//! loom: reuse of an out-of-line slot racing a task inside it (seed 001).
+//! loom: reuse of an out-of-line slot racing a task inside it.
 //!
 //! A task is sent to probe X's boosted slot and executes it (here: reads the slot's bytes)
 //! before it reports leaving. Meanwhile X is unregistered and Y, another boosted probe, is

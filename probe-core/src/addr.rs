@@ -127,7 +127,7 @@ macro_rules! id_type {
 
 id_type!(
     /// Identifies a file (an inode, a module, a loaded image) whose code can be probed.
-    /// Probes are keyed by file and offset, never by process (seed 000).
+    /// Probes are keyed by file and offset, never by process (as uprobes keys them by inode and offset).
     FileId
 );
 id_type!(
@@ -145,7 +145,7 @@ id_type!(
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
 pub struct CpuId(pub u32);
 
-/// Where a probe lives: a file and a byte offset in it (seed 000).
+/// Where a probe lives: a file and a byte offset in it.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
 pub struct ProbeKey {
     /// The file.

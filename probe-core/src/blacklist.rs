@@ -1,4 +1,4 @@
-//! Locations that must never be probed (seed 003): the embedder's own exception path, the
+//! Locations that must never be probed (kprobes' blacklist, `NOKPROBE_SYMBOL`): the embedder's own exception path, the
 //! return trampoline, a dynamic linker's debug hook. Registering there is refused with a typed
 //! error.
 

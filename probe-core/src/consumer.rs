@@ -1,9 +1,9 @@
 //! Consumers: what an embedder attaches to a probe.
 //!
 //! A probe at (file, offset) has one or more consumers. Each has a handler, an optional
-//! filter (seed 000: a breakpoint is installed in a space only where some consumer wants it),
+//! filter (a breakpoint is installed in a space only where some consumer wants it: the uprobes filter design, LKML, Sep 2010),
 //! and options for the later features: a return handler with `maxactive` instances and
-//! per-instance data (seed 002), and an SDT semaphore (seed 004).
+//! per-instance data (kretprobes' `entry_handler` and `data_size`), and an SDT semaphore (uprobes' `ref_ctr_offset`).
 
 use crate::addr::{Addr, CpuId, ProbeKey, SpaceId, TaskId};
 use crate::arch::Arch;
@@ -54,7 +54,7 @@ pub struct ReturnContext<'a, P: Platform> {
     pub regs: &'a mut RegsOf<P>,
 }
 
-/// What an entry handler decides for one call of a return-probed function (seed 002).
+/// What an entry handler decides for one call of a return-probed function (kretprobes' `entry_handler`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub enum EntryAction {
     /// Track this call: its return handler runs when it returns.
@@ -64,7 +64,7 @@ pub enum EntryAction {
     Decline,
 }
 
-/// Options of a return consumer (seed 002).
+/// Options of a return consumer (kretprobes' `maxactive` and `data_size`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct ReturnOptions {
     /// How many calls of the function may be tracked at once, over all tasks. A call that
@@ -131,7 +131,7 @@ pub trait Consumer<P: Platform>: Send + Sync {
 #[non_exhaustive]
 pub struct ConsumerOptions {
     /// File offset of an SDT semaphore ("reference counter") this probe's installation
-    /// increments (seed 004). All consumers of one probe must agree on it.
+    /// increments (uprobes' `ref_ctr_offset`). All consumers of one probe must agree on it.
     pub semaphore: Option<u64>,
     /// Make this a return consumer.
     pub ret: Option<ReturnOptions>,

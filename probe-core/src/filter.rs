@@ -1,4 +1,4 @@
-//! Filter chains (seed 000): a breakpoint is installed in a space iff some consumer wants that
+//! Filter chains (the uprobes `filter` design, LKML, Sep 2010): a breakpoint is installed in a space iff some consumer wants that
 //! space — it has no filter, or its filter accepts a task there — and re-evaluation when the
 //! embedder's answers change.
 

@@ -153,7 +153,7 @@ impl<
             self.forget_site(si);
             return Err(e.into());
         }
-        // The SDT semaphore goes up in step with the breakpoint (seed 004), where its
+        // The SDT semaphore goes up in step with the breakpoint, where its
         // mapping already exists; otherwise when it appears (`on_mmap`).
         if let Err(e) = self.sem_install(p, si, pi, m.space) {
             let _ = self.restore_bytes(p, pi, m.space, addr);

@@ -1,4 +1,4 @@
-//! Return probes (seeds 002 and 003): the trampoline, hijacking the return address at entry,
+//! Return probes (kretprobes, `kernel/kprobes.c`): the trampoline, hijacking the return address at entry,
 //! consuming a task's instances at the trampoline, dropping frames abandoned by `longjmp`, and
 //! the instance accounting behind `maxactive` and `nmissed`.
 
@@ -130,7 +130,7 @@ impl<
         (t != 0).then_some(Addr(t))
     }
 
-    /// Calls of a return consumer that found no free instance (seed 002's `nmissed`).
+    /// Calls of a return consumer that found no free instance (kretprobes' `nmissed`).
     pub fn nmissed(&self, h: ConsumerHandle) -> Result<u64, Error> {
         let slot = self
             .consumers
@@ -245,7 +245,7 @@ impl<
         dropped
     }
 
-    /// A hit on the return trampoline (seed 003): drop instances of abandoned deeper frames,
+    /// A hit on the return trampoline (kretprobes' `trampoline_handler`: instances are found by task, consumed until one whose saved address is not the trampoline): drop instances of abandoned deeper frames,
     /// then consume the task's instances in order, running their return handlers, until one
     /// whose saved return address is not the trampoline; resume there.
     #[allow(clippy::too_many_arguments)]

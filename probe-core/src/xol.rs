@@ -1,4 +1,4 @@
-//! Execute-out-of-line slots (seed 001).
+//! Execute-out-of-line slots (uprobes' XOL area, `kernel/events/uprobes.c`).
 //!
 //! Each address space gets one slot area from the platform ([`Platform::xol_area`]), within
 //! reach of the code where it can. A probe whose plan needs a slot (boost or single-step) gets
@@ -9,7 +9,7 @@
 //! counts a task into the slot (its *occupancy*) and the task is counted out the next time the
 //! core sees it outside the slot (its next trap, a single-step completion, or the platform's
 //! [`task_quiescent`](crate::ProbeCore::task_quiescent) report, e.g. from a context switch, as
-//! seed 001 proposes). A removed slot is *retired*; it becomes free once a grace period has
+//! as proposed for uprobes on LKML, Nov 2011). A removed slot is *retired*; it becomes free once a grace period has
 //! passed (no reader can still be sending a task into it) and its occupancy is zero.
 //!
 //! **Running out.** When every slot of a space is used or still retired, installing a

@@ -1,4 +1,4 @@
-//! Return probes end to end on the mock (seeds 002 and 003): recursion, several return probes
+//! Return probes end to end on the mock: recursion, several return probes
 //! on one function, tail calls, frames abandoned by a longjmp, maxactive and nmissed, entry
 //! handlers that decline, per-instance data, fork with a pending return, task exit,
 //! unregister while instances are outstanding, and detach restoring every hijacked return

@@ -1,4 +1,4 @@
-//! SDT semaphores on the mock (seed 004): the core increments a probe's counter in each space
+//! SDT semaphores on the mock: the core increments a probe's counter in each space
 //! where its breakpoint is installed and decrements it where removed, in step, never below
 //! zero, never outside the counter, correct when probes share one counter and when several
 //! consumers share one probe, and when the counter's data mapping appears after the text.

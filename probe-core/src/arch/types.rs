@@ -4,7 +4,7 @@ use core::fmt;
 
 use crate::addr::Addr;
 use crate::memory::MemError;
-use crate::platform::AddressSpace;
+use crate::memory::AddressSpace;
 
 /// How a probed instruction is resumed after the handlers ran, in order of preference.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]

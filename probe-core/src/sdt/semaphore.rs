@@ -1,4 +1,4 @@
-//! The SDT semaphore protocol (seed 004): a probe's 16-bit counter goes up by one in each space
+//! The SDT semaphore protocol (uprobes' reference counter, `kernel/events/uprobes.c` `update_ref_ctr`): a probe's 16-bit counter goes up by one in each space
 //! where its breakpoint is installed and down by one where it is removed, in step, saturating,
 //! never written outside its two bytes.
 
