@@ -309,5 +309,41 @@ mod slot {
             self.state.store(g << 2 | FREE, Ordering::Release);
         }
     }
+
+    /// The consumer chain of one probe, from its head (loaded by the caller with `Acquire`)
+    /// through each slot's `next` (`Acquire`): every slot on it, live or being unregistered,
+    /// at most `N` (a chain can never be longer than the table).
+    #[derive(Debug)]
+    pub(crate) struct Chain<'a, C, const N: usize> {
+        slots: &'a [ConsumerSlot<C>; N],
+        next: u32,
+        left: usize,
+    }
+
+    impl<'a, C, const N: usize> Chain<'a, C, N> {
+        pub(crate) fn new(slots: &'a [ConsumerSlot<C>; N], head: u32) -> Chain<'a, C, N> {
+            Chain {
+                slots,
+                next: head,
+                left: N,
+            }
+        }
+    }
+
+    impl<'a, C, const N: usize> Iterator for Chain<'a, C, N> {
+        type Item = (u32, &'a ConsumerSlot<C>);
+
+        #[inline]
+        fn next(&mut self) -> Option<Self::Item> {
+            if self.next == NIL || self.left == 0 {
+                return None;
+            }
+            let i = self.next;
+            let slot = self.slots.get(i as usize)?;
+            self.next = slot.next.load(Ordering::Acquire);
+            self.left -= 1;
+            Some((i, slot))
+        }
+    }
 }
-pub(crate) use slot::ConsumerSlot;
+pub(crate) use slot::{Chain, ConsumerSlot};

@@ -5,7 +5,7 @@
 use core::ops::ControlFlow;
 
 use crate::addr::{FileId, SpaceId};
-use crate::consumer::Consumer;
+use crate::consumer::{Chain, Consumer};
 use crate::engine::{ProbeCore, Writer};
 use crate::error::Error;
 use crate::platform::Platform;
@@ -28,11 +28,8 @@ impl<
     /// Whether some live consumer of probe `pi` wants space `space`: it has no filter, or its
     /// filter accepts some task of the space.
     pub(crate) fn wanted(&self, p: &P, pi: u32, space: SpaceId) -> bool {
-        let probe = &self.probes.at(pi).val;
-        let mut ci = probe.consumers.load(Ordering::Acquire);
-        let mut n = 0;
-        while ci != NIL && n < CONSUMERS {
-            let slot = &self.consumers[ci as usize];
+        let head = self.probes.at(pi).val.consumers.load(Ordering::Acquire);
+        for (_, slot) in Chain::new(&self.consumers, head) {
             if slot.is_live() {
                 if !slot.has_filter.load(Ordering::Relaxed) {
                     return true;
@@ -54,8 +51,6 @@ impl<
                     return true;
                 }
             }
-            ci = slot.next.load(Ordering::Acquire);
-            n += 1;
         }
         false
     }

@@ -8,7 +8,7 @@
 
 use crate::addr::{Addr, CpuId, ProbeKey, SpaceId, TaskId};
 use crate::arch::{Arch, PlanKind, Registers};
-use crate::consumer::{Consumer, EntryAction, HandlerAction, HitContext, RegsOf};
+use crate::consumer::{Chain, Consumer, EntryAction, HandlerAction, HitContext, RegsOf};
 use crate::engine::ProbeCore;
 use crate::error::Error;
 use crate::platform::{AddressSpace, Platform};
@@ -251,7 +251,7 @@ impl<
         Hit::Failed(e)
     }
 
-    /// Run every live consumer of the chain starting at `ci` whose filter accepts the task.
+    /// Run every live consumer of the chain starting at `head` whose filter accepts the task.
     /// Return consumers take an instance and run their entry handler; the instances they
     /// keep go to `pending`. Returns whether some handler asked to be removed from the space.
     #[allow(clippy::too_many_arguments)]
@@ -259,16 +259,14 @@ impl<
         &self,
         p: &P,
         a: HitArgs,
-        mut ci: u32,
+        head: u32,
         rets: &[RetInstance],
         regs: &mut RegsOf<P>,
         pending: &mut heapless::Vec<RetInstance, PENDING_RETURNS>,
     ) -> bool {
         let mut remove = false;
         let returns = ReturnChain { rets };
-        let mut n = 0;
-        while ci != NIL && n < CONSUMERS {
-            let slot = &self.consumers[ci as usize];
+        for (ci, slot) in Chain::new(&self.consumers, head) {
             let generation = slot.generation();
             if slot.is_live() {
                 let filtered = slot.has_filter.load(Ordering::Relaxed);
@@ -330,8 +328,6 @@ impl<
                     let _ = pending.push(inst);
                 });
             }
-            ci = slot.next.load(Ordering::Acquire);
-            n += 1;
         }
         remove
     }

@@ -4,13 +4,12 @@
 
 use crate::addr::{Addr, CpuId, SpaceId, TaskId};
 use crate::arch::{Arch, Registers};
-use crate::consumer::{Consumer, ConsumerHandle, RegsOf, ReturnContext};
+use crate::consumer::{Chain, Consumer, ConsumerHandle, RegsOf, ReturnContext};
 use crate::engine::{ArchOf, ProbeCore};
 use crate::error::Error;
 use crate::hit::{Hit, PENDING_RETURNS};
 use crate::platform::{AddressSpace, Platform};
 use crate::sync::Ordering;
-use crate::table::NIL;
 use crate::task::{RetInstance, TaskState};
 
 /// A return address the hit path replaced, and the instances it pushed for it.
@@ -39,17 +38,8 @@ impl<
 {
     /// Whether some live consumer of probe `pi` is a return consumer.
     pub(crate) fn probe_has_ret(&self, pi: u32) -> bool {
-        let mut ci = self.probes.at(pi).val.consumers.load(Ordering::Acquire);
-        let mut n = 0;
-        while ci != NIL && n < CONSUMERS {
-            let slot = &self.consumers[ci as usize];
-            if slot.is_live() && slot.opts.get().ret.is_some() {
-                return true;
-            }
-            ci = slot.next.load(Ordering::Acquire);
-            n += 1;
-        }
-        false
+        let head = self.probes.at(pi).val.consumers.load(Ordering::Acquire);
+        Chain::new(&self.consumers, head).any(|(_, s)| s.is_live() && s.opts.get().ret.is_some())
     }
 
     /// The return trampoline of space entry `sx`: one slot holding the breakpoint, created on

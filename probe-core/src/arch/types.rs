@@ -3,8 +3,8 @@
 use core::fmt;
 
 use crate::addr::Addr;
-use crate::memory::MemError;
 use crate::memory::AddressSpace;
+use crate::memory::MemError;
 
 /// How a probed instruction is resumed after the handlers ran, in order of preference.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
