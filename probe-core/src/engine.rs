@@ -12,10 +12,10 @@ use crate::platform::{read_file_exact, Platform};
 use crate::probe::{ProbePayload, FILE_ENTRY, MAX_ORIG};
 use crate::reclaim::Epochs;
 use crate::site::{List, SitePayload};
+use crate::space::SpacePayload;
 use crate::sync::{array_of, const_fn, AtomicBool, AtomicU64, CachePadded, Mutex, Ordering};
 use crate::table::{Table, NIL};
 use crate::task::RET_DATA_MAX;
-use crate::xol::SpacePayload;
 
 /// Largest out-of-line slot the core supports.
 pub(crate) const MAX_SLOT: usize = 256;

@@ -104,15 +104,16 @@ impl<
         };
         let pp = &self.spaces.at(px).val;
         let cp = &self.spaces.at(cx).val;
-        cp.xol_base
-            .store(pp.xol_base.load(Ordering::Relaxed), Ordering::Relaxed);
+        cp.xol
+            .base
+            .store(pp.xol.base.load(Ordering::Relaxed), Ordering::Relaxed);
         let tramp = pp.trampoline.load(Ordering::Relaxed);
         if tramp != 0 {
             // The child's memory holds the trampoline at the same address, in the same slot.
-            let base = pp.xol_base.load(Ordering::Relaxed);
+            let base = pp.xol.base.load(Ordering::Relaxed);
             let size = ArchOf::<P>::SLOT_SIZE as u64;
             if let Some(i) = tramp.checked_sub(base).map(|d| d / size) {
-                cp.mark_used(i as u32);
+                cp.xol.mark_used(i as u32);
             }
             cp.trampoline.store(tramp, Ordering::Relaxed);
         }
@@ -141,7 +142,7 @@ impl<
                     c.sem_addr
                         .store(site.val.sem_addr.load(Ordering::Relaxed), Ordering::Relaxed);
                     if slot != NIL {
-                        cp.mark_used(slot);
+                        cp.xol.mark_used(slot);
                     }
                     self.link(ci, List::Probe, &self.probes.at(pi).val.sites);
                     self.link(ci, List::Space, &cp.sites);

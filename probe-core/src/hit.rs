@@ -198,7 +198,7 @@ impl<
                             let sp = &self.spaces.at(sx).val;
                             // Count the context into the slot while still pinned: a writer
                             // reusing the slot waits for the grace period, then sees this.
-                            sp.enter(slot_index);
+                            sp.xol.enter(slot_index);
                             let frame = trap.top_mut();
                             frame.xol = Some(XolRecord {
                                 space,
@@ -490,7 +490,7 @@ impl<
         let e = self.spaces.at(r.space_index);
         // A stale record (the space was torn down and the entry reused) counts nothing out.
         if e.key().0 == r.space.0 && e.val.generation() == r.space_gen {
-            e.val.leave(r.slot);
+            e.val.xol.leave(r.slot);
         }
     }
 }

@@ -130,7 +130,7 @@ impl<
             Ok(si) => si,
             Err(e) => {
                 if slot != NIL {
-                    sp.retire(slot, &self.epochs);
+                    sp.xol.retire(slot, &self.epochs);
                 }
                 return Err(e);
             }
@@ -178,7 +178,10 @@ impl<
         let slot = self.take_slot(sx)?;
         let size = ArchOf::<P>::SLOT_SIZE;
         let res = (|| {
-            let slot_addr = sp.slot_addr(slot, size).ok_or(Error::NoXolArea(space))?;
+            let slot_addr = sp
+                .xol
+                .slot_addr(slot, size)
+                .ok_or(Error::NoXolArea(space))?;
             let mut buf = [0u8; MAX_SLOT];
             let n = ArchOf::<P>::encode_slot(plan, addr, slot_addr, &mut buf[..size])?;
             mem.patch_code(slot_addr, &buf[..n.min(size)])?;
@@ -187,7 +190,7 @@ impl<
         match res {
             Ok(a) => Ok((slot, a)),
             Err(e) => {
-                sp.retire(slot, &self.epochs);
+                sp.xol.retire(slot, &self.epochs);
                 Err(e)
             }
         }
@@ -196,7 +199,7 @@ impl<
     /// The slot area of space entry `sx`, created on first use near `near`.
     pub(crate) fn ensure_xol_base(&self, p: &P, sx: u32, near: Addr) -> Result<Addr, Error> {
         let sp = &self.spaces.at(sx).val;
-        let base = sp.xol_base.load(Ordering::Relaxed);
+        let base = sp.xol.base.load(Ordering::Relaxed);
         if base != 0 {
             return Ok(Addr(base));
         }
@@ -204,19 +207,19 @@ impl<
         let base = p
             .xol_area(space, near, XOL)
             .ok_or(Error::NoXolArea(space))?;
-        sp.xol_base.store(base.0, Ordering::Relaxed);
+        sp.xol.base.store(base.0, Ordering::Relaxed);
         Ok(base)
     }
 
     /// Take a free slot of space entry `sx`, advancing the grace period once if none is.
     pub(crate) fn take_slot(&self, sx: u32) -> Result<u32, Error> {
         let sp = &self.spaces.at(sx).val;
-        match sp.alloc(&self.epochs) {
+        match sp.xol.alloc(&self.epochs) {
             Some(s) => Ok(s),
             None => {
                 self.epochs.try_advance();
                 self.epochs.try_advance();
-                sp.alloc(&self.epochs).ok_or(Error::CapacityExhausted {
+                sp.xol.alloc(&self.epochs).ok_or(Error::CapacityExhausted {
                     what: Capacity::XolSlots,
                 })
             }
@@ -321,7 +324,7 @@ impl<
         self.sites.remove(si, &self.epochs);
         self.site_changes.fetch_add(1, Ordering::Release);
         if slot != NIL {
-            sp.retire(slot, &self.epochs);
+            sp.xol.retire(slot, &self.epochs);
         }
     }
 

@@ -11,8 +11,9 @@ use static_assertions::{assert_impl_all, const_assert};
 use crate::consumer::ConsumerSlot;
 use crate::reclaim::Epochs;
 use crate::site::SitePayload;
+use crate::space::SpacePayload;
 use crate::table::{Entry, Table};
-use crate::xol::{SpacePayload, XolSlot};
+use crate::xol::XolSlot;
 
 const_assert!(core::mem::size_of::<Entry<SitePayload>>() <= 72);
 const_assert!(core::mem::size_of::<XolSlot>() == 16);

@@ -14,7 +14,8 @@
 //! - [`sdt`]: `.note.stapsdt` notes and argument specs, parsed zero-copy.
 //! - the engine, [`ProbeCore`], over fixed tables (`table.rs`: lock-free lookups, one writer)
 //!   and grace periods (`reclaim.rs`): registration (`engine.rs`), filter chains
-//!   (`filter.rs`), installing and removing breakpoints and slots (`install.rs`, `xol.rs`),
+//!   (`filter.rs`), installing and removing breakpoints and slots (`install.rs`, `xol.rs`; the space
+//!   table entry in `space.rs`),
 //!   the platform's events (`events.rs`), the hit and single-step paths (`hit.rs`), return
 //!   probes (`ret.rs`, per-task state in [`task`]) and SDT semaphores (`sdt/semaphore.rs`).
 //!
@@ -57,6 +58,7 @@ pub(crate) mod probe;
 mod reclaim;
 mod ret;
 pub(crate) mod site;
+pub(crate) mod space;
 pub(crate) mod sync;
 pub(crate) mod table;
 pub mod task;

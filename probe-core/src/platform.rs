@@ -94,7 +94,7 @@ pub trait Platform {
 
     /// Whether the probed code runs privileged (ring 0: a kernel or hypervisor probing its
     /// own text). Then privileged instructions are analysed with
-    /// [`Arch::analyze_privileged`](crate::Arch::analyze_privileged) (on x86-64: `cli`/`sti`
+    /// [`Arch::analyze_privileged`] (on x86-64: `cli`/`sti`
     /// emulated, the others single-stepped with interrupts off) instead of refused. Asked once
     /// per probe, at registration.
     fn privileged(&self) -> bool {

@@ -55,6 +55,7 @@ impl<
         self.ensure_xol_base(p, sx, near)?;
         let slot = self.take_slot(sx)?;
         let res = sp
+            .xol
             .slot_addr(slot, ArchOf::<P>::SLOT_SIZE)
             .ok_or(Error::NoXolArea(space))
             .and_then(|a| {
@@ -67,7 +68,7 @@ impl<
                 Ok(a)
             }
             Err(e) => {
-                sp.retire(slot, &self.epochs);
+                sp.xol.retire(slot, &self.epochs);
                 Err(e)
             }
         }

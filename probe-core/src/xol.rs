@@ -7,10 +7,11 @@
 //!
 //! A slot is reused only when no task's instruction pointer can be inside it: the hit path
 //! counts a task into the slot (its *occupancy*) and the task is counted out the next time the
-//! core sees it outside the slot (its next trap, a single-step completion, or the platform's
-//! [`task_quiescent`](crate::ProbeCore::task_quiescent) report, e.g. from a context switch, as
-//! as proposed for uprobes on LKML, Nov 2011). A removed slot is *retired*; it becomes free once a grace period has
-//! passed (no reader can still be sending a task into it) and its occupancy is zero.
+//! core sees it outside the slot (its next trap at the same nesting level, a single-step
+//! completion, or the platform's [`seen_at`](crate::ProbeCore::seen_at) report, e.g. from a
+//! context switch, as proposed for uprobes on LKML, Nov 2011). A removed slot is *retired*; it
+//! becomes free once a grace period has passed (no reader can still be sending a task into
+//! it) and its occupancy is zero.
 //!
 //! **Running out.** When every slot of a space is used or still retired, installing a
 //! slot-needing probe in that space fails with
@@ -22,8 +23,7 @@
 
 use crate::addr::Addr;
 use crate::reclaim::Epochs;
-use crate::sync::{array_of, AtomicBool, AtomicU32, AtomicU64, Ordering};
-use crate::table::{Link, Payload, NIL};
+use crate::sync::{array_of, AtomicU32, AtomicU64, Ordering};
 
 const FREE: u64 = 0;
 const USED: u64 = 1;
@@ -49,78 +49,45 @@ impl XolSlot {
     }
 }
 
-/// A space table entry: the slot area and the head of the space's site list.
+/// One space's slot area: where it is, and the bookkeeping of its `XOL` slots.
 #[derive(Debug)]
-pub(crate) struct SpacePayload<const XOL: usize> {
+pub(crate) struct XolArea<const XOL: usize> {
     /// Base of the slot area (0: not created yet).
-    pub(crate) xol_base: AtomicU64,
-    /// The return trampoline's address (0: none yet); it occupies one slot.
-    pub(crate) trampoline: AtomicU64,
-    /// Writer only: head of the space's site list.
-    pub(crate) sites: Link,
+    pub(crate) base: AtomicU64,
     /// Writer only: where the next slot search starts.
     cursor: AtomicU32,
-    /// Bumped each time the entry is (re)used for a space: records of an earlier use are
-    /// stale and count nothing out.
-    generation: AtomicU32,
-    /// A handler asked for this space's filters to be re-evaluated.
-    pub(crate) refilter: AtomicBool,
     pub(crate) slots: [XolSlot; XOL],
 }
 
-impl<const XOL: usize> Payload for SpacePayload<XOL> {
-    #[cfg(not(loom))]
-    const BLANK: Self = SpacePayload {
-        xol_base: AtomicU64::new(0),
-        trampoline: AtomicU64::new(0),
-        sites: Link::nil(),
-        cursor: AtomicU32::new(0),
-        generation: AtomicU32::new(0),
-        refilter: AtomicBool::new(false),
-        slots: array_of![XolSlot::new(); XOL],
-    };
-    #[cfg(loom)]
-    fn blank() -> Self {
-        SpacePayload {
-            xol_base: AtomicU64::new(0),
-            trampoline: AtomicU64::new(0),
-            sites: Link::nil(),
-            cursor: AtomicU32::new(0),
-            generation: AtomicU32::new(0),
-            refilter: AtomicBool::new(false),
-            slots: array_of![XolSlot::new(); XOL],
+impl<const XOL: usize> XolArea<XOL> {
+    crate::sync::const_fn! {
+        /// No area yet, every slot free.
+        pub(crate) fn new() -> XolArea<XOL> {
+            XolArea {
+                base: AtomicU64::new(0),
+                cursor: AtomicU32::new(0),
+                slots: array_of![XolSlot::new(); XOL],
+            }
         }
     }
-}
 
-impl<const XOL: usize> SpacePayload<XOL> {
-    /// Reset a freshly claimed space entry.
+    /// Forget the area (a space entry reused for another space). Records of the earlier
+    /// space are stale from then on (their space generation differs), so its occupancy counts
+    /// could never drain: they start at zero. The entry is reused only a grace period after
+    /// that space was forgotten.
     pub(crate) fn reset(&self) {
-        self.xol_base.store(0, Ordering::Relaxed);
-        self.trampoline.store(0, Ordering::Relaxed);
-        self.sites.store(NIL, Ordering::Relaxed);
+        self.base.store(0, Ordering::Relaxed);
         self.cursor.store(0, Ordering::Relaxed);
-        self.refilter.store(false, Ordering::Relaxed);
-        // Records of the entry's earlier space are stale from now on (they carry the old
-        // generation), so its occupancy counts can never drain: start them at zero. The
-        // entry is reused only a grace period after that space was forgotten.
-        self.generation.fetch_add(1, Ordering::Relaxed);
         for s in self.slots.iter() {
             s.state.store(FREE, Ordering::Relaxed);
             s.occupancy.store(0, Ordering::Relaxed);
         }
     }
 
-    /// The entry's current generation.
-    #[inline]
-    pub(crate) fn generation(&self) -> u32 {
-        self.generation.load(Ordering::Relaxed)
-    }
-
     /// The address of slot `i`.
     #[inline]
     pub(crate) fn slot_addr(&self, i: u32, slot_size: usize) -> Option<Addr> {
-        let base = self.xol_base.load(Ordering::Relaxed);
+        let base = self.base.load(Ordering::Relaxed);
         Addr(base).checked_add((i as u64).checked_mul(slot_size as u64)?)
     }
 

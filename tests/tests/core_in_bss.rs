@@ -29,11 +29,11 @@ fn a_static_core_is_zero_initialised() {
     for (name, size) in [
         (
             "PROBE_CORE_X86_IN_BSS",
-            std::mem::size_of_val(&PROBE_CORE_X86_IN_BSS),
+            core::mem::size_of_val(&PROBE_CORE_X86_IN_BSS),
         ),
         (
             "PROBE_CORE_MOCK_IN_BSS",
-            std::mem::size_of_val(&PROBE_CORE_MOCK_IN_BSS),
+            core::mem::size_of_val(&PROBE_CORE_MOCK_IN_BSS),
         ),
     ] {
         let sym = file
