@@ -179,6 +179,7 @@ impl ConsumerHandle {
 
 mod slot {
     use crate::consumer::ConsumerOptions;
+    use crate::ret::Instances;
     use crate::sync::{AtomicBool, AtomicU64, Ordering, OwnedCell, PublishCell};
     use crate::table::{Link, NIL};
 
@@ -199,10 +200,8 @@ mod slot {
         pub(crate) has_filter: AtomicBool,
         pub(crate) value: OwnedCell<C>,
         pub(crate) opts: PublishCell<ConsumerOptions>,
-        /// Return consumers: `generation << 32 | instances in use`.
-        active: AtomicU64,
-        /// Return consumers: calls that found no free instance.
-        pub(crate) nmissed: AtomicU64,
+        /// Return consumers: their instance accounting (`ret.rs`).
+        pub(crate) rets: Instances,
     }
 
     impl<C> ConsumerSlot<C> {
@@ -215,8 +214,7 @@ mod slot {
                     has_filter: AtomicBool::new(false),
                     value: OwnedCell::new(),
                     opts: PublishCell::new(ConsumerOptions::new()),
-                    active: AtomicU64::new(0),
-                    nmissed: AtomicU64::new(0),
+                    rets: Instances::new(),
                 }
             }
         }
@@ -240,59 +238,10 @@ mod slot {
         /// Make a free slot live with the next generation; returns it.
         pub(crate) fn activate(&self) -> u32 {
             let g = self.generation().wrapping_add(1);
-            self.active.store((g as u64) << 32, Ordering::Relaxed);
-            self.nmissed.store(0, Ordering::Relaxed);
+            self.rets.reset(g);
             self.state
                 .store(((g as u64) << 2) | LIVE, Ordering::Release);
             g
-        }
-
-        /// Take one of `max` instances for generation `g`; counts a miss when none is free.
-        #[inline]
-        pub(crate) fn take_instance(&self, g: u32, max: u32) -> bool {
-            let mut v = self.active.load(Ordering::Relaxed);
-            loop {
-                if (v >> 32) as u32 != g {
-                    return false;
-                }
-                if (v as u32) >= max {
-                    self.nmissed.fetch_add(1, Ordering::Relaxed);
-                    return false;
-                }
-                match self.active.compare_exchange_weak(
-                    v,
-                    v + 1,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => return true,
-                    Err(now) => v = now,
-                }
-            }
-        }
-
-        /// Count an instance in unconditionally (a forked child's copy).
-        pub(crate) fn add_instance(&self, g: u32) {
-            let _ = self
-                .active
-                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
-                    ((v >> 32) as u32 == g).then_some(v + 1)
-                });
-        }
-
-        /// Give an instance of generation `g` back (ignored once the slot was reused).
-        #[inline]
-        pub(crate) fn put_instance(&self, g: u32) {
-            let _ = self
-                .active
-                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
-                    ((v >> 32) as u32 == g && v as u32 > 0).then_some(v - 1)
-                });
-        }
-
-        /// Instances in use.
-        pub(crate) fn instances(&self) -> u32 {
-            self.active.load(Ordering::Relaxed) as u32
         }
 
         /// Mark dead: readers stop running it from now on.

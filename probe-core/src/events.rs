@@ -225,7 +225,7 @@ impl<
         for i in parent.rets.iter() {
             if child.rets.push(*i).is_ok() {
                 if let Some(slot) = self.consumers.get(i.consumer as usize) {
-                    slot.add_instance(i.generation);
+                    slot.rets.add_instance(i.generation);
                 }
             }
         }

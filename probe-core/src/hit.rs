@@ -296,16 +296,16 @@ impl<
                     // entry handler, which may decline.
                     if a.tramp.0 == 0 {
                         // No trampoline in this space (its slot area could not be made).
-                        slot.nmissed.fetch_add(1, Ordering::Relaxed);
+                        slot.rets.nmissed.fetch_add(1, Ordering::Relaxed);
                         return;
                     }
-                    if !slot.take_instance(generation, ret.maxactive) {
+                    if !slot.rets.take_instance(generation, ret.maxactive) {
                         return;
                     }
                     if pending.len() >= a.room || pending.is_full() {
                         // The task's chain is at its depth limit.
-                        slot.nmissed.fetch_add(1, Ordering::Relaxed);
-                        slot.put_instance(generation);
+                        slot.rets.nmissed.fetch_add(1, Ordering::Relaxed);
+                        slot.rets.put_instance(generation);
                         return;
                     }
                     let mut inst = RetInstance {
@@ -322,7 +322,7 @@ impl<
                     if c.entry_handler(&mut ctx, &mut inst.data[..ret.data_size])
                         == EntryAction::Decline
                     {
-                        slot.put_instance(generation);
+                        slot.rets.put_instance(generation);
                         return;
                     }
                     let _ = pending.push(inst);

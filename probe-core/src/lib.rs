@@ -17,7 +17,7 @@
 //!   (`filter.rs`), installing and removing breakpoints and slots (`install.rs`, `xol.rs`; the space
 //!   table entry in `space.rs`),
 //!   the platform's events (`events.rs`), the hit and single-step paths (`hit.rs`), return
-//!   probes (`ret.rs`, per-task state in [`task`]) and SDT semaphores (`sdt/semaphore.rs`).
+//!   probes (`ret/`: the engine side in `mod.rs`, `maxactive`/`nmissed` accounting in `instances.rs`; per-task state in [`task`]) and SDT semaphores (`sdt/semaphore.rs`).
 //!
 //! The core owns no threads, clocks or I/O. The platform calls into it on events and applies
 //! the action it returns. No allocation happens on the hit, return or single-step paths; the

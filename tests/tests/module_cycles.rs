@@ -115,7 +115,10 @@ fn cycles_of(root: &Path) -> Vec<Vec<String>> {
     let mut reexport: BTreeMap<(String, String), String> = BTreeMap::new();
     for (m, src) in &mods {
         for line in src.lines().map(str::trim) {
-            let Some(rest) = line.strip_prefix("pub use ") else {
+            let Some(rest) = line
+                .strip_prefix("pub use ")
+                .or_else(|| line.strip_prefix("pub(crate) use "))
+            else {
                 continue;
             };
             let rest = rest.trim_end_matches(';');

@@ -1,6 +1,9 @@
-//! Return probes (kretprobes, `kernel/kprobes.c`): the trampoline, hijacking the return address at entry,
-//! consuming a task's instances at the trampoline, dropping frames abandoned by `longjmp`, and
-//! the instance accounting behind `maxactive` and `nmissed`.
+//! Return probes (kretprobes, `kernel/kprobes.c`): the trampoline, hijacking the return
+//! address at entry, consuming a task's instances at the trampoline, dropping frames abandoned
+//! by `longjmp`; the instance accounting behind `maxactive` and `nmissed` is in `instances.rs`.
+
+mod instances;
+pub(crate) use instances::Instances;
 
 use crate::addr::{Addr, CpuId, SpaceId, TaskId};
 use crate::arch::{Arch, Registers};
@@ -77,7 +80,7 @@ impl<
     /// Give back a return instance of consumer `ci`, generation `g`.
     pub(crate) fn put_instance(&self, ci: u32, g: u32) {
         if let Some(slot) = self.consumers.get(ci as usize) {
-            slot.put_instance(g);
+            slot.rets.put_instance(g);
         }
     }
 
@@ -128,7 +131,7 @@ impl<
             .get(h.index as usize)
             .filter(|s| s.is_live() && s.generation() == h.generation)
             .ok_or(Error::UnknownConsumer)?;
-        Ok(slot.nmissed.load(Ordering::Relaxed))
+        Ok(slot.rets.nmissed.load(Ordering::Relaxed))
     }
 
     /// Instances of a return consumer in use right now.
@@ -138,7 +141,7 @@ impl<
             .get(h.index as usize)
             .filter(|s| s.is_live() && s.generation() == h.generation)
             .ok_or(Error::UnknownConsumer)?;
-        Ok(slot.instances())
+        Ok(slot.rets.instances())
     }
 
     /// Replace the return address with the trampoline and push this hit's instances on the
@@ -281,7 +284,7 @@ impl<
                     }
                 });
             }
-            slot.put_instance(inst.generation);
+            slot.rets.put_instance(inst.generation);
             if !inst.chained {
                 break;
             }
