@@ -408,12 +408,28 @@ impl<
     }
 
     /// Take the innermost pending step: pop finished reentry frames above it, count the
-    /// context out of the step's slot, and pop the step's frame if it was a reentry.
+    /// context out of the step's slot, and pop the step's frame if it was a reentry. A step
+    /// that is not the current level's (below a nested context's level) is not taken, and
+    /// nothing changes then.
     fn take_step<const N: usize>(
         &self,
         trap: &mut TrapState<P::Arch, N>,
     ) -> Option<StepRecord<P::Arch>> {
-        while trap.top().step.is_none() && trap.top().reentry {
+        // Frames above the innermost step may only be finished reentries.
+        let mut above = 0;
+        for f in trap.above.iter().rev() {
+            if f.step.is_some() {
+                break;
+            }
+            if !f.reentry {
+                return None;
+            }
+            above += 1;
+        }
+        if above == trap.above.len() && trap.base.step.is_none() {
+            return None;
+        }
+        for _ in 0..above {
             if let Some(r) = trap.pop() {
                 self.leave_slot(&r);
             }
