@@ -95,20 +95,7 @@ fn loom_nested_pin_on_one_cpu() {
         .unwrap();
 
         let (p2, core2) = (p.clone(), core.clone());
-        let cpu0 = loom::thread::spawn(move || {
-            let mut trap = TrapState::<ToyArch>::new();
-            let mut ts = TaskState::<4>::new();
-            let mut regs = regs_at(TEXT + NOP_AT);
-            core2.on_breakpoint(
-                &p2,
-                CpuId(0),
-                SPACE,
-                TaskId(1),
-                &mut trap,
-                &mut ts,
-                &mut regs,
-            )
-        });
+        let cpu0 = loom::thread::spawn(move || hit_at(&*core2, &p2, 0, NOP_AT).0);
         let core3 = core.clone();
         let ticker = loom::thread::spawn(move || core3.quiescent());
 

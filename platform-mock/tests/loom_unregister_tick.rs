@@ -12,8 +12,7 @@ mod loom_support;
 use loom::sync::atomic::Ordering;
 use loom::sync::Arc;
 use loom_support::*;
-use platform_mock::ToyArch;
-use probe_core::{ConsumerOptions, CpuId, Hit, ProbeKey, TaskId, TaskState, TrapState};
+use probe_core::{ConsumerOptions, Hit, ProbeKey};
 
 #[test]
 fn loom_unregister_races_hit_and_tick() {
@@ -32,18 +31,7 @@ fn loom_unregister_races_hit_and_tick() {
 
         let (p2, core2) = (p.clone(), core.clone());
         let hitter = loom::thread::spawn(move || {
-            let mut ts = TaskState::<4>::new();
-            let mut trap = TrapState::<ToyArch>::new();
-            let mut regs = regs_at(TEXT + NOP_AT);
-            let hit = core2.on_breakpoint(
-                &p2,
-                CpuId(0),
-                SPACE,
-                TaskId(1),
-                &mut trap,
-                &mut ts,
-                &mut regs,
-            );
+            let (hit, regs, _) = hit_at(&*core2, &p2, 0, NOP_AT);
             (hit, regs.pc)
         });
         let core3 = core.clone();
