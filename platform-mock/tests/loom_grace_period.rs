@@ -80,8 +80,8 @@ fn races_reader(name: &'static str, space_exit: bool) {
         });
         let core3 = core.clone();
         let ticker = loom::thread::spawn(move || {
-            core3.quiescent();
-            core3.quiescent();
+            core3.advance_epoch();
+            core3.advance_epoch();
         });
 
         let len = program().len() as u64;

@@ -97,7 +97,7 @@ fn loom_nested_pin_on_one_cpu() {
         let (p2, core2) = (p.clone(), core.clone());
         let cpu0 = loom::thread::spawn(move || hit_at(&*core2, &p2, 0, NOP_AT).0);
         let core3 = core.clone();
-        let ticker = loom::thread::spawn(move || core3.quiescent());
+        let ticker = loom::thread::spawn(move || core3.advance_epoch());
 
         let back = core.unregister(&p, h).unwrap();
         back.unregistered.store(true, Ordering::SeqCst);

@@ -37,7 +37,7 @@ fn loom_new_probe_races_hit() {
             }
         });
         let core3 = core.clone();
-        let ticker = loom::thread::spawn(move || core3.quiescent());
+        let ticker = loom::thread::spawn(move || core3.advance_epoch());
         core.register(&p, ProbeKey::new(FILE, NOP_AT), x, ConsumerOptions::new())
             .unwrap();
         reader.join().unwrap();
@@ -70,7 +70,7 @@ fn loom_trap_finds_published_probe() {
             reached(TRAP_FINDS, "found");
         });
         let core3 = core.clone();
-        let ticker = loom::thread::spawn(move || core3.quiescent());
+        let ticker = loom::thread::spawn(move || core3.advance_epoch());
         core.register(&p, ProbeKey::new(FILE, NOP_AT), x, ConsumerOptions::new())
             .unwrap();
         reader.join().unwrap();
@@ -99,7 +99,7 @@ fn loom_new_consumer_races_hit() {
             }
         });
         let core3 = core.clone();
-        let ticker = loom::thread::spawn(move || core3.quiescent());
+        let ticker = loom::thread::spawn(move || core3.advance_epoch());
         core.register(&p, key, b, ConsumerOptions::new()).unwrap();
         reader.join().unwrap();
         ticker.join().unwrap();

@@ -50,7 +50,7 @@ fn loom_remove_from_space_then_maintain() {
                 Hit::Restart => assert_eq!(regs.pc, TEXT + NOP_AT),
                 other => panic!("unexpected {other:?}"),
             }
-            core3.quiescent();
+            core3.advance_epoch();
         });
 
         let _ = core.maintain(&p);

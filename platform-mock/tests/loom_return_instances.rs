@@ -108,7 +108,7 @@ fn loom_task_exit_races_unregister() {
             hc
         });
         let core3 = core.clone();
-        let ticker = loom::thread::spawn(move || core3.quiescent());
+        let ticker = loom::thread::spawn(move || core3.advance_epoch());
         core.on_task_exit(&mut ts);
         let hc = t.join().unwrap();
         ticker.join().unwrap();

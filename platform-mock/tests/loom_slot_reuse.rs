@@ -72,7 +72,7 @@ fn loom_slot_reuse_races_task_in_slot() {
         });
 
         let core3 = core.clone();
-        let ticker = loom::thread::spawn(move || core3.quiescent());
+        let ticker = loom::thread::spawn(move || core3.advance_epoch());
         let back = core.unregister(&p, hx).unwrap();
         back.unregistered.store(true, Ordering::SeqCst);
         let hy = core.register(

@@ -1,5 +1,5 @@
 //! loom: a hit on one CPU, the unregistration of one of the probe's two consumers, and a
-//! third context advancing the epoch (a timer tick calling `quiescent`).
+//! third context advancing the epoch (a timer tick calling `advance_epoch`).
 //!
 //! Epochs advanced by someone else must not count towards the unregistering writer's grace
 //! period while the hit is still inside the consumer chain: after `unregister` returns the
@@ -36,8 +36,8 @@ fn loom_unregister_races_hit_and_tick() {
         });
         let core3 = core.clone();
         let ticker = loom::thread::spawn(move || {
-            core3.quiescent();
-            core3.quiescent();
+            core3.advance_epoch();
+            core3.advance_epoch();
         });
 
         let back = core.unregister(&p, h_gone).unwrap();

@@ -649,7 +649,7 @@ fn consumers_come_and_go_under_four_cpus() {
                 if done.load(SeqCst) {
                     break;
                 }
-                core.quiescent();
+                core.advance_epoch();
                 if n % 64 == 0 {
                     let _ = core.maintain(&m);
                 }
@@ -735,7 +735,7 @@ fn consumers_come_and_go_under_four_cpus() {
     // the grace periods pass, every instruction can be probed at once, in both spaces, and
     // every execution of each hits.
     for _ in 0..4 {
-        core.quiescent();
+        core.advance_epoch();
         core.maintain(&m).unwrap();
     }
     let all = register_all(&m, &core, &shared, file, offsets);

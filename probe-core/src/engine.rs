@@ -506,11 +506,12 @@ impl<
         first
     }
 
-    /// A quiescent-state report: the calling context holds no reference into the core. The
-    /// core advances the grace-period clock if every CPU has passed the current epoch, making
-    /// retired probes, sites and slots reusable. Lock-free; callable from anywhere.
-    pub fn quiescent(&self) {
-        self.epochs.try_advance();
+    /// Try to advance the grace-period clock: it moves on when every CPU inside a read-side
+    /// section is pinned at the current epoch, making retired probes, sites and slots
+    /// reusable two advances after they were retired. Lock-free; callable from any context
+    /// (a timer tick on every CPU, an idle loop), as often as wanted. Returns the epoch.
+    pub fn advance_epoch(&self) -> u64 {
+        self.epochs.try_advance()
     }
 
     /// Whether `cpu` may call the read-side paths (it is below `CPUS`).
