@@ -259,3 +259,56 @@ mod tests {
         assert_eq!(p.mem().mem.borrow()[..0x1000], before[..0x1000]);
     }
 }
+
+#[cfg(test)]
+mod reuse_tests {
+    extern crate std;
+
+    use probe_core::{ConsumerOptions, HandlerAction, HitContext};
+
+    use super::*;
+    use crate::platform::tests::{platform, Buffer, BASE};
+
+    #[derive(Debug)]
+    struct Nop;
+    impl Consumer<KernelPlatform<Buffer>> for Nop {
+        fn handler(&self, _ctx: &mut HitContext<'_, KernelPlatform<Buffer>>) -> HandlerAction {
+            HandlerAction::Keep
+        }
+    }
+    type Core = KernelCore<Buffer, Nop, 64, 32, 64, 64, 8>;
+
+    #[test]
+    fn reregistration_patches_the_right_address() {
+        let p = platform();
+        let core = Core::new();
+        let before = p.mem().mem.borrow().clone();
+        for round in 0..4 {
+            let mut hs = std::vec::Vec::new();
+            for off in [0u64, 4, 8] {
+                let h = core
+                    .register(
+                        &p,
+                        p.key_of(BASE + off).unwrap(),
+                        Nop,
+                        ConsumerOptions::default(),
+                    )
+                    .map_err(|e| e.0)
+                    .unwrap();
+                hs.push(h);
+            }
+            for h in hs {
+                core.unregister(&p, h).unwrap();
+            }
+            let h = core
+                .register(&p, p.key_of(BASE).unwrap(), Nop, ConsumerOptions::default())
+                .map_err(|e| e.0)
+                .unwrap();
+            let m = p.mem().mem.borrow().clone();
+            assert_eq!(m[0], 0xcc, "round {round}");
+            assert_eq!(m[4], before[4], "round {round}: int3 at the wrong probe");
+            assert_eq!(m[8], before[8], "round {round}: int3 at the wrong probe");
+            core.unregister(&p, h).unwrap();
+        }
+    }
+}

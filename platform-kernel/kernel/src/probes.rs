@@ -2,12 +2,12 @@
 //!
 //! This and `text.rs` are the kernel's side of the glue; `platform_kernel` holds the rest.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use platform_kernel::percpu::PerCpu;
 use platform_kernel::trap::{self, CpuTrap, KernelCore, TrapOutcome};
 use platform_kernel::{KernelImage, KernelPlatform, TrapFrame};
-use probe_core::{Consumer, HandlerAction, HitContext};
+use probe_core::{Consumer, EntryAction, HandlerAction, HitContext, ReturnContext};
 
 use crate::text::Mem;
 use crate::{fatal, MAX_CPUS};
@@ -18,6 +18,8 @@ pub type Plat = KernelPlatform<Mem>;
 /// Capacities: probe buckets, consumers, site buckets, slots, CPUs.
 pub const PROBES: usize = 64;
 pub const CONSUMERS: usize = 32;
+/// Return-chain depth per CPU.
+pub const DEPTH: usize = 32;
 pub const SITES: usize = 64;
 pub const XOL: usize = 64;
 
@@ -27,7 +29,7 @@ pub type Core = KernelCore<Mem, Probe, PROBES, CONSUMERS, SITES, XOL, MAX_CPUS>;
 /// The core, a `static` (its `new` is `const`).
 pub static CORE: Core = Core::new();
 static PLATFORM: spin::Once<Plat> = spin::Once::new();
-static TRAPS: PerCpu<CpuTrap<32>, MAX_CPUS> = PerCpu::new();
+static TRAPS: PerCpu<CpuTrap<DEPTH>, MAX_CPUS> = PerCpu::new();
 
 /// The platform (set up by [`init`]).
 pub fn platform() -> &'static Plat {
@@ -52,11 +54,31 @@ pub const COUNTERS: usize = 8;
 pub static HITS: [[AtomicU64; MAX_CPUS]; COUNTERS] =
     [const { [const { AtomicU64::new(0) }; MAX_CPUS] }; COUNTERS];
 
+/// Registrations the stress test makes; each has its own hit count and "unregistered" flag.
+pub const LIVES: usize = 4096;
+/// Hits per stress registration.
+pub static LIVE_HITS: [AtomicU64; LIVES] = [const { AtomicU64::new(0) }; LIVES];
+/// Set once `unregister` of that registration returned.
+pub static LIVE_DEAD: [AtomicBool; LIVES] = [const { AtomicBool::new(false) }; LIVES];
+/// Handler calls of a registration whose `unregister` had already returned.
+pub static LATE_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// Return-probe entries (entry handlers run) and returns (return handlers run), per CPU.
+pub static RET_ENTRIES: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+pub static RET_RETURNS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Return handlers that saw a wrong return value or a data mismatch.
+pub static RET_WRONG: AtomicU64 = AtomicU64::new(0);
+
 /// What the tests attach to probes.
 #[derive(Debug)]
 pub enum Probe {
     /// Count hits in `HITS[n]`.
     Count(usize),
+    /// A stress registration: counts in `LIVE_HITS[n]`, checks `LIVE_DEAD[n]`.
+    Live(usize),
+    /// A return consumer on `pk_sum` (sum of 0..=n): checks the return value against the
+    /// argument the entry handler saved.
+    Ret,
     /// Allocate in the handler (must kill the kernel).
     Allocate,
 }
@@ -67,12 +89,38 @@ impl Consumer<Plat> for Probe {
             Probe::Count(n) => {
                 HITS[n][ctx.cpu.0 as usize].fetch_add(1, Ordering::Relaxed);
             }
+            Probe::Live(n) => {
+                if LIVE_DEAD[n].load(Ordering::Acquire) {
+                    LATE_CALLS.fetch_add(1, Ordering::Relaxed);
+                }
+                LIVE_HITS[n].fetch_add(1, Ordering::Relaxed);
+            }
+            Probe::Ret => {}
             Probe::Allocate => {
                 let b = alloc::boxed::Box::new(ctx.addr.0);
                 core::hint::black_box(b);
             }
         }
         HandlerAction::Keep
+    }
+
+    fn entry_handler(&self, ctx: &mut HitContext<'_, Plat>, data: &mut [u8]) -> EntryAction {
+        RET_ENTRIES[ctx.cpu.0 as usize].fetch_add(1, Ordering::Relaxed);
+        let arg = ctx.regs.rdi;
+        if data.len() >= 8 {
+            data[..8].copy_from_slice(&arg.to_le_bytes());
+        }
+        EntryAction::Track
+    }
+
+    fn return_handler(&self, ctx: &mut ReturnContext<'_, Plat>, data: &mut [u8]) {
+        RET_RETURNS[ctx.cpu.0 as usize].fetch_add(1, Ordering::Relaxed);
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&data[..8]);
+        let n = u64::from_le_bytes(b);
+        if ctx.regs.rax != n * (n + 1) / 2 {
+            RET_WRONG.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -115,6 +163,10 @@ pub fn init() {
     );
 }
 
+/// Traps on an `int3` that memory no longer holds (a CPU that fetched it before it was
+/// removed), per CPU.
+pub static STALE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
 /// `#BP` (interrupts off).
 pub fn on_breakpoint(cpu: usize, f: &mut TrapFrame) {
     // SAFETY: this CPU's state, in an interrupt-gate handler (interrupts off): nothing else on
@@ -122,6 +174,20 @@ pub fn on_breakpoint(cpu: usize, f: &mut TrapFrame) {
     let Some(st) = (unsafe { TRAPS.get_mut(cpu) }) else {
         fatal(format_args!("cpu {cpu} has no trap state"))
     };
+    // An int3 this CPU executed though memory no longer holds it: once is the removal race
+    // the core restarts from; forever is a CPU (an emulator) that never refetches.
+    // SAFETY: rip - 1 is the int3 this CPU just executed: mapped, readable.
+    let byte = unsafe { ((f.rip - 1) as *const u8).read_volatile() };
+    if byte != 0xcc {
+        let n = STALE[cpu].fetch_add(1, Ordering::Relaxed) + 1;
+        if n == 1_000_000 {
+            fatal(format_args!(
+                "the int3 at {:#x} was executed {n} times after it was removed (memory holds \
+                 {byte:#x}): this CPU runs stale code (QEMU multi-threaded TCG?)",
+                f.rip - 1
+            ));
+        }
+    }
     match trap::on_int3(&CORE, platform(), cpu as u32, st, f) {
         TrapOutcome::Handled => {}
         TrapOutcome::NotOurs => fatal(format_args!("stray int3 at {:#x}", f.rip - 1)),

@@ -12,9 +12,9 @@
 //! | `pk_privileged`   | `mov rax, cr0`                 | (refused by the core today)    |
 
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use probe_core::{ConsumerHandle, ConsumerOptions, Error, PlanKind, Reject};
+use probe_core::{ConsumerHandle, ConsumerOptions, Error, PlanKind, Reject, ReturnOptions};
 
 use crate::probes::{self, Probe, CORE};
 use crate::{exit, fatal, online_cpus};
@@ -50,6 +50,20 @@ pk_privileged:
     mov rax, rdi
     ret
 
+    /* sum(n) = n + sum(n - 1), recursively: a return probe's workout. */
+    .global pk_sum
+pk_sum:
+    push rbx
+    mov rbx, rdi
+    xor eax, eax
+    test rdi, rdi
+    jz 1f
+    lea rdi, [rdi - 1]
+    call pk_sum
+    add rax, rbx
+1:  pop rbx
+    ret
+
     .section .data.pk, "aw"
     .p2align 3
     .global pk_data
@@ -64,6 +78,7 @@ extern "C" {
     fn pk_riprel(x: u64) -> u64;
     fn pk_step(x: u64) -> u64;
     fn pk_privileged(x: u64) -> u64;
+    fn pk_sum(n: u64) -> u64;
 }
 
 /// A probed function, its expected result, and the plan the core must pick.
@@ -261,6 +276,244 @@ fn plan_kinds() {
     );
 }
 
+// ------------------------------------------------------------------------------ stress
+
+static STOP: AtomicBool = AtomicBool::new(false);
+static HAMMER_CALLS: AtomicU64 = AtomicU64::new(0);
+const STRESS_ROUNDS: usize = 2000;
+/// The stressed targets: emulated, boosted, single-stepped.
+const STRESSED: [usize; 3] = [0, 1, 3];
+
+fn hammer(cpu: usize) {
+    if cpu == 0 {
+        return stress_writer();
+    }
+    let mut i = 0u64;
+    while !STOP.load(Ordering::Acquire) {
+        for &t in &STRESSED {
+            let t = &TARGETS[t];
+            let x = (cpu as u64) << 32 | i;
+            if call(t, x) != x + t.add {
+                WRONG.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        i += 1;
+        HAMMER_CALLS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Each stress registration's hit count when its `unregister` returned.
+static FROZEN: [AtomicU64; probes::LIVES] = [const { AtomicU64::new(0) }; probes::LIVES];
+
+/// CPU 0: register and unregister consumers (and so probes) thousands of times while the
+/// other CPUs call the probed functions. Two consumers per round, on the same or on
+/// different probes, so both the probe's creation and removal and the consumer list race.
+fn stress_writer() {
+    let p = probes::platform();
+    for r in 0..STRESS_ROUNDS {
+        if r % 500 == 0 {
+            println!("stress: round {r}");
+        }
+        let ids = [2 * r, 2 * r + 1];
+        let targets = [STRESSED[r % 3], STRESSED[(r + r / 3) % 3]];
+        let mut hs = [None, None];
+        for k in 0..2 {
+            let key = p
+                .key_of(addr_of(&TARGETS[targets[k]]))
+                .unwrap_or_else(|| fatal(format_args!("no key")));
+            match CORE.register(p, key, Probe::Live(ids[k]), ConsumerOptions::default()) {
+                Ok(h) => hs[k] = Some(h),
+                Err((e, _)) => fatal(format_args!("stress register: {e}")),
+            }
+            let at = addr_of(&TARGETS[targets[k]]);
+            // SAFETY: the first byte of a probed function, mapped and readable.
+            let b = unsafe { (at as *const u8).read_volatile() };
+            if b != 0xcc {
+                CORE.for_each_site(platform_kernel::KERNEL_SPACE, |a, key| {
+                    println!("site {:#x} key {:#x}", a.0, key.offset);
+                });
+                fatal(format_args!(
+                    "stress round {r}: {} at {at:#x} registered but not patched ({b:#x})",
+                    TARGETS[targets[k]].name
+                ));
+            }
+        }
+        // Wait (by count, not time) until the hammering CPUs made calls under these
+        // registrations.
+        let start = HAMMER_CALLS.load(Ordering::Relaxed);
+        let mut spins = 0u64;
+        while HAMMER_CALLS.load(Ordering::Relaxed) < start + 2 {
+            core::hint::spin_loop();
+            spins += 1;
+            if spins == 200_000_000 {
+                CORE.for_each_site(platform_kernel::KERNEL_SPACE, |a, key| {
+                    println!("site {:#x} key {:#x}", a.0, key.offset);
+                });
+                for t in &TARGETS {
+                    // SAFETY: the first byte of a probed function, mapped and readable.
+                    let b = unsafe { (addr_of(t) as *const u8).read_volatile() };
+                    println!("{} at {:#x}: {b:#x}", t.name, addr_of(t));
+                }
+                fatal(format_args!(
+                    "stress round {r}: the other cpus stopped making calls"
+                ));
+            }
+        }
+        for k in 0..2 {
+            if let Some(h) = hs[k].take() {
+                if let Err(e) = CORE.unregister(p, h) {
+                    fatal(format_args!("stress unregister: {e}"));
+                }
+                // From here on no handler of this registration may run.
+                probes::LIVE_DEAD[ids[k]].store(true, Ordering::Release);
+                FROZEN[ids[k]].store(
+                    probes::LIVE_HITS[ids[k]].load(Ordering::Acquire),
+                    Ordering::Relaxed,
+                );
+            }
+        }
+    }
+    STOP.store(true, Ordering::Release);
+}
+
+/// Registration and unregistration racing hits on the other CPUs.
+fn stress() {
+    let n = online_cpus();
+    if n < 2 {
+        println!("ok: stress skipped on one cpu");
+        return;
+    }
+    WRONG.store(0, Ordering::Relaxed);
+    on_all_cpus(hammer);
+    let total: u64 = (0..2 * STRESS_ROUNDS)
+        .map(|i| probes::LIVE_HITS[i].load(Ordering::Relaxed))
+        .sum();
+    // Every registration's count, read again now that all CPUs stopped, is what it was when
+    // its unregister returned, and no handler saw its registration already unregistered.
+    let moved = (0..2 * STRESS_ROUNDS)
+        .filter(|&i| {
+            probes::LIVE_HITS[i].load(Ordering::Relaxed) != FROZEN[i].load(Ordering::Relaxed)
+        })
+        .count();
+    let late = probes::LATE_CALLS.load(Ordering::Relaxed) + moved as u64;
+    check(
+        WRONG.load(Ordering::Relaxed) == 0,
+        format_args!("stress: every probed call returned the right value"),
+    );
+    check(
+        late == 0,
+        format_args!("stress: no handler ran after its unregister returned ({late} late calls)"),
+    );
+    check(
+        total > 0,
+        format_args!(
+        "stress: {} registrations and unregistrations, {total} handler calls, {} calls on {} cpus",
+        4 * STRESS_ROUNDS,
+        HAMMER_CALLS.load(Ordering::Relaxed) * STRESSED.len() as u64,
+        n - 1
+    ),
+    );
+    check(
+        CORE.probe_count() == 0 && CORE.site_count() == 0,
+        format_args!("stress: no probes left"),
+    );
+    check(
+        text_identical(),
+        format_args!("stress: text identical to the image"),
+    );
+}
+
+// ------------------------------------------------------------------------------ returns
+
+const SUM_N: u64 = 8;
+const RET_ITERS: u64 = 200;
+
+fn call_sum(cpu: usize) {
+    for i in 0..RET_ITERS {
+        let n = (i + cpu as u64) % (SUM_N + 1);
+        // SAFETY: pk_sum takes and returns one integer (System V), recursing n deep.
+        if unsafe { pk_sum(core::hint::black_box(n)) } != n * (n + 1) / 2 {
+            WRONG.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Calls of `pk_sum` (entries, counting the recursion) that `call_sum` makes on `cpus`.
+fn sum_entries(cpus: usize) -> u64 {
+    (0..cpus as u64)
+        .map(|c| {
+            (0..RET_ITERS)
+                .map(|i| (i + c) % (SUM_N + 1) + 1)
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// Return probes on a recursive function, on every CPU, with room for every call and then
+/// with `maxactive` too small.
+fn returns() {
+    let p = probes::platform();
+    let n = online_cpus();
+    let key = p
+        .key_of(pk_sum as *const () as u64)
+        .unwrap_or_else(|| fatal(format_args!("no key")));
+    for maxactive in [1000u32, 4] {
+        for c in 0..crate::MAX_CPUS {
+            probes::RET_ENTRIES[c].store(0, Ordering::Relaxed);
+            probes::RET_RETURNS[c].store(0, Ordering::Relaxed);
+        }
+        WRONG.store(0, Ordering::Relaxed);
+        let mut opts = ConsumerOptions::default();
+        opts.ret = Some(ReturnOptions {
+            maxactive,
+            data_size: 8,
+        });
+        let h = match CORE.register(p, key, Probe::Ret, opts) {
+            Ok(h) => h,
+            Err((e, _)) => fatal(format_args!("register return probe: {e}")),
+        };
+        on_all_cpus(call_sum);
+        let entries: u64 = probes::RET_ENTRIES
+            .iter()
+            .map(|e| e.load(Ordering::Relaxed))
+            .sum();
+        let rets: u64 = probes::RET_RETURNS
+            .iter()
+            .map(|e| e.load(Ordering::Relaxed))
+            .sum();
+        let missed = CORE.nmissed(h).unwrap_or(u64::MAX);
+        let in_use = CORE.instances_in_use(h).unwrap_or(u32::MAX);
+        let calls = sum_entries(n);
+        let per_cpu = (0..n).all(|c| probes::RET_RETURNS[c].load(Ordering::Relaxed) > 0);
+        check(
+            WRONG.load(Ordering::Relaxed) == 0 && probes::RET_WRONG.load(Ordering::Relaxed) == 0,
+            format_args!("returns (maxactive {maxactive}): every return value right, seen by the caller and the return handler"),
+        );
+        check(
+            entries == rets && entries + missed == calls && in_use == 0,
+            format_args!("returns (maxactive {maxactive}): {calls} calls = {entries} tracked + {missed} missed, {rets} returned"),
+        );
+        if maxactive == 1000 {
+            check(
+                missed == 0 && per_cpu,
+                format_args!("returns: none missed with room for all, returns on every cpu"),
+            );
+        } else {
+            check(
+                missed > 0,
+                format_args!("returns: maxactive {maxactive} misses calls deeper than it"),
+            );
+        }
+        if let Err(e) = CORE.unregister(p, h) {
+            fatal(format_args!("unregister return probe: {e}"));
+        }
+    }
+    check(
+        text_identical(),
+        format_args!("returns: text identical to the image"),
+    );
+}
+
 /// Entry of the tests (bootstrap processor).
 pub fn run(cmd: &str) -> ! {
     println!("cmdline: {cmd:?}");
@@ -268,6 +521,8 @@ pub fn run(cmd: &str) -> ! {
         alloc_in_trap();
     }
     plan_kinds();
+    returns();
+    stress();
     let ticks: u64 = crate::TICKS.iter().map(|t| t.load(Ordering::Relaxed)).sum();
     let quiet = crate::TICKS
         .iter()
