@@ -209,6 +209,18 @@ fn check_run(cpus: u32) {
     ] {
         assert!(s.contains(line), "no {line:?} in:\n{s}");
     }
+    assert!(
+        s.contains("ok: reentry: every call returned the right value"),
+        "{s}"
+    );
+    assert!(
+        s.contains("ok: reentry: text identical to the image"),
+        "{s}"
+    );
+    let re = s
+        .lines()
+        .any(|l| l.starts_with("ok: reentry: ") && l.contains("probe hits from the timer"));
+    assert!(re, "no reentry counts in:\n{s}");
     if cpus > 1 {
         for line in [
             "ok: stress: every probed call returned the right value",

@@ -225,4 +225,9 @@ pub fn on_timer(cpu: usize, f: &TrapFrame) {
         trap::on_interrupt(&CORE, st, f);
     }
     CORE.quiescent();
+    let (slots, slots_end) = crate::slot_range();
+    if (slots..slots_end).contains(&f.rip) {
+        // The interrupted code sits in a boosted slot.
+        crate::tests::on_timer_in_slot(cpu);
+    }
 }

@@ -64,6 +64,12 @@ pk_sum:
 1:  pop rbx
     ret
 
+    /* Called from the timer interrupt while the interrupted code sits in a slot. */
+    .global pk_reenter
+pk_reenter:
+    lea rax, [rdi + 3]
+    ret
+
     .section .data.pk, "aw"
     .p2align 3
     .global pk_data
@@ -79,6 +85,7 @@ extern "C" {
     fn pk_step(x: u64) -> u64;
     fn pk_privileged(x: u64) -> u64;
     fn pk_sum(n: u64) -> u64;
+    fn pk_reenter(x: u64) -> u64;
 }
 
 /// A probed function, its expected result, and the plan the core must pick.
@@ -514,6 +521,92 @@ fn returns() {
     );
 }
 
+// ------------------------------------------------------------------------------ reentry
+
+static REENTRY_ARMED: AtomicBool = AtomicBool::new(false);
+static REENTRIES: [AtomicU64; crate::MAX_CPUS] = [const { AtomicU64::new(0) }; crate::MAX_CPUS];
+static REENTRY_CALLS: [AtomicU64; crate::MAX_CPUS] = [const { AtomicU64::new(0) }; crate::MAX_CPUS];
+/// Reentries wanted before the CPUs stop (by count: how often a timer lands in a slot
+/// depends on the machine's speed, so the CPUs call until they saw this many, up to a cap).
+const REENTRIES_WANTED: u64 = 20;
+const REENTRY_CAP: u64 = 2_000_000;
+
+/// The timer interrupted code in a slot (interrupts off, timer handler): call a probed
+/// function from here, a probe hit nested in the outer one's slot execution.
+pub fn on_timer_in_slot(cpu: usize) {
+    if !REENTRY_ARMED.load(Ordering::Relaxed) {
+        return;
+    }
+    // SAFETY: pk_reenter takes and returns one integer (System V).
+    let r = unsafe { pk_reenter(core::hint::black_box(cpu as u64)) };
+    if r != cpu as u64 + 3 {
+        WRONG.fetch_add(1, Ordering::Relaxed);
+    }
+    REENTRIES[cpu].fetch_add(1, Ordering::Relaxed);
+}
+
+fn reentries() -> u64 {
+    REENTRIES.iter().map(|r| r.load(Ordering::Relaxed)).sum()
+}
+
+fn call_until_reentered(cpu: usize) {
+    let mut i = 0;
+    while reentries() < REENTRIES_WANTED && i < REENTRY_CAP {
+        let x = (cpu as u64) << 32 | i;
+        if call(&TARGETS[1], x) != x + 2 {
+            WRONG.fetch_add(1, Ordering::Relaxed);
+        }
+        i += 1;
+    }
+    REENTRY_CALLS[cpu].store(i, Ordering::Relaxed);
+}
+
+/// Reentry: the timer interrupt lands while a CPU executes a boosted slot (it is pending
+/// during `#BP`, which runs with interrupts off, and taken as `iretq` enters the slot), and
+/// its handler hits another probe. Both complete; every hit is counted.
+fn reentry() {
+    let p = probes::platform();
+    let outer = p
+        .key_of(addr_of(&TARGETS[1]))
+        .unwrap_or_else(|| fatal(format_args!("no key")));
+    let inner = p
+        .key_of(pk_reenter as *const () as u64)
+        .unwrap_or_else(|| fatal(format_args!("no key")));
+    let ho = CORE.register(p, outer, Probe::Count(5), ConsumerOptions::default());
+    let hi = CORE.register(p, inner, Probe::Count(6), ConsumerOptions::default());
+    let (Ok(ho), Ok(hi)) = (ho, hi) else {
+        fatal(format_args!("register reentry probes"))
+    };
+    WRONG.store(0, Ordering::Relaxed);
+    REENTRY_ARMED.store(true, Ordering::Release);
+    on_all_cpus(call_until_reentered);
+    REENTRY_ARMED.store(false, Ordering::Release);
+    let calls: u64 = REENTRY_CALLS
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum();
+    let re = reentries();
+    check(
+        WRONG.load(Ordering::Relaxed) == 0,
+        format_args!(
+            "reentry: every call returned the right value, inside and outside the interrupt"
+        ),
+    );
+    check(
+        probes::hits(5) == calls && probes::hits(6) == re && re > 0,
+        format_args!("reentry: {re} probe hits from the timer while a cpu sat in a slot; outer hits {} of {calls}, inner {} of {re}", probes::hits(5), probes::hits(6)),
+    );
+    for h in [ho, hi] {
+        if let Err(e) = CORE.unregister(p, h) {
+            fatal(format_args!("unregister: {e}"));
+        }
+    }
+    check(
+        text_identical(),
+        format_args!("reentry: text identical to the image"),
+    );
+}
+
 /// Entry of the tests (bootstrap processor).
 pub fn run(cmd: &str) -> ! {
     println!("cmdline: {cmd:?}");
@@ -522,6 +615,7 @@ pub fn run(cmd: &str) -> ! {
     }
     plan_kinds();
     returns();
+    reentry();
     stress();
     let ticks: u64 = crate::TICKS.iter().map(|t| t.load(Ordering::Relaxed)).sum();
     let quiet = crate::TICKS
