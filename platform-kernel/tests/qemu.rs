@@ -267,3 +267,35 @@ fn allocation_in_a_trap_handler_fails_loudly() {
         b.serial
     );
 }
+
+/// The in-kernel benchmark (not a timed test: it asserts only that it ran). Run it with
+/// `cargo test -p platform-kernel --test qemu -- --ignored --nocapture benchmark`.
+#[test]
+#[ignore = "a benchmark; run explicitly"]
+fn benchmark() {
+    let qemu = require_qemu!();
+    let b = boot(qemu, 2, "bench");
+    assert_eq!(b.status, EXIT_SUCCESS, "{}", b.serial);
+    for line in b.serial.lines().filter(|l| l.starts_with("bench: ")) {
+        println!("{line}");
+    }
+    for kind in [
+        "bare int3 round trip",
+        "emulate hit",
+        "boost hit",
+        "riprel hit",
+        "step hit",
+    ] {
+        assert!(
+            b.serial.contains(&format!("bench: {kind}: ")),
+            "{}",
+            b.serial
+        );
+    }
+    assert!(
+        b.serial
+            .contains("bench: boost hit with 1000 probes registered"),
+        "{}",
+        b.serial
+    );
+}

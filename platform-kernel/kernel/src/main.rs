@@ -15,6 +15,7 @@ extern crate alloc;
 
 #[macro_use]
 mod serial;
+mod bench;
 mod boot;
 mod cpu;
 mod lapic;

@@ -89,14 +89,14 @@ extern "C" {
 }
 
 /// A probed function, its expected result, and the plan the core must pick.
-struct Target {
-    name: &'static str,
+pub(crate) struct Target {
+    pub(crate) name: &'static str,
     f: unsafe extern "C" fn(u64) -> u64,
     add: u64,
     plan: Option<PlanKind>,
 }
 
-const TARGETS: [Target; 5] = [
+pub(crate) const TARGETS: [Target; 5] = [
     Target {
         name: "emulate",
         f: pk_emulate,
@@ -129,11 +129,11 @@ const TARGETS: [Target; 5] = [
     },
 ];
 
-fn addr_of(t: &Target) -> u64 {
+pub(crate) fn addr_of(t: &Target) -> u64 {
     t.f as usize as u64
 }
 
-fn call(t: &Target, x: u64) -> u64 {
+pub(crate) fn call(t: &Target, x: u64) -> u64 {
     // SAFETY: the target functions take one integer and return one, clobbering only
     // caller-saved registers (System V); `mov rax, cr0` is allowed in ring 0.
     unsafe { (t.f)(core::hint::black_box(x)) }
@@ -612,6 +612,10 @@ pub fn run(cmd: &str) -> ! {
     println!("cmdline: {cmd:?}");
     if cmd.contains("alloc-in-trap") {
         alloc_in_trap();
+    }
+    if cmd.contains("bench") {
+        crate::bench::run();
+        exit(true);
     }
     plan_kinds();
     returns();
