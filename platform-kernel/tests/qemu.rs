@@ -192,7 +192,7 @@ fn check_run(cpus: u32) {
     }
     assert!(s.contains(&format!("smp: {cpus} cpus")), "{s}");
     let iters = 2000 * u64::from(cpus);
-    for kind in ["emulate", "boost", "riprel", "step"] {
+    for kind in ["emulate", "boost", "riprel", "step", "call"] {
         let want = format!("ok: {kind} hits {iters} of {iters} from {cpus} cpus");
         assert!(s.contains(&want), "no {want:?} in:\n{s}");
     }

@@ -50,7 +50,7 @@ const ORIGINAL_MAX: usize = 4 << 20;
 static mut ORIGINAL: [u8; ORIGINAL_MAX] = [0; ORIGINAL_MAX];
 
 /// Hits counted per counter and CPU.
-pub const COUNTERS: usize = 8;
+pub const COUNTERS: usize = 10;
 pub static HITS: [[AtomicU64; MAX_CPUS]; COUNTERS] =
     [const { [const { AtomicU64::new(0) }; MAX_CPUS] }; COUNTERS];
 

@@ -9,6 +9,7 @@
 //! | `pk_boost`        | `lea rax, [rdi + 2]`           | boosted                        |
 //! | `pk_riprel`       | `mov rax, [rip + pk_data]`     | boosted, displacement relocated|
 //! | `pk_step`         | `push qword ptr [rip + pk_data]` | single-stepped in a slot     |
+//! | `pk_call`         | `call pk_leaf` (rsp aligned)   | emulated (writes the int3 gap) |
 //! | `pk_privileged`   | `mov rax, cr0`                 | (refused by the core today)    |
 
 use core::arch::global_asm;
@@ -43,6 +44,20 @@ pk_step:
     push qword ptr [rip + pk_data]
     pop rax
     add rax, rdi
+    ret
+    /* The probed `call` (pk_call_site) runs with rsp 16-aligned, as at any call site of the
+       System V ABI: the CPU's exception frame then starts right below rsp, where the emulated
+       call writes its return address (the int3 gap's reason). */
+    .global pk_call
+pk_call:
+    sub rsp, 8
+    .global pk_call_site
+pk_call_site:
+    call pk_leaf
+    add rsp, 8
+    ret
+pk_leaf:
+    lea rax, [rdi + 5]
     ret
     .global pk_privileged
 pk_privileged:
@@ -83,6 +98,8 @@ extern "C" {
     fn pk_boost(x: u64) -> u64;
     fn pk_riprel(x: u64) -> u64;
     fn pk_step(x: u64) -> u64;
+    fn pk_call(x: u64) -> u64;
+    static pk_call_site: u8;
     fn pk_privileged(x: u64) -> u64;
     fn pk_sum(n: u64) -> u64;
     fn pk_reenter(x: u64) -> u64;
@@ -96,7 +113,7 @@ pub(crate) struct Target {
     plan: Option<PlanKind>,
 }
 
-pub(crate) const TARGETS: [Target; 5] = [
+pub(crate) const TARGETS: [Target; 6] = [
     Target {
         name: "emulate",
         f: pk_emulate,
@@ -122,6 +139,12 @@ pub(crate) const TARGETS: [Target; 5] = [
         plan: Some(PlanKind::SingleStep),
     },
     Target {
+        name: "call",
+        f: pk_call,
+        add: 5,
+        plan: Some(PlanKind::Emulate),
+    },
+    Target {
         name: "privileged",
         f: pk_privileged,
         add: 0,
@@ -129,7 +152,11 @@ pub(crate) const TARGETS: [Target; 5] = [
     },
 ];
 
+/// The probed instruction of `t`: its first, but for `pk_call` its call site.
 pub(crate) fn addr_of(t: &Target) -> u64 {
+    if t.name == "call" {
+        return &raw const pk_call_site as u64;
+    }
     t.f as usize as u64
 }
 
@@ -220,7 +247,7 @@ fn text_identical() -> bool {
 fn plan_kinds() {
     let p = probes::platform();
     let n = online_cpus() as u64;
-    let mut handles: [Option<ConsumerHandle>; 5] = [None; 5];
+    let mut handles: [Option<ConsumerHandle>; 6] = [None; 6];
     for (i, t) in TARGETS.iter().enumerate() {
         let Some(key) = p.key_of(addr_of(t)) else {
             fatal(format_args!("{} is outside the image", t.name))
@@ -572,8 +599,8 @@ fn reentry() {
     let inner = p
         .key_of(pk_reenter as *const () as u64)
         .unwrap_or_else(|| fatal(format_args!("no key")));
-    let ho = CORE.register(p, outer, Probe::Count(5), ConsumerOptions::default());
-    let hi = CORE.register(p, inner, Probe::Count(6), ConsumerOptions::default());
+    let ho = CORE.register(p, outer, Probe::Count(8), ConsumerOptions::default());
+    let hi = CORE.register(p, inner, Probe::Count(9), ConsumerOptions::default());
     let (Ok(ho), Ok(hi)) = (ho, hi) else {
         fatal(format_args!("register reentry probes"))
     };
@@ -593,8 +620,8 @@ fn reentry() {
         ),
     );
     check(
-        probes::hits(5) == calls && probes::hits(6) == re && re > 0,
-        format_args!("reentry: {re} probe hits from the timer while a cpu sat in a slot; outer hits {} of {calls}, inner {} of {re}", probes::hits(5), probes::hits(6)),
+        probes::hits(8) == calls && probes::hits(9) == re && re > 0,
+        format_args!("reentry: {re} probe hits from the timer while a cpu sat in a slot; outer hits {} of {calls}, inner {} of {re}", probes::hits(8), probes::hits(9)),
     );
     for h in [ho, hi] {
         if let Err(e) = CORE.unregister(p, h) {
