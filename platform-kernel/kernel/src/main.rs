@@ -104,7 +104,8 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 
 // ------------------------------------------------------------------------------ allocator
 
-/// Nesting depth of trap handlers per CPU: the allocator refuses to run inside one.
+/// Nesting depth of exception and interrupt handlers per CPU: the allocator refuses to run
+/// inside one.
 pub static IN_TRAP: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
 /// Allocations made (registration time only).
 pub static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
@@ -245,17 +246,11 @@ extern "C" fn trap_entry(f: &mut platform_kernel::TrapFrame) {
     if cpu >= MAX_CPUS {
         fatal(format_args!("APIC id {cpu} out of range"));
     }
+    // Every handler counts as a trap for the allocator, the timer's too.
+    IN_TRAP[cpu].fetch_add(1, Ordering::Relaxed);
     match f.vector as u8 {
-        3 => {
-            IN_TRAP[cpu].fetch_add(1, Ordering::Relaxed);
-            probes::on_breakpoint(cpu, f);
-            IN_TRAP[cpu].fetch_sub(1, Ordering::Relaxed);
-        }
-        1 => {
-            IN_TRAP[cpu].fetch_add(1, Ordering::Relaxed);
-            probes::on_debug(cpu, f);
-            IN_TRAP[cpu].fetch_sub(1, Ordering::Relaxed);
-        }
+        3 => probes::on_breakpoint(cpu, f),
+        1 => probes::on_debug(cpu, f),
         lapic::TIMER_VECTOR => {
             TICKS[cpu].fetch_add(1, Ordering::Relaxed);
             probes::on_timer(cpu, f);
@@ -274,6 +269,7 @@ extern "C" fn trap_entry(f: &mut platform_kernel::TrapFrame) {
             ))
         }
     }
+    IN_TRAP[cpu].fetch_sub(1, Ordering::Relaxed);
 }
 
 fn exception_name(v: u8) -> &'static str {
