@@ -195,6 +195,8 @@ fn check_run(cpus: u32) {
     for kind in ["emulate", "boost", "riprel", "step", "call"] {
         let want = format!("ok: {kind} hits {iters} of {iters} from {cpus} cpus");
         assert!(s.contains(&want), "no {want:?} in:\n{s}");
+        let each = format!("ok: {kind} hits 2000 on each cpu");
+        assert!(s.contains(&each), "no {each:?} in:\n{s}");
     }
     assert!(
         s.contains("ok: text identical to the image after unregister"),

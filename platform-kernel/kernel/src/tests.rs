@@ -290,6 +290,9 @@ fn plan_kinds() {
     for (i, t) in TARGETS.iter().enumerate() {
         let want = if handles[i].is_some() { n * ITERS } else { 0 };
         let got = probes::hits(i);
+        let each = if handles[i].is_some() { ITERS } else { 0 };
+        let per_cpu = (0..n as usize).all(|c| probes::HITS[i][c].load(Ordering::Relaxed) == each);
+        check(per_cpu, format_args!("{} hits {each} on each cpu", t.name));
         check(
             got == want,
             format_args!("{} hits {got} of {want} from {n} cpus", t.name),
