@@ -53,7 +53,7 @@ fn kernel() -> &'static Path {
         // without the outer build's flags.
         let out = Command::new(cargo)
             .current_dir(&dir)
-            .args(["build", "--release", "--locked", "--target-dir"])
+            .args(["build", "--release", "--target-dir"])
             .arg(&target_dir)
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
