@@ -87,13 +87,17 @@ impl Consumer<Plat> for Probe {
     fn handler(&self, ctx: &mut HitContext<'_, Plat>) -> HandlerAction {
         match *self {
             Probe::Count(n) => {
-                HITS[n][ctx.cpu.0 as usize].fetch_add(1, Ordering::Relaxed);
+                if let Some(h) = HITS.get(n).and_then(|c| c.get(ctx.cpu.0 as usize)) {
+                    h.fetch_add(1, Ordering::Relaxed);
+                }
             }
             Probe::Live(n) => {
-                if LIVE_DEAD[n].load(Ordering::Acquire) {
-                    LATE_CALLS.fetch_add(1, Ordering::Relaxed);
+                if let (Some(dead), Some(hits)) = (LIVE_DEAD.get(n), LIVE_HITS.get(n)) {
+                    if dead.load(Ordering::Acquire) {
+                        LATE_CALLS.fetch_add(1, Ordering::Relaxed);
+                    }
+                    hits.fetch_add(1, Ordering::Relaxed);
                 }
-                LIVE_HITS[n].fetch_add(1, Ordering::Relaxed);
             }
             Probe::Ret => {}
             Probe::Allocate => {
@@ -105,18 +109,25 @@ impl Consumer<Plat> for Probe {
     }
 
     fn entry_handler(&self, ctx: &mut HitContext<'_, Plat>, data: &mut [u8]) -> EntryAction {
-        RET_ENTRIES[ctx.cpu.0 as usize].fetch_add(1, Ordering::Relaxed);
+        if let Some(e) = RET_ENTRIES.get(ctx.cpu.0 as usize) {
+            e.fetch_add(1, Ordering::Relaxed);
+        }
         let arg = ctx.regs.rdi;
-        if data.len() >= 8 {
-            data[..8].copy_from_slice(&arg.to_le_bytes());
+        if let Some(d) = data.get_mut(..8) {
+            d.copy_from_slice(&arg.to_le_bytes());
         }
         EntryAction::Track
     }
 
     fn return_handler(&self, ctx: &mut ReturnContext<'_, Plat>, data: &mut [u8]) {
-        RET_RETURNS[ctx.cpu.0 as usize].fetch_add(1, Ordering::Relaxed);
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&data[..8]);
+        if let Some(r) = RET_RETURNS.get(ctx.cpu.0 as usize) {
+            r.fetch_add(1, Ordering::Relaxed);
+        }
+        // Handlers run on the hit path: no slicing that could panic.
+        let Some(Ok(b)) = data.get(..8).map(<[u8; 8]>::try_from) else {
+            RET_WRONG.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
         let n = u64::from_le_bytes(b);
         if ctx.regs.rax != n * (n + 1) / 2 {
             RET_WRONG.fetch_add(1, Ordering::Relaxed);
