@@ -301,3 +301,24 @@ fn benchmark() {
         b.serial
     );
 }
+
+/// The stress run with the timer hitting a probe whenever it interrupts a CPU in a slot,
+/// while CPU 0 registers and unregisters (so slots are freed and reused).
+#[test]
+fn reentry_during_registration_stress_on_4_cpus() {
+    let qemu = require_qemu!();
+    let b = boot(qemu, 4, "reentry-stress");
+    let s = &b.serial;
+    assert_eq!(b.status, EXIT_SUCCESS, "kernel failed:\n{s}");
+    for line in [
+        "ok: stress: every probed call returned the right value",
+        "ok: stress: no handler ran after its unregister returned (0 late calls)",
+        "ok: reentry-stress: text identical to the image",
+    ] {
+        assert!(s.contains(line), "no {line:?} in:\n{s}");
+    }
+    let counted = s.lines().any(|l| {
+        l.starts_with("ok: reentry-stress: ") && l.ends_with("reentries, each hit counted")
+    });
+    assert!(counted, "{s}");
+}

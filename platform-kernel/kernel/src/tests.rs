@@ -415,6 +415,11 @@ fn stress_writer() {
 
 /// Registration and unregistration racing hits on the other CPUs.
 fn stress() {
+    stress_with(0);
+}
+
+/// [`stress`] with `kept` probes registered throughout.
+fn stress_with(kept: usize) {
     let n = online_cpus();
     if n < 2 {
         println!("ok: stress skipped on one cpu");
@@ -451,11 +456,11 @@ fn stress() {
     ),
     );
     check(
-        CORE.probe_count() == 0 && CORE.site_count() == 0,
-        format_args!("stress: no probes left"),
+        CORE.probe_count() == kept && CORE.site_count() == kept,
+        format_args!("stress: no probes left (besides {kept} kept)"),
     );
     check(
-        text_identical(),
+        kept > 0 || text_identical(),
         format_args!("stress: text identical to the image"),
     );
 }
@@ -637,11 +642,44 @@ fn reentry() {
     );
 }
 
+/// The stress run with the timer reentering probes from inside slots: the interrupted CPU
+/// is counted out of its slot by the inner hit (the core's `on_breakpoint` takes the CPU's
+/// slot record), so the writer may reuse a slot a CPU is still executing. Not part of the
+/// default run: it shows what the core's reentry handling must fix.
+fn reentry_stress() -> ! {
+    let p = probes::platform();
+    let inner = p
+        .key_of(pk_reenter as *const () as u64)
+        .unwrap_or_else(|| fatal(format_args!("no key")));
+    let Ok(hi) = CORE.register(p, inner, Probe::Count(9), ConsumerOptions::default()) else {
+        fatal(format_args!("register inner probe"))
+    };
+    REENTRY_ARMED.store(true, Ordering::Release);
+    stress_with(1);
+    REENTRY_ARMED.store(false, Ordering::Release);
+    let _ = CORE.unregister(p, hi);
+    check(
+        probes::hits(9) == reentries(),
+        format_args!(
+            "reentry-stress: {} reentries, each hit counted",
+            reentries()
+        ),
+    );
+    check(
+        text_identical(),
+        format_args!("reentry-stress: text identical to the image"),
+    );
+    exit(true)
+}
+
 /// Entry of the tests (bootstrap processor).
 pub fn run(cmd: &str) -> ! {
     println!("cmdline: {cmd:?}");
     if cmd.contains("alloc-in-trap") {
         alloc_in_trap();
+    }
+    if cmd.contains("reentry-stress") {
+        reentry_stress();
     }
     if cmd.contains("bench") {
         crate::bench::run();
