@@ -167,6 +167,12 @@ impl<M: KernelMemory> Platform for KernelPlatform<M> {
         (space == KERNEL_SPACE && count <= self.image.slot_count && self.image.slots != 0)
             .then_some(Addr(self.image.slots))
     }
+
+    /// Kernel text runs in ring 0: privileged instructions are single-stepped (interrupts
+    /// off) instead of refused; `cli`/`sti` are emulated.
+    fn privileged(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -6,17 +6,21 @@
 //!   into a boosted slot, or into a slot with `TF` set and `IF` cleared for a single step
 //!   (interrupts stay off while a CPU single-steps in a slot; the step's `#DB` restores `IF`).
 //! - `#DB` (vector 1): [`on_debug`] when DR6 says single step (`BS`).
-//! - Any other interrupt from kernel mode (the timer): [`on_interrupt`], which counts the CPU
-//!   out of a boosted slot once its `rip` has left it.
+//! - Any other interrupt from kernel mode (the timer): [`on_interrupt_entry`] first, which
+//!   counts the CPU out of a boosted slot once its `rip` has left it and opens a nesting level
+//!   of the trap state (the interrupted code may still be in a slot: its record must survive
+//!   the handler's own probe hits), and [`on_interrupt_exit`] last, which closes it.
 //!
-//! The state is per CPU, not per task: this kernel has no tasks, and a CPU in a `#BP`, `#DB`
-//! or single step never switches away. The core's [`TaskState`] also holds the return-probe
-//! chain, which in a kernel with threads belongs to the thread instead.
+//! [`CpuTrap`] holds the core's two states: the trap in flight ([`TrapState`], per CPU: a CPU
+//! in a `#BP`, `#DB` or single step never switches away) and the return-probe chain
+//! ([`TaskState`], which in a kernel with threads belongs to the thread; this kernel has none,
+//! so the CPU's serves). An NMI handler that hits probes needs a `CpuTrap` of its own (this
+//! kernel has no NMI users).
 //!
 //! All three run with interrupts off, allocate nothing, take no lock and do not panic.
 
 use probe_core::arch::x86_64::X86_64;
-use probe_core::{Consumer, CpuId, Error, Hit, ProbeCore, Step, TaskId, TaskState};
+use probe_core::{Consumer, CpuId, Error, Hit, ProbeCore, Step, TaskId, TaskState, TrapState};
 
 use crate::frame::{TrapFrame, IF, TF};
 use crate::percpu::ConstInit;
@@ -36,14 +40,18 @@ pub type KernelCore<
 /// The state of one CPU's trap in flight.
 #[derive(Debug)]
 pub struct CpuTrap<const DEPTH: usize = 32> {
-    /// The core's record: slot occupancy, the pending single step, the return chain.
-    pub ts: TaskState<X86_64, DEPTH>,
+    /// The core's trap in flight: slot occupancy and the pending single step, per nesting
+    /// level.
+    pub trap: TrapState<X86_64>,
+    /// The core's return chain.
+    pub ts: TaskState<DEPTH>,
     /// `IF` of the context being single-stepped, given back when the step completes.
     step_if: bool,
 }
 
 impl<const DEPTH: usize> ConstInit for CpuTrap<DEPTH> {
     const INIT: Self = CpuTrap {
+        trap: TrapState::new(),
         ts: TaskState::new(),
         step_if: false,
     };
@@ -86,6 +94,7 @@ pub fn on_int3<
         CpuId(cpu),
         KERNEL_SPACE,
         TaskId(u64::from(cpu)),
+        &mut st.trap,
         &mut st.ts,
         &mut regs,
     );
@@ -124,11 +133,11 @@ pub fn on_debug<
     st: &mut CpuTrap<D>,
     frame: &mut TrapFrame,
 ) -> TrapOutcome {
-    if !st.ts.stepping() {
+    if !st.trap.stepping() {
         return TrapOutcome::NotOurs;
     }
     let mut regs = frame.regs();
-    let step = core.on_single_step(p, KERNEL_SPACE, &mut st.ts, &mut regs);
+    let step = core.on_single_step(p, KERNEL_SPACE, &mut st.trap, &mut regs);
     frame.set_regs(&regs);
     frame.rflags &= !TF;
     if st.step_if {
@@ -141,9 +150,12 @@ pub fn on_debug<
     }
 }
 
-/// Any other interrupt that arrived from kernel mode on this CPU (interrupts off): if the
-/// interrupted code was counted into a boosted slot and has left it, count it out.
-pub fn on_interrupt<
+/// Any other interrupt that arrived from kernel mode on this CPU (interrupts off), before its
+/// handler does anything that may hit a probe: if the interrupted code was counted into a
+/// boosted slot and has left it, count it out; then open a nesting level, so that the
+/// handler's own hits keep the interrupted code's record. Returns `false` when no level is
+/// left (the handler must then not hit probes); call [`on_interrupt_exit`] either way.
+pub fn on_interrupt_entry<
     M: KernelMemory,
     C: Consumer<KernelPlatform<M>>,
     const P: usize,
@@ -156,8 +168,27 @@ pub fn on_interrupt<
     core: &KernelCore<M, C, P, N, S, X, CPUS>,
     st: &mut CpuTrap<D>,
     frame: &TrapFrame,
+) -> bool {
+    core.seen_at(&mut st.trap, frame.rip);
+    st.trap.nest().is_ok()
+}
+
+/// The interrupt handler is done: close the level [`on_interrupt_entry`] opened (counting
+/// the CPU out of any slot the handler's hits left it in).
+pub fn on_interrupt_exit<
+    M: KernelMemory,
+    C: Consumer<KernelPlatform<M>>,
+    const P: usize,
+    const N: usize,
+    const S: usize,
+    const X: usize,
+    const CPUS: usize,
+    const D: usize,
+>(
+    core: &KernelCore<M, C, P, N, S, X, CPUS>,
+    st: &mut CpuTrap<D>,
 ) {
-    core.task_quiescent(&mut st.ts, frame.rip);
+    core.unnest(&mut st.trap);
 }
 
 #[cfg(test)]
@@ -242,8 +273,16 @@ mod tests {
         assert_eq!(on_int3(&core, &p, 1, &mut st, &mut f), TrapOutcome::Handled);
         assert!(f.rip >= SLOTS && f.rip < SLOTS + 0x1000, "{:#x}", f.rip);
         assert_eq!(f.rflags & (IF | TF), IF);
-        on_interrupt(&core, &mut st, &frame_at(BASE + 8, rsp));
-        assert!(!st.ts.in_slot());
+        // A timer interrupt while the CPU is still in the slot keeps it counted in, through
+        // the handler and after.
+        assert!(on_interrupt_entry(&core, &mut st, &f));
+        assert_eq!(st.trap.depth(), 1);
+        on_interrupt_exit(&core, &mut st);
+        assert!(st.trap.in_slot(), "still executing the slot");
+        // One after it left the slot counts it out.
+        assert!(on_interrupt_entry(&core, &mut st, &frame_at(BASE + 8, rsp)));
+        on_interrupt_exit(&core, &mut st);
+        assert!(!st.trap.in_slot());
         assert_eq!(HITS.load(Ordering::Relaxed), 2);
 
         // Not ours: an int3 the core did not plant.

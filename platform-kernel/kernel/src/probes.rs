@@ -235,14 +235,20 @@ pub fn on_debug(cpu: usize, f: &mut TrapFrame) {
 /// The timer (interrupts off).
 pub fn on_timer(cpu: usize, f: &TrapFrame) {
     // SAFETY: as in `on_breakpoint`; the timer never interrupts `#BP`/`#DB` (interrupt gates)
-    // nor a single step (interrupts off while stepping).
-    if let Some(st) = unsafe { TRAPS.get_mut(cpu) } {
-        trap::on_interrupt(&CORE, st, f);
-    }
-    CORE.quiescent();
+    // nor a single step (interrupts off while stepping). The borrow ends before the handler's
+    // own probe hits take this CPU's state again.
+    let nested = match unsafe { TRAPS.get_mut(cpu) } {
+        Some(st) => trap::on_interrupt_entry(&CORE, st, f),
+        None => false,
+    };
+    CORE.advance_epoch();
     let (slots, slots_end) = crate::slot_range();
-    if (slots..slots_end).contains(&f.rip) {
-        // The interrupted code sits in a boosted slot.
+    if nested && (slots..slots_end).contains(&f.rip) {
+        // The interrupted code sits in a boosted slot: the handler hits probes meanwhile.
         crate::tests::on_timer_in_slot(cpu);
+    }
+    // SAFETY: as above; the handler's hits are over.
+    if let Some(st) = unsafe { TRAPS.get_mut(cpu) } {
+        trap::on_interrupt_exit(&CORE, st);
     }
 }

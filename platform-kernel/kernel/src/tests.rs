@@ -10,12 +10,12 @@
 //! | `pk_riprel`       | `mov rax, [rip + pk_data]`     | boosted, displacement relocated|
 //! | `pk_step`         | `push qword ptr [rip + pk_data]` | single-stepped in a slot     |
 //! | `pk_call`         | `call pk_leaf` (rsp aligned)   | emulated (writes the int3 gap) |
-//! | `pk_privileged`   | `mov rax, cr0`                 | (refused by the core today)    |
+//! | `pk_privileged`   | `mov rax, cr0`                 | single-stepped (ring 0)        |
 
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use probe_core::{ConsumerHandle, ConsumerOptions, Error, PlanKind, Reject, ReturnOptions};
+use probe_core::{ConsumerHandle, ConsumerOptions, Error, PlanKind, ReturnOptions};
 
 use crate::probes::{self, Probe, CORE};
 use crate::{exit, fatal, online_cpus};
@@ -148,7 +148,7 @@ pub(crate) const TARGETS: [Target; 6] = [
         name: "privileged",
         f: pk_privileged,
         add: 0,
-        plan: None,
+        plan: Some(PlanKind::SingleStep),
     },
 ];
 
@@ -271,12 +271,6 @@ fn plan_kinds() {
                     format_args!("{} patched with int3 ({b:#x})", t.name),
                 );
                 handles[i] = Some(h);
-            }
-            (Err((Error::Rejected(Reject::Privileged), _)), None) => {
-                println!(
-                    "ok: {} refused by the core: privileged instruction (core change needed)",
-                    t.name
-                );
             }
             (Ok(_), None) => fatal(format_args!("{} unexpectedly accepted", t.name)),
             (Err((e, _)), _) => fatal(format_args!("register {}: {e}", t.name)),
