@@ -192,7 +192,7 @@ fn check_run(cpus: u32) {
     }
     assert!(s.contains(&format!("smp: {cpus} cpus")), "{s}");
     let iters = 2000 * u64::from(cpus);
-    for kind in ["emulate", "boost", "riprel", "step", "call"] {
+    for kind in ["emulate", "boost", "riprel", "step", "call", "privileged"] {
         let want = format!("ok: {kind} hits {iters} of {iters} from {cpus} cpus");
         assert!(s.contains(&want), "no {want:?} in:\n{s}");
         let each = format!("ok: {kind} hits 2000 on each cpu");
