@@ -265,3 +265,8 @@ fn the_checker_finds_a_cycle() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(c, vec![vec!["a".to_owned(), "b".to_owned()]]);
 }
+
+#[test]
+fn platform_kernel_has_no_module_cycle() {
+    assert_eq!(cycles_of(&src("platform-kernel")), Vec::<Vec<String>>::new());
+}
