@@ -20,7 +20,7 @@ fn main() {
             "hits.c",
             &["-fPIE", "-pie", "-s", "-rdynamic"],
         ),
-        ("int3-loop", "int3_loop.c", &[]),
+        ("int3-loop", "int3_loop.c", &["-pthread"]),
         ("forker", "forker.c", &["-pthread"]),
         ("threads", "threads.c", &["-pthread"]),
         (

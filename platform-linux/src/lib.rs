@@ -11,6 +11,7 @@
 //! - [`usdt`]: SDT markers of a file (offsets, semaphores, arguments) and their decoding.
 //! - [`remote`]: system calls injected into a stopped tracee (remote `mmap` of slot pages).
 //! - [`wait`]: how the tracer waits for the next stop (blocking, spinning, CPU placement).
+//! - [`placement`]: the CPUs a session gives the tracer and the traced threads.
 //! - [`tracer`]: the core driven over ptrace: platform, consumers, event loop, sessions.
 //! - [`latency`]: log2 histograms of call durations (`probe trace --latency`).
 //! - [`output`]: how `probe trace` prints hits and counts (text and JSON lines).
@@ -24,6 +25,7 @@ pub mod latency;
 pub mod maps;
 pub mod mem;
 pub mod output;
+pub mod placement;
 pub mod remote;
 pub mod resolve;
 #[allow(unsafe_code)]

@@ -693,22 +693,44 @@ pub fn current_cpu() -> Option<usize> {
     usize::try_from(c).ok()
 }
 
-/// The number of CPUs this process may run on.
+/// The CPUs the calling thread may run on.
 pub fn cpus_allowed() -> Vec<usize> {
+    affinity_of(None).unwrap_or_else(|_| vec![0])
+}
+
+/// `sched_getaffinity(tid)`: the CPUs thread `tid` (`None`: the calling thread) may run on.
+pub fn affinity_of(tid: Option<Pid>) -> Result<Vec<usize>, SysError> {
+    let pid = tid.map_or(0, |p| p.0);
     let mut set = MaybeUninit::<libc::cpu_set_t>::zeroed();
     // SAFETY: set points to a writable cpu_set_t of the size passed.
     let r = unsafe {
-        libc::sched_getaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), set.as_mut_ptr())
+        libc::sched_getaffinity(
+            pid,
+            core::mem::size_of::<libc::cpu_set_t>(),
+            set.as_mut_ptr(),
+        )
     };
     if r == -1 {
-        return vec![0];
+        let errno = Errno::last();
+        return Err(if errno.0 == libc::ESRCH {
+            SysError::NoSuchProcess {
+                op: "sched_getaffinity",
+                pid: Pid(pid),
+            }
+        } else {
+            SysError::Failed {
+                op: "sched_getaffinity",
+                pid: Pid(pid),
+                errno,
+            }
+        });
     }
     // SAFETY: zeroed is a valid cpu_set_t and the call filled it.
     let set = unsafe { set.assume_init() };
-    (0..libc::CPU_SETSIZE as usize)
+    Ok((0..libc::CPU_SETSIZE as usize)
         // SAFETY: CPU_ISSET only reads the set; `c` is below CPU_SETSIZE.
         .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-        .collect()
+        .collect())
 }
 
 /// `sched_setaffinity(tid, cpus)`; `None` means the calling thread.

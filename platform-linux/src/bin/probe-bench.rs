@@ -12,17 +12,26 @@
 //! call (`uretprobe:`: the entry breakpoint and the trampoline) against two bare ptrace stop
 //! round trips, measured in the same run.
 //!
-//! Each figure is the median of three runs. Not part of `cargo test`. The tracee programs are the C programs of
-//! `platform-linux/tests/programs`, built by `build.rs`.
+//! The bare round trips and our hits are measured for 1, 2 and 4 tracee threads under every
+//! wait strategy and placement, and the default (what `probe trace` does, run as the
+//! `probe` command itself) against the best bare round trip of the same run. "Unpinned"
+//! means the mask the benchmark process started with, read once before any row pinned
+//! anything.
+//!
+//! Each figure is the fastest of five runs (the machine may be shared: other work only adds
+//! time). Not part of `cargo test`. The tracee programs
+//! are the C programs of `platform-linux/tests/programs`.
 
 use core::time::Duration;
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use platform_linux::maps::{mappings_of_file, read_maps};
 use platform_linux::mem::ProcMem;
+use platform_linux::placement::CpuPlacement;
 use platform_linux::resolve::Resolver;
 use platform_linux::sys::{self, Options, Pid, WaitStatus};
 use platform_linux::tracer::{Outcome, Session, SessionOptions};
@@ -30,6 +39,19 @@ use platform_linux::wait::{Placement, WaitStrategy};
 
 fn program(name: &str) -> PathBuf {
     PathBuf::from(env!("PROBE_TEST_PROGRAMS")).join(name)
+}
+
+/// The CPU mask the benchmark started with: what "unpinned" gives back.
+static ORIGINAL_MASK: OnceLock<Vec<usize>> = OnceLock::new();
+
+fn original_mask() -> &'static [usize] {
+    ORIGINAL_MASK.get_or_init(sys::cpus_allowed)
+}
+
+fn unpin() {
+    Placement::Free
+        .pin_tracer(original_mask())
+        .expect("restore the tracer's mask");
 }
 
 /// Per-round-trip wall time and tracer CPU time.
@@ -45,41 +67,83 @@ fn spawn(prog: &str, args: &[&str], cpus: Option<&[usize]>) -> Pid {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Round trips of `int3-loop`: the tracee traps, we wait and continue it.
-fn bare_round_trip(n: u64, strategy: WaitStrategy, placement: Placement) -> Figure {
-    let tracee_cpus = placement.pin_tracer().expect("pin tracer");
-    let pid = spawn("int3-loop", &[&(n + 1).to_string()], tracee_cpus.as_deref());
+/// Round trips of `int3-loop N T`: each of `threads` threads traps `n` times; we wait for
+/// any of them and continue it. Per round trip, timed from the first trap (which ends the
+/// program's start-up) to the exit.
+fn bare_round_trip(n: u64, threads: u64, strategy: WaitStrategy, placement: Placement) -> Figure {
+    round_trip(n, threads, strategy, placement, false)
+}
+
+/// [`bare_round_trip`], or with `requests` also the three ptrace requests every hit of ours
+/// makes between the stop and the resume (`PTRACE_GETSIGINFO`, `PTRACE_GETREGS`, a
+/// `PTRACE_POKEUSER` of the IP): the floor of a hit through ptrace.
+fn round_trip(
+    n: u64,
+    threads: u64,
+    strategy: WaitStrategy,
+    placement: Placement,
+    requests: bool,
+) -> Figure {
+    let tracee_cpus = placement.pin_tracer(original_mask()).expect("pin tracer");
+    let pid = spawn(
+        "int3-loop",
+        &[&n.to_string(), &threads.to_string()],
+        tracee_cpus.as_deref(),
+    );
     sys::cont(pid, 0).unwrap();
-    // The first trap ends the program's start-up (dynamic linking), untimed.
     let mut traps = 0u64;
     let mut start = (Instant::now(), sys::thread_cpu_time());
     loop {
-        match strategy.wait(Some(pid)).unwrap() {
-            WaitStatus::Stopped(_, libc::SIGTRAP) => {
+        match strategy.wait(None).unwrap() {
+            WaitStatus::Stopped(tid, libc::SIGTRAP) => {
                 traps += 1;
                 if traps == 1 {
                     start = (Instant::now(), sys::thread_cpu_time());
                 }
-                sys::cont(pid, 0).unwrap();
+                if requests {
+                    let info = sys::sig_info(tid).unwrap();
+                    assert_eq!(info.code, libc::SI_KERNEL);
+                    let regs = sys::get_regs(tid).unwrap();
+                    sys::poke_reg(tid, 16, regs.rip).unwrap();
+                }
+                sys::cont(tid, 0).unwrap();
             }
-            WaitStatus::Exited(..) | WaitStatus::Signaled(..) => break,
-            _ => sys::cont(pid, 0).unwrap(),
+            WaitStatus::Exited(p, _) | WaitStatus::Signaled(p, ..) if p == pid => break,
+            WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {}
+            WaitStatus::Stopped(tid, sig) => sys::cont(tid, sig).unwrap(),
+            WaitStatus::Event(tid, ..) => sys::cont(tid, 0).unwrap(),
+            _ => {}
         }
     }
     let wall = start.0.elapsed();
     let cpu = sys::thread_cpu_time() - start.1;
-    Placement::Free.pin_tracer().ok();
-    assert_eq!(traps, n + 1);
+    unpin();
+    assert_eq!(traps, n * threads);
+    let trips = (n * threads - 1) as u32;
     Figure {
-        wall: wall / n as u32,
-        cpu: cpu / n as u32,
+        wall: wall / trips,
+        cpu: cpu / trips,
     }
+}
+
+/// Runs per figure: the machine is shared, and other work only ever adds time, so a figure
+/// is the fastest of these runs (the least disturbed).
+const RUNS: usize = 5;
+
+/// The fastest of [`RUNS`] runs of [`bare_round_trip`], after a short warm-up.
+fn bare_best(n: u64, threads: u64, strategy: WaitStrategy, placement: Placement) -> Figure {
+    bare_round_trip(n / 10 + 2, threads, strategy, placement);
+    let mut runs: Vec<Figure> = (0..RUNS)
+        .map(|_| bare_round_trip(n, threads, strategy, placement))
+        .collect();
+    runs.sort_by_key(|f| f.wall);
+    runs.swap_remove(0)
 }
 
 /// A naive probe: `int3` on `probe_target`; each hit restores the byte, single-steps the
 /// original instruction in place and re-arms (two stops per hit, as gdb does).
 fn naive_breakpoint(n: u64, strategy: WaitStrategy, placement: Placement) -> Figure {
-    let tracee_cpus = placement.pin_tracer().expect("pin tracer");
+    let tracee_cpus = placement.pin_tracer(original_mask()).expect("pin tracer");
     let pid = spawn("hits", &[&n.to_string()], tracee_cpus.as_deref());
     let path = program("hits");
     let probe = Resolver::new(Some(pid))
@@ -121,7 +185,7 @@ fn naive_breakpoint(n: u64, strategy: WaitStrategy, placement: Placement) -> Fig
     }
     let wall = start.0.elapsed();
     let cpu = sys::thread_cpu_time() - start.1;
-    Placement::Free.pin_tracer().ok();
+    unpin();
     assert_eq!(hits, n);
     let n = (n - 1) as u32;
     Figure {
@@ -181,17 +245,82 @@ fn traced_run(kind: &str, calls: u64, strategy: WaitStrategy) -> Duration {
 }
 
 /// Our per-hit cost: the difference between runs of 2N and N hits, over N (start-up,
-/// dynamic linking and exit cancel out). Median of three.
+/// dynamic linking and exit cancel out). Fastest runs.
 fn our_per_hit(kind: &str, n: u64, strategy: WaitStrategy) -> Duration {
-    let mut v: Vec<Duration> = (0..3)
-        .map(|_| {
-            let one = traced_run(kind, n, strategy);
-            let two = traced_run(kind, 2 * n, strategy);
-            two.saturating_sub(one) / n as u32
-        })
-        .collect();
-    v.sort();
-    v[1]
+    best_per_hit(n, |calls| traced_run(kind, calls, strategy))
+}
+
+/// `run(calls)` at N and 2N calls, [`RUNS`] times each: (fastest 2N run - fastest N run) / N.
+fn best_per_hit(n: u64, mut run: impl FnMut(u64) -> Duration) -> Duration {
+    let mut one = Duration::MAX;
+    let mut two = Duration::MAX;
+    for _ in 0..RUNS {
+        one = one.min(run(n));
+        two = two.min(run(2 * n));
+    }
+    two.saturating_sub(one) / n as u32
+}
+
+/// Wall time of one traced run of `workload threads T calls` (T threads calling `work`
+/// `calls` times each; T = 1 is the main thread alone) through a [`Session`] with
+/// `placement`.
+fn traced_threads_run(
+    threads: u64,
+    calls: u64,
+    placement: CpuPlacement,
+    strategy: WaitStrategy,
+) -> Duration {
+    let w = program("workload");
+    let args = ["threads".to_owned(), threads.to_string(), calls.to_string()];
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    let opts = SessionOptions {
+        placement,
+        strategy,
+        ..SessionOptions::default()
+    };
+    let mut s = Session::spawn(w.as_os_str(), &args, opts).expect("spawn workload");
+    s.add_spec(&format!("{}:work", w.display()))
+        .expect("probe work");
+    let t = Instant::now();
+    let o = s.run(&mut |_, _| {}).expect("run");
+    let d = t.elapsed();
+    assert_eq!(o, Outcome::Exited(0));
+    assert_eq!(s.counts()[0].1, calls * threads, "exact count");
+    d
+}
+
+/// The `probe` binary next to this one.
+fn probe_binary() -> PathBuf {
+    let me = std::env::current_exe().expect("current_exe");
+    me.with_file_name("probe")
+}
+
+/// Wall time of `probe trace uprobe:workload:work [extra] -- workload threads T calls`,
+/// the whole command as a user runs it.
+fn probe_command_run(threads: u64, calls: u64, extra: &[&str]) -> Duration {
+    let w = program("workload");
+    let t = Instant::now();
+    let out = Command::new(probe_binary())
+        .arg("trace")
+        .arg(format!("uprobe:{}:work", w.display()))
+        .args(extra)
+        .arg("--")
+        .arg(&w)
+        .args(["threads", &threads.to_string(), &calls.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .output()
+        .expect("run probe (build it: cargo build --release -p platform-linux)");
+    let d = t.elapsed();
+    assert!(out.status.success(), "probe trace failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let want = format!(": {}", calls * threads);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("@[") && l.ends_with(&want)),
+        "exact count {want} in {text}"
+    );
+    d
 }
 
 /// Attach to a sleeping process, probe every function of libc, detach: (probes, attach +
@@ -242,28 +371,15 @@ fn traced_hits_run(specs: &[&str], calls: u64) -> Duration {
     d
 }
 
-/// Per-call cost of `specs`: runs of 2N and N calls, the difference over N, median of three.
+/// Per-call cost of `specs`: runs of 2N and N calls, the difference over N (fastest runs).
 fn per_call(specs: &[&str], n: u64) -> Duration {
-    let mut v: Vec<Duration> = (0..3)
-        .map(|_| {
-            let one = traced_hits_run(specs, n);
-            let two = traced_hits_run(specs, 2 * n);
-            two.saturating_sub(one) / n as u32
-        })
-        .collect();
-    v.sort();
-    v[1]
+    best_per_hit(n, |c| traced_hits_run(specs, c))
 }
 
 /// Issue 5: an entry + return probe pair per call (the entry breakpoint, which hijacks the
-/// return address, and the trampoline: two stops) against two bare ptrace stop round trips.
-fn return_pair(n: u64) {
-    bare_round_trip(n / 10 + 1, WaitStrategy::DEFAULT, Placement::Free);
-    let mut bare: Vec<Figure> = (0..3)
-        .map(|_| bare_round_trip(n, WaitStrategy::DEFAULT, Placement::Free))
-        .collect();
-    bare.sort_by_key(|f| f.wall);
-    let bare = bare.swap_remove(1).wall;
+/// return address, and the trampoline: two stops) against two bare ptrace stop round trips
+/// (`bare`, measured with the placement the default session gets: one CPU).
+fn return_pair(n: u64, bare: Duration) {
     let calls = (n / 2).max(1000);
     let entry = per_call(&["uprobe:H:probe_target"], calls);
     let pair = per_call(&["uretprobe:H:probe_target"], calls);
@@ -274,11 +390,11 @@ fn return_pair(n: u64) {
     let two = 2 * bare.as_nanos();
     println!(
         "{:<48} {:>12} {:>14}",
-        "return probes (default strategy, unpinned)", "ns/call", "vs 2 bare trips"
+        "return probes (default strategy and placement)", "ns/call", "vs 2 bare trips"
     );
     println!(
         "{:<48} {:>12} {:>14.2}",
-        "two bare ptrace stop round trips", two, 1.0
+        "two bare round trips (default strategy, same CPU)", two, 1.0
     );
     for (name, d) in [
         ("entry probe only (one stop)", entry),
@@ -293,78 +409,146 @@ fn return_pair(n: u64) {
     }
 }
 
+/// `probe-bench N placement`: only the single-threaded figures the default placement is
+/// chosen by, three times over.
+fn placement_only(n: u64, same: Placement) {
+    for round in 0..3 {
+        let bb = bare_best(n, 1, WaitStrategy::Block, same).wall;
+        let by = bare_best(n, 1, WaitStrategy::DEFAULT, same).wall;
+        let bf = bare_best(n, 1, WaitStrategy::DEFAULT, Placement::Free).wall;
+        let floor = round_trip(n, 1, WaitStrategy::DEFAULT, same, true).wall;
+        let hits = (n / 2).max(200);
+        let sa = best_per_hit(hits, |c| {
+            traced_threads_run(1, c, CpuPlacement::Auto, WaitStrategy::DEFAULT)
+        });
+        let sb = best_per_hit(hits, |c| {
+            traced_threads_run(1, c, CpuPlacement::Auto, WaitStrategy::Block)
+        });
+        let so = best_per_hit(hits, |c| {
+            traced_threads_run(1, c, CpuPlacement::Off, WaitStrategy::DEFAULT)
+        });
+        let st = best_per_hit(hits, |c| {
+            traced_threads_run(1, c, CpuPlacement::TracerOnly, WaitStrategy::DEFAULT)
+        });
+        let mut multi = String::new();
+        for t in [2, 4] {
+            for (name, p) in [
+                ("auto", CpuPlacement::Auto),
+                ("off", CpuPlacement::Off),
+                ("tracer-only", CpuPlacement::TracerOnly),
+            ] {
+                let d = best_per_hit(hits / t, |c| {
+                    traced_threads_run(t, c, p, WaitStrategy::DEFAULT)
+                }) / t as u32;
+                multi += &format!(" T={t} {name} {}", d.as_nanos());
+            }
+        }
+        let cmd = best_per_hit(hits, |c| probe_command_run(1, c, &[]));
+        let best = bb.min(by).min(bf);
+        println!(
+            "round {round}: bare same-CPU block {} yield {} | unpinned yield {} | floor {} || \
+             session auto yield {} ({:.2}) auto block {} ({:.2}) off yield {} ({:.2}) \
+             tracer-only {} ({:.2}) | command {} ({:.2}) |{multi}",
+            bb.as_nanos(),
+            by.as_nanos(),
+            bf.as_nanos(),
+            floor.as_nanos(),
+            sa.as_nanos(),
+            ratio(sa, best),
+            sb.as_nanos(),
+            ratio(sb, best),
+            so.as_nanos(),
+            ratio(so, best),
+            st.as_nanos(),
+            ratio(st, best),
+            cmd.as_nanos(),
+            ratio(cmd, best)
+        );
+    }
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_nanos() as f64 / b.as_nanos().max(1) as f64
+}
+
 fn main() {
-    // The traced `hits` program inherits this and keeps quiet.
+    // Before anything pins this thread.
+    let cpus = original_mask().to_vec();
+    // The traced `hits` and `workload` programs inherit these and keep quiet.
     std::env::set_var("HITS_QUIET", "1");
+    std::env::set_var("WORKLOAD_QUIET", "1");
     let n: u64 = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(20_000);
+    let (c0, c1) = (cpus[0], *cpus.get(1).unwrap_or(&cpus[0]));
+    let same = Placement::SameCpu(c0);
     if std::env::args().nth(2).as_deref() == Some("ret") {
         // Only the return-probe figures.
-        return_pair(n);
+        return_pair(n, bare_best(n, 1, WaitStrategy::DEFAULT, same).wall);
         return;
     }
-    let cpus = sys::cpus_allowed();
-    let (c0, c1) = (cpus[0], *cpus.get(1).unwrap_or(&cpus[0]));
+    if std::env::args().nth(2).as_deref() == Some("placement") {
+        placement_only(n, same);
+        return;
+    }
     let spin = |us| WaitStrategy::Spin(Duration::from_micros(us));
     let spin_yield = |us| WaitStrategy::SpinYield(Duration::from_micros(us));
     let apart = Placement::SeparateCpus {
         tracer: c0,
         tracee: c1,
     };
-    let same = Placement::SameCpu(c0);
-    let rows: Vec<(&str, WaitStrategy, Placement)> = vec![
-        ("(a) block, unpinned", WaitStrategy::Block, Placement::Free),
-        ("(b) block, same CPU", WaitStrategy::Block, same),
-        ("(c) block, two CPUs", WaitStrategy::Block, apart),
-        (
-            "(d) spin 20us then block, unpinned",
-            spin(20),
-            Placement::Free,
-        ),
-        (
-            "(e) spin 100us then block, unpinned",
-            spin(100),
-            Placement::Free,
-        ),
-        ("(f) spin 100us then block, two CPUs", spin(100), apart),
-        ("(g) spin 100us then block, same CPU", spin(100), same),
-        ("(h) yield-spin 100us, same CPU", spin_yield(100), same),
-        (
-            "(i) yield-spin 100us, unpinned",
-            spin_yield(100),
-            Placement::Free,
-        ),
-        (
-            "(j) yield-spin 20us, unpinned",
-            spin_yield(20),
-            Placement::Free,
-        ),
-        ("(k) yield-spin 100us, two CPUs", spin_yield(100), apart),
+    let strategies: [(&str, WaitStrategy); 4] = [
+        ("block", WaitStrategy::Block),
+        ("spin 20us", spin(20)),
+        ("spin 100us", spin(100)),
+        ("yield-spin 100us (default)", spin_yield(100)),
     ];
-    println!("probe-bench: {n} round trips per row, CPUs {cpus:?}");
+    assert_eq!(strategies[3].1, WaitStrategy::DEFAULT);
+    let placements: [(&str, Placement); 4] = [
+        ("unpinned", Placement::Free),
+        ("same CPU", same),
+        ("two CPUs", apart),
+        ("tracer pinned, tracee free", Placement::TracerOnly(c0)),
+    ];
+    const THREADS: [u64; 3] = [1, 2, 4];
+    println!("probe-bench: {n} round trips or hits per figure (over all threads), CPUs {cpus:?}");
     println!(
-        "{:<40} {:>12} {:>14} {:>8}",
-        "bare ptrace stop round trip", "ns/trip", "tracer CPU ns", "vs (a)"
+        "bare ptrace stop round trip: ns per trip (tracer CPU ns per trip), int3-loop with T threads"
     );
-    let mut base = None;
-    for (name, strategy, placement) in &rows {
-        // Warm up, then the median of three runs.
-        bare_round_trip(n / 10 + 1, *strategy, *placement);
-        let mut runs: Vec<Figure> = (0..3)
-            .map(|_| bare_round_trip(n, *strategy, *placement))
-            .collect();
-        runs.sort_by_key(|f| f.wall);
-        let f = runs.swap_remove(1);
-        let wall = f.wall.as_nanos() as f64;
-        let b = *base.get_or_insert(wall);
-        println!(
-            "{name:<40} {wall:>12.0} {:>14} {:>8.2}",
-            f.cpu.as_nanos(),
-            wall / b
-        );
+    println!(
+        "{:<54} {:>18} {:>18} {:>18}",
+        "strategy, placement", "T=1", "T=2", "T=4"
+    );
+    let mut best_bare = [Duration::MAX; 3];
+    let mut default_bare = [Duration::ZERO; 3];
+    for (sname, strategy) in &strategies {
+        for (pname, placement) in &placements {
+            let mut cells = Vec::new();
+            for (i, &t) in THREADS.iter().enumerate() {
+                let f = bare_best((n / t).max(100), t, *strategy, *placement);
+                best_bare[i] = best_bare[i].min(f.wall);
+                if *strategy == WaitStrategy::DEFAULT && *pname == "unpinned" {
+                    default_bare[i] = f.wall;
+                }
+                cells.push(format!("{} ({})", f.wall.as_nanos(), f.cpu.as_nanos()));
+            }
+            println!(
+                "{:<54} {:>18} {:>18} {:>18}",
+                format!("{sname}, {pname}"),
+                cells[0],
+                cells[1],
+                cells[2]
+            );
+        }
     }
+    println!(
+        "{:<54} {:>18} {:>18} {:>18}",
+        "best of the rows above",
+        best_bare[0].as_nanos(),
+        best_bare[1].as_nanos(),
+        best_bare[2].as_nanos()
+    );
     println!();
     println!(
         "{:<40} {:>12} {:>14}",
@@ -378,12 +562,8 @@ fn main() {
             spin_yield(100),
             Placement::Free,
         ),
-        (
-            "default strategy, unpinned",
-            WaitStrategy::DEFAULT,
-            Placement::Free,
-        ),
         ("block, same CPU", WaitStrategy::Block, same),
+        ("yield-spin 100us, same CPU", spin_yield(100), same),
     ];
     let hits = (n / 2).max(2);
     for (name, strategy, placement) in &hit_rows {
@@ -399,20 +579,14 @@ fn main() {
         );
     }
     println!();
-    // The baseline for the ratios: the bare round trip with the default strategy, unpinned.
-    bare_round_trip(n / 10 + 1, WaitStrategy::DEFAULT, Placement::Free);
-    let mut bare: Vec<Figure> = (0..3)
-        .map(|_| bare_round_trip(n, WaitStrategy::DEFAULT, Placement::Free))
-        .collect();
-    bare.sort_by_key(|f| f.wall);
-    let bare = bare.swap_remove(1).wall;
+    let bare = best_bare[0];
     println!(
-        "{:<40} {:>12} {:>8}",
-        "our hit through the tracer (Session)", "ns/hit", "vs bare"
+        "{:<48} {:>12} {:>10}",
+        "our hit through the tracer (Session, defaults)", "ns/hit", "vs best"
     );
     println!(
-        "{:<40} {:>12} {:>8.2}",
-        "bare round trip (default, unpinned)",
+        "{:<48} {:>12} {:>10.2}",
+        "best bare round trip (T=1)",
         bare.as_nanos(),
         1.0
     );
@@ -440,12 +614,62 @@ fn main() {
     ] {
         let d = our_per_hit(kind, hits, strategy);
         ours.push((kind, d));
+        println!("{name:<48} {:>12} {:>10.2}", d.as_nanos(), ratio(d, bare));
+    }
+    println!();
+    println!(
+        "our hit on `work` of `workload threads T N`: ns per hit (vs the best bare round trip \
+         with T threads)"
+    );
+    println!("{:<48} {:>16} {:>16} {:>16}", "", "T=1", "T=2", "T=4");
+    let mut default_cmd = Duration::ZERO;
+    type Runner<'a> = Box<dyn Fn(u64, u64) -> Duration + 'a>;
+    let runners: Vec<(&str, Runner)> = vec![
+        (
+            "`probe trace` command, default",
+            Box::new(|t, c| probe_command_run(t, c, &[])),
+        ),
+        (
+            "`probe trace --no-cpu-placement`",
+            Box::new(|t, c| probe_command_run(t, c, &["--no-cpu-placement"])),
+        ),
+        (
+            "Session, CpuPlacement::Auto (default)",
+            Box::new(|t, c| traced_threads_run(t, c, CpuPlacement::Auto, WaitStrategy::DEFAULT)),
+        ),
+        (
+            "Session, CpuPlacement::Off",
+            Box::new(|t, c| traced_threads_run(t, c, CpuPlacement::Off, WaitStrategy::DEFAULT)),
+        ),
+    ];
+    for (ri, (name, run)) in runners.iter().enumerate() {
+        let mut cells = Vec::new();
+        for (i, &t) in THREADS.iter().enumerate() {
+            let per_thread = (hits / t).max(200);
+            let d = best_per_hit(per_thread, |c| run(t, c)) / t as u32;
+            if ri == 0 && t == 1 {
+                default_cmd = d;
+            }
+            cells.push(format!("{} ({:.2})", d.as_nanos(), ratio(d, best_bare[i])));
+        }
         println!(
-            "{name:<40} {:>12} {:>8.2}",
-            d.as_nanos(),
-            d.as_nanos() as f64 / bare.as_nanos() as f64
+            "{name:<48} {:>16} {:>16} {:>16}",
+            cells[0], cells[1], cells[2]
         );
     }
+    println!(
+        "bare round trip, default strategy, unpinned (T=1, 2, 4): {} {} {}",
+        default_bare[0].as_nanos(),
+        default_bare[1].as_nanos(),
+        default_bare[2].as_nanos()
+    );
+    println!(
+        "default `probe trace` run, single-threaded: {} ns per hit = {:.2}x the best bare \
+         round trip of this run ({} ns)",
+        default_cmd.as_nanos(),
+        ratio(default_cmd, bare),
+        bare.as_nanos()
+    );
     println!();
     let gdb_n = (n / 4).max(500);
     match gdb_per_hit(gdb_n) {
@@ -467,7 +691,7 @@ fn main() {
         None => println!("gdb per hit: gdb not found or failed"),
     }
     println!();
-    return_pair(n);
+    return_pair(n, bare_best(n, 1, WaitStrategy::DEFAULT, same).wall);
     println!();
     let (count, attach, register, detach) = libc_wide_attach();
     println!(

@@ -49,12 +49,16 @@ impl Session {
         deadline: Option<Instant>,
         sink: &mut dyn FnMut(&ProbeEntry, &HitRecord),
     ) -> Result<Option<Outcome>, TraceError> {
+        self.replace_threads();
         self.resume_held();
         loop {
             if let Some(o) = self.outcome {
                 if !self.tasks.is_empty() {
                     // The traced process is gone; its descendants are let go, untouched.
                     self.detach()?;
+                }
+                for e in self.placer.restore_all() {
+                    self.warn(e);
                 }
                 self.drain(sink);
                 return Ok(Some(o));
@@ -512,6 +516,10 @@ impl Session {
             }
         }
         self.tasks.insert(child, task);
+        self.placer.on_clone(parent, child);
+        if !self.detaching {
+            self.replace_threads();
+        }
         if let Some(st) = self.orphans.remove(&child) {
             // Its first stop came before our event: handle it now.
             self.handle(st);
@@ -529,6 +537,7 @@ impl Session {
             if let Some(t) = self.tasks.remove(&former) {
                 self.tasks.insert(tid, t);
             }
+            self.placer.on_rename(former, tid);
             self.platform.remove_task(tid_of(former));
         }
         let Some(t) = self.tasks.get(&tid) else {
@@ -546,7 +555,11 @@ impl Session {
             if let Some(mut o) = self.tasks.remove(&p) {
                 self.core.on_task_exit(&mut o.ts);
             }
+            self.placer.forget(p);
             self.platform.remove_task(tid_of(p));
+        }
+        if !self.detaching {
+            self.replace_threads();
         }
         // Out of the execve call, to a stop where registers may be used.
         if sys::leave_syscall(tid).is_err() {
@@ -580,9 +593,13 @@ impl Session {
 
     fn on_gone(&mut self, tid: Pid, how: Outcome) {
         self.orphans.remove(&tid);
+        self.placer.forget(tid);
         if let Some(mut t) = self.tasks.remove(&tid) {
             self.core.on_task_exit(&mut t.ts);
             self.platform.remove_task(tid_of(tid));
+            if !self.detaching && self.outcome.is_none() && tid != self.root {
+                self.replace_threads();
+            }
             let space = t.space;
             if !self.tasks.values().any(|o| o.space == space) {
                 self.core.on_space_exit(&self.platform, space);

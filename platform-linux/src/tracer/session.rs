@@ -24,6 +24,7 @@ use super::error::TraceError;
 use super::platform::LinuxPlatform;
 use crate::attach;
 use crate::elf::ElfImage;
+use crate::placement::{CpuPlacement, Placer};
 use crate::resolve::{self, Location, ProbeKind, Resolver};
 use crate::sys::{self, Options, Pid, RawSigInfo};
 use crate::wait::WaitStrategy;
@@ -217,6 +218,8 @@ pub struct SessionOptions {
     pub latency: bool,
     /// USDT arguments to show as strings (`--str N`): bit `i` for argument `i`.
     pub string_args: u16,
+    /// Whether the session chooses CPUs for the tracer and a single-threaded program.
+    pub placement: CpuPlacement,
 }
 
 impl Default for SessionOptions {
@@ -227,6 +230,7 @@ impl Default for SessionOptions {
             maxactive: RET_MAXACTIVE,
             latency: false,
             string_args: 0,
+            placement: CpuPlacement::Auto,
         }
     }
 }
@@ -257,6 +261,8 @@ pub struct Session {
     pub(crate) rets: super::returns::RetState,
     /// USDT arguments shown as strings (bit `i`: argument `i`).
     pub(crate) string_args: u16,
+    /// The CPU masks the session changed.
+    pub(crate) placer: Placer,
 }
 
 impl Session {
@@ -280,6 +286,7 @@ impl Session {
             stats: Stats::default(),
             rets: super::returns::RetState::new(opts.maxactive, opts.latency),
             string_args: opts.string_args,
+            placer: Placer::new(opts.placement),
         }
     }
 
@@ -419,6 +426,25 @@ impl Session {
     /// The platform (for inspection: spaces, mappings).
     pub fn platform(&self) -> &LinuxPlatform {
         &self.platform
+    }
+
+    /// The CPU the tracer and the (single) traced thread share, if the session placed them.
+    pub fn shared_cpu(&self) -> Option<usize> {
+        self.placer.shared_cpu()
+    }
+
+    /// Places tracer and traced threads again after the set of threads changed.
+    pub(crate) fn replace_threads(&mut self) {
+        let mut live: Vec<Pid> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| !t.exiting)
+            .map(|(&p, _)| p)
+            .collect();
+        live.sort();
+        for e in self.placer.update(&live) {
+            self.warn(e);
+        }
     }
 
     /// The slot area of the traced process, if one was mapped.
@@ -701,6 +727,7 @@ impl Session {
             }
         }
         let _ = self.core.maintain(&self.platform);
+        report.errors.extend(self.placer.restore_all());
         let mut tids: Vec<Pid> = self.tasks.keys().copied().collect();
         tids.sort();
         for tid in tids {
@@ -765,6 +792,7 @@ impl Drop for Session {
             // Never leave breakpoints behind, whatever happened.
             let _ = self.detach();
         }
+        let _ = self.placer.restore_all();
     }
 }
 

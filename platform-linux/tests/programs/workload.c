@@ -4,7 +4,8 @@
  *   workload calls N          work() N times
  *   workload kinds N          each of kind_emulated/boosted/riprel/step N times
  *   workload recurse N        fib(N), counting fib() calls
- *   workload threads T N      T threads call work() N times each, all at once
+ *   workload threads T N      T threads call work() N times each, all at once (T = 1:
+ *                             the main thread alone; WORKLOAD_QUIET: no output)
  *   workload fork N           work() N times, fork; the child calls it N times and exits 3
  *   workload exec N M         work() N times, then exec itself as `calls M`
  *   workload vfork M          vfork; the child execs itself as `calls M`
@@ -12,6 +13,7 @@
  *   workload traps            raise(SIGTRAP) and a bare int3, caught by a handler
  *   workload dlopen LIB N     dlopen LIB, call plugin_fn N times, dlclose; twice
  *   workload spin             work() every millisecond until killed
+ *   workload affinity         spin; on SIGUSR1 it sets its own CPU mask and prints it
  *   workload selfkill N       work() N times, then SIGKILL itself
  *   workload one KIND N       kind_KIND (emulated, boosted, riprel, step) N times, quietly
  *   workload threxec N        4 threads call kind_boosted/kind_step forever; after N ms
@@ -21,6 +23,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,6 +106,8 @@ static void start_forever_threads(void) {
 static volatile sig_atomic_t alarms, traps;
 static void on_alarm(int sig) { (void)sig; alarms++; }
 static void on_trap(int sig) { (void)sig; traps++; }
+static volatile sig_atomic_t usr1;
+static void on_usr1(int sig) { (void)sig; usr1 = 1; }
 
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "calls";
@@ -124,11 +129,14 @@ int main(int argc, char **argv) {
         pthread_t th[64];
         if (t > 64)
             t = 64;
-        for (long i = 0; i < t; i++)
+        if (t == 1)
+            thread_main(NULL); /* one thread: the main one, no other */
+        for (long i = 0; i < t && t > 1; i++)
             pthread_create(&th[i], NULL, thread_main, NULL);
-        for (long i = 0; i < t; i++)
+        for (long i = 0; i < t && t > 1; i++)
             pthread_join(th[i], NULL);
-        printf("work calls: %ld\n", work_calls);
+        if (!getenv("WORKLOAD_QUIET"))
+            printf("work calls: %ld\n", work_calls);
     } else if (!strcmp(mode, "fork")) {
         for (long i = 0; i < n; i++)
             work(i);
@@ -208,6 +216,35 @@ int main(int argc, char **argv) {
         for (long i = 0;; i++) {
             work(i);
             usleep(1000);
+        }
+    } else if (!strcmp(mode, "affinity")) {
+        /* Like spin; on SIGUSR1 the program pins itself to one CPU of its starting mask that
+         * is not the one CPU it is confined to now (if it is), and prints "set CPU". */
+        cpu_set_t start;
+        sched_getaffinity(0, sizeof start, &start);
+        signal(SIGUSR1, on_usr1);
+        printf("ready\n");
+        fflush(stdout);
+        for (long i = 0;; i++) {
+            work(i);
+            usleep(1000);
+            if (usr1) {
+                usr1 = 0;
+                cpu_set_t now, want;
+                sched_getaffinity(0, sizeof now, &now);
+                int pick = -1;
+                for (int c = 0; c < CPU_SETSIZE && pick < 0; c++)
+                    if (CPU_ISSET(c, &start) && !(CPU_COUNT(&now) == 1 && CPU_ISSET(c, &now)))
+                        pick = c;
+                for (int c = 0; c < CPU_SETSIZE && pick < 0; c++)
+                    if (CPU_ISSET(c, &start))
+                        pick = c;
+                CPU_ZERO(&want);
+                CPU_SET(pick, &want);
+                sched_setaffinity(0, sizeof want, &want);
+                printf("set %d\n", pick);
+                fflush(stdout);
+            }
         }
     } else if (!strcmp(mode, "selfkill")) {
         for (long i = 0; i < n; i++)
