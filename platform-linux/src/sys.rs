@@ -756,6 +756,27 @@ pub fn set_affinity(tid: Option<Pid>, cpus: &[usize]) -> Result<(), SysError> {
     Ok(())
 }
 
+/// `flock(file, LOCK_EX)`: waits until this process holds the file's exclusive lock (released
+/// when the file is closed). Used to serialise the tests' builds of their programs.
+pub fn lock_exclusive(file: &std::fs::File) -> Result<(), SysError> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: flock takes a file descriptor, which `file` keeps open, and no pointer.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if r == 0 {
+            return Ok(());
+        }
+        let errno = Errno::last();
+        if errno.0 != libc::EINTR {
+            return Err(SysError::Failed {
+                op: "flock",
+                pid: Pid(0),
+                errno,
+            });
+        }
+    }
+}
+
 /// Finds `program` the way `execvp` would: as given if it holds a `/`, else on `PATH`.
 pub fn find_program(program: &OsStr) -> Option<PathBuf> {
     let p = Path::new(program);

@@ -7,10 +7,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-/// A program built by `build.rs` from `tests/programs/`.
-pub fn program(name: &str) -> PathBuf {
-    PathBuf::from(env!("PROBE_TEST_PROGRAMS")).join(name)
-}
+pub mod programs;
+pub use programs::program;
 
 /// Run the `probe` binary with `args` (no stdin).
 pub fn probe(args: &[&str]) -> Output {

@@ -5,7 +5,7 @@
 //! function of libc in a running process and take them out again, all from one run.
 //!
 //! ```text
-//! cargo run --release -p platform-linux --bin probe-bench -- [ROUND_TRIPS] [ret]
+//! cargo bench -p platform-linux --bench probe-bench -- [ROUND_TRIPS] [ret|placement]
 //! ```
 //!
 //! With `ret`, only the return-probe figures: the cost of an entry + return probe pair per
@@ -19,8 +19,10 @@
 //! anything.
 //!
 //! Each figure is the fastest of five runs (the machine may be shared: other work only adds
-//! time). Not part of `cargo test`. The tracee programs
-//! are the C programs of `platform-linux/tests/programs`.
+//! time). A cargo bench target (no harness), so not part of `cargo test` and nothing a
+//! `cargo build` or `cargo install` needs; the tracee programs are the C programs of
+//! `platform-linux/tests/programs`, compiled on first use like the tests' (a C compiler and
+//! `<sys/sdt.h>` needed).
 
 use core::time::Duration;
 use std::ffi::OsStr;
@@ -37,9 +39,9 @@ use platform_linux::sys::{self, Options, Pid, WaitStatus};
 use platform_linux::tracer::{Outcome, Session, SessionOptions};
 use platform_linux::wait::{Placement, WaitStrategy};
 
-fn program(name: &str) -> PathBuf {
-    PathBuf::from(env!("PROBE_TEST_PROGRAMS")).join(name)
-}
+#[path = "../tests/common/programs.rs"]
+mod programs;
+use programs::program;
 
 /// The CPU mask the benchmark started with: what "unpinned" gives back.
 static ORIGINAL_MASK: OnceLock<Vec<usize>> = OnceLock::new();
@@ -289,10 +291,9 @@ fn traced_threads_run(
     d
 }
 
-/// The `probe` binary next to this one.
+/// The `probe` binary cargo built for this benchmark.
 fn probe_binary() -> PathBuf {
-    let me = std::env::current_exe().expect("current_exe");
-    me.with_file_name("probe")
+    PathBuf::from(env!("CARGO_BIN_EXE_probe"))
 }
 
 /// Wall time of `probe trace uprobe:workload:work [extra] -- workload threads T calls`,
@@ -310,7 +311,7 @@ fn probe_command_run(threads: u64, calls: u64, extra: &[&str]) -> Duration {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .output()
-        .expect("run probe (build it: cargo build --release -p platform-linux)");
+        .expect("run probe");
     let d = t.elapsed();
     assert!(out.status.success(), "probe trace failed");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -477,18 +478,21 @@ fn main() {
     // The traced `hits` and `workload` programs inherit these and keep quiet.
     std::env::set_var("HITS_QUIET", "1");
     std::env::set_var("WORKLOAD_QUIET", "1");
-    let n: u64 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(20_000);
+    // `cargo bench` adds `--bench`: the words that are not options are ours.
+    let words: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let n: u64 = words.first().and_then(|a| a.parse().ok()).unwrap_or(20_000);
+    let mode = words.get(1).map(String::as_str);
     let (c0, c1) = (cpus[0], *cpus.get(1).unwrap_or(&cpus[0]));
     let same = Placement::SameCpu(c0);
-    if std::env::args().nth(2).as_deref() == Some("ret") {
+    if mode == Some("ret") {
         // Only the return-probe figures.
         return_pair(n, bare_best(n, 1, WaitStrategy::DEFAULT, same).wall);
         return;
     }
-    if std::env::args().nth(2).as_deref() == Some("placement") {
+    if mode == Some("placement") {
         placement_only(n, same);
         return;
     }
