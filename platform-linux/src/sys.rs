@@ -553,23 +553,80 @@ pub fn set_sig_info(pid: Pid, info: &RawSigInfo) -> Result<(), SysError> {
 }
 
 static STOP_SIGNAL: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
+/// Whether the stop signal came from the kernel (a terminal's Ctrl-C or hangup, which the
+/// whole foreground process group received) rather than from `kill`.
+static STOP_FROM_KERNEL: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
 
-extern "C" fn on_stop_signal(sig: libc::c_int) {
-    STOP_SIGNAL.store(sig, core::sync::atomic::Ordering::SeqCst);
+extern "C" fn on_stop_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo with SA_SIGINFO; reading si_code is a plain
+    // load, async-signal-safe.
+    let code = unsafe { info.as_ref() }.map_or(0, |i| i.si_code);
+    // The first signal wins; a second one must not change what the first asked for.
+    if STOP_SIGNAL
+        .compare_exchange(
+            0,
+            sig,
+            core::sync::atomic::Ordering::SeqCst,
+            core::sync::atomic::Ordering::SeqCst,
+        )
+        .is_ok()
+    {
+        STOP_FROM_KERNEL.store(
+            code == libc::SI_KERNEL,
+            core::sync::atomic::Ordering::SeqCst,
+        );
+    }
 }
 
-/// Makes SIGINT, SIGTERM and SIGHUP end blocking waits with [`SysError::Interrupted`]
-/// instead of killing the tracer, so it can restore the tracees' code and detach.
+/// The signals whose default action ends the tracer and that a process can catch, sent
+/// asynchronously (by `kill`, a terminal, a timer or a resource limit): each must end in a
+/// detach that restores the tracees, not in a death that leaves breakpoints behind. SIGPIPE
+/// is left ignored (the Rust runtime's setting: a closed output is a write error, `EPIPE`);
+/// faults (SIGSEGV, SIGBUS, SIGFPE, SIGILL) and SIGABRT are the tracer's own bugs, not
+/// requests, and the guardian process restores the tracees if they kill it.
+pub const STOP_SIGNALS: &[i32] = &[
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+    libc::SIGXCPU,
+    libc::SIGXFSZ,
+    libc::SIGSTKFLT,
+    libc::SIGIO,
+    libc::SIGPWR,
+    libc::SIGSYS,
+    libc::SIGTRAP,
+];
+
+/// The real-time signals (default action: terminate), also stop signals.
+fn realtime_signals() -> core::ops::RangeInclusive<i32> {
+    libc::SIGRTMIN()..=libc::SIGRTMAX()
+}
+
+/// Makes every signal of [`STOP_SIGNALS`] (and the real-time ones) end blocking waits with
+/// [`SysError::Interrupted`] instead of killing the tracer, so it can restore the tracees'
+/// code and detach.
 ///
-/// The handlers only record the signal; [`stop_requested`] reads it. They are installed
-/// without `SA_RESTART`, so a blocked `waitpid` returns `EINTR`.
+/// The handlers only record the signal (and whether the kernel sent it); [`stop_requested`]
+/// and [`stop_from_terminal`] read it. They are installed without `SA_RESTART`, so a blocked
+/// `waitpid` returns `EINTR`.
 pub fn install_stop_handlers() -> Result<(), SysError> {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+    for sig in STOP_SIGNALS.iter().copied().chain(realtime_signals()) {
+        if sig == libc::SIGHUP && ignored(sig) {
+            continue; // `nohup probe ...`: hangups are meant to be ignored
+        }
         // SAFETY: all-zero is a valid sigaction (empty mask, no flags) that we fill in.
         let mut act: libc::sigaction = unsafe { core::mem::zeroed() };
         act.sa_sigaction = on_stop_signal as *const () as libc::sighandler_t;
-        // SAFETY: act.sa_mask is a valid sigset_t to clear; the handler only stores to an
-        // atomic, which is async-signal-safe; the old action is not asked for.
+        act.sa_flags = libc::SA_SIGINFO;
+        // SAFETY: act.sa_mask is a valid sigset_t to clear; the handler only stores to
+        // atomics, which is async-signal-safe; the old action is not asked for.
         let r = unsafe {
             libc::sigemptyset(&mut act.sa_mask);
             libc::sigaction(sig, &act, ptr::null_mut())
@@ -585,12 +642,28 @@ pub fn install_stop_handlers() -> Result<(), SysError> {
     Ok(())
 }
 
+/// Whether `sig` is ignored (`SIG_IGN`, e.g. inherited from `nohup`).
+fn ignored(sig: i32) -> bool {
+    // SAFETY: all-zero is a valid sigaction for the kernel to fill in.
+    let mut old: libc::sigaction = unsafe { core::mem::zeroed() };
+    // SAFETY: a null new action only reads the current one into `old`, a valid sigaction.
+    let r = unsafe { libc::sigaction(sig, ptr::null(), &mut old) };
+    r == 0 && old.sa_sigaction == libc::SIG_IGN
+}
+
 /// The stop signal received since [`install_stop_handlers`], if any.
 pub fn stop_requested() -> Option<i32> {
     match STOP_SIGNAL.load(core::sync::atomic::Ordering::SeqCst) {
         0 => None,
         sig => Some(sig),
     }
+}
+
+/// Whether the stop signal was sent by the kernel (`SI_KERNEL`: a terminal's Ctrl-C,
+/// Ctrl-\ or hangup, which reached the whole foreground process group, a spawned command
+/// included) rather than by a process.
+pub fn stop_from_terminal() -> bool {
+    STOP_FROM_KERNEL.load(core::sync::atomic::Ordering::SeqCst)
 }
 
 fn wait_raw(pid: i32, flags: i32) -> Result<WaitStatus, SysError> {

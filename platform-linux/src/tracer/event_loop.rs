@@ -101,6 +101,15 @@ impl Session {
             };
             self.handle(status);
             self.drain(sink);
+            if self
+                .detach_request
+                .load(core::sync::atomic::Ordering::Relaxed)
+                && self.outcome.is_none()
+            {
+                self.detach()?;
+                self.drain(sink);
+                return Ok(Some(Outcome::Detached(0)));
+            }
         }
     }
 

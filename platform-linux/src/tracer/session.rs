@@ -263,6 +263,8 @@ pub struct Session {
     pub(crate) string_args: u16,
     /// The CPU masks the session changed.
     pub(crate) placer: Placer,
+    /// Set (by a hit sink, say) to detach at the next stop: see [`Session::detach_flag`].
+    pub(crate) detach_request: Arc<core::sync::atomic::AtomicBool>,
 }
 
 impl Session {
@@ -287,6 +289,7 @@ impl Session {
             rets: super::returns::RetState::new(opts.maxactive, opts.latency),
             string_args: opts.string_args,
             placer: Placer::new(opts.placement),
+            detach_request: Arc::new(core::sync::atomic::AtomicBool::new(false)),
         }
     }
 
@@ -426,6 +429,13 @@ impl Session {
     /// The platform (for inspection: spaces, mappings).
     pub fn platform(&self) -> &LinuxPlatform {
         &self.platform
+    }
+
+    /// A flag that makes [`run`](Self::run) detach (restoring everything) and return
+    /// [`Outcome::Detached`]`(0)` once set, checked after every stop: for a hit sink that
+    /// can no longer write (`probe ... | head`).
+    pub fn detach_flag(&self) -> Arc<core::sync::atomic::AtomicBool> {
+        self.detach_request.clone()
     }
 
     /// The CPU the tracer and the (single) traced thread share, if the session placed them.
