@@ -500,6 +500,23 @@ impl Session {
                 continue;
             }
             let name = probe_name(&p);
+            if self.rets.latency && p.kind == ProbeKind::Entry && p.symbol_offset != 0 {
+                // --latency makes the probe a return probe too: only an entry has a return
+                // address to take over.
+                let reason = format!(
+                    "--latency times calls from a function's entry, and {name} is {:#x} bytes \
+                     into it (the return address is only where the call put it at the entry)",
+                    p.symbol_offset
+                );
+                if !glob {
+                    return Err(TraceError::Register {
+                        probe: name,
+                        reason,
+                    });
+                }
+                report.failed.push((name, reason));
+                continue;
+            }
             if p.ifunc && !glob {
                 report.notes.push(format!(
                     "{name} is an indirect function (ifunc): the probe is on its resolver, \
