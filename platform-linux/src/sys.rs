@@ -742,6 +742,76 @@ pub fn tgkill(tgid: Pid, tid: Pid, sig: i32) -> Result<(), SysError> {
     Ok(())
 }
 
+/// Which side of [`fork_guardian`] we are on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forked {
+    /// The child: it does the tracing.
+    Tracer,
+    /// The parent: it forwards signals to the tracer and waits for it.
+    Guardian(Pid),
+}
+
+static FORWARD_TO: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn forward_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo with SA_SIGINFO; a plain load.
+    let code = unsafe { info.as_ref() }.map_or(0, |i| i.si_code);
+    let child = FORWARD_TO.load(core::sync::atomic::Ordering::SeqCst);
+    // A signal from the terminal reached the tracer too (same process group).
+    if child > 0 && code != libc::SI_KERNEL {
+        // SAFETY: kill is async-signal-safe and takes no pointers.
+        unsafe { libc::kill(child, sig) };
+    }
+}
+
+/// Splits `probe` into a guardian (the parent, the process the user sees) and the tracer (the
+/// child), before any thread exists. The tracer gets `death_signal` when the guardian dies,
+/// even by SIGKILL (`PR_SET_PDEATHSIG`), so that killing `probe` in any way ends in a clean
+/// detach; the guardian forwards every stop signal (except the terminal's, which reached the
+/// tracer directly) to the tracer.
+pub fn fork_guardian(death_signal: i32) -> Result<Forked, SysError> {
+    // SAFETY: getpid takes no arguments.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: fork takes no arguments; the caller is single-threaded (documented), so the
+    // child may run ordinary code.
+    let child = unsafe { libc::fork() };
+    if child == -1 {
+        return Err(SysError::Failed {
+            op: "fork",
+            pid: Pid(parent),
+            errno: Errno::last(),
+        });
+    }
+    if child == 0 {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) takes an integer; getppid no arguments.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong);
+            if libc::getppid() != parent {
+                // The guardian died before the prctl: as if the signal had come.
+                libc::raise(death_signal);
+            }
+        }
+        return Ok(Forked::Tracer);
+    }
+    FORWARD_TO.store(child, core::sync::atomic::Ordering::SeqCst);
+    for sig in STOP_SIGNALS.iter().copied().chain(realtime_signals()) {
+        if sig == libc::SIGHUP && ignored(sig) {
+            continue;
+        }
+        // SAFETY: all-zero is a valid sigaction that we fill in.
+        let mut act: libc::sigaction = unsafe { core::mem::zeroed() };
+        act.sa_sigaction = forward_signal as *const () as libc::sighandler_t;
+        act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        // SAFETY: act.sa_mask is a valid sigset_t; the handler only loads an atomic and
+        // calls kill, both async-signal-safe.
+        unsafe {
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(sig, &act, ptr::null_mut());
+        }
+    }
+    Ok(Forked::Guardian(Pid(child)))
+}
+
 /// The calling thread's id.
 pub fn gettid() -> Pid {
     // SAFETY: gettid takes no arguments and cannot fail.

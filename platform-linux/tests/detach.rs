@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 
 use common::{assert_text_matches_disk, program};
 
@@ -208,4 +208,95 @@ fn every_catchable_fatal_signal_to_the_tracer_detaches_from_a_p_process() {
         prog.kill().unwrap();
         prog.wait().unwrap();
     }
+}
+
+/// `workload lines`: feeds `lines` to it one at a time, reading the answer of each.
+fn feed(prog: &mut Child, out: &mut BufReader<ChildStdout>, n: u32) -> String {
+    use std::io::Write;
+    writeln!(prog.stdin.as_mut().unwrap(), "{n}").unwrap();
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    line
+}
+
+fn lines_program() -> (Child, BufReader<ChildStdout>) {
+    let mut prog = Command::new(program("workload"))
+        .arg("lines")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(prog.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    (prog, out)
+}
+
+/// Every answer and the exit of `workload lines` fed 5, 3, 7, then EOF; `attach` runs after
+/// the first answer (and `after_attach` after the second).
+fn lines_session(
+    attach: impl FnOnce(&mut Child) -> Option<(Child, BufReader<ChildStderr>)>,
+    after_attach: impl FnOnce(&mut Child, Option<(Child, BufReader<ChildStderr>)>),
+) -> (Vec<String>, Option<i32>) {
+    let (mut prog, mut out) = lines_program();
+    let mut answers = vec![feed(&mut prog, &mut out, 5)];
+    let tracer = attach(&mut prog);
+    answers.push(feed(&mut prog, &mut out, 3));
+    after_attach(&mut prog, tracer);
+    answers.push(feed(&mut prog, &mut out, 7));
+    drop(prog.stdin.take());
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    answers.push(rest);
+    (answers, prog.wait().unwrap().code())
+}
+
+/// The system call `pid` is blocked in (`/proc/PID/syscall`), if any.
+fn syscall_of(pid: u32) -> Option<i64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+#[test]
+fn sigkill_of_probe_mid_trace_leaves_a_p_process_running_as_untraced() {
+    let untraced = lines_session(|_| None, |_, _| {});
+    let traced = lines_session(
+        |prog| {
+            // Count work() and take over read()'s return address at each call.
+            let mut tracer = Command::new(env!("CARGO_BIN_EXE_probe"))
+                .args(["trace", "-p", &prog.id().to_string(), &work()])
+                .arg("uretprobe:libc:read")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut err = BufReader::new(tracer.stderr.take().unwrap());
+            let mut first = String::new();
+            err.read_line(&mut first).unwrap();
+            assert!(first.contains("attached 2 probes"), "{first}");
+            Some((tracer, err))
+        },
+        |prog, tracer| {
+            let (mut tracer, mut err) = tracer.unwrap();
+            // It answered and went back to read(): blocked there with its return address
+            // taken over by the tracer.
+            while syscall_of(prog.id()) != Some(libc::SYS_read) {
+                std::thread::yield_now();
+            }
+            // SIGKILL the probe the user started.
+            kill(tracer.id(), libc::SIGKILL);
+            let status = tracer.wait().unwrap();
+            assert_eq!(status.code(), None, "killed");
+            // The tracer it forked detaches, restoring everything, and exits (closing the
+            // stderr it shares with the guardian).
+            let mut rest = String::new();
+            err.read_to_string(&mut rest).unwrap();
+            assert!(rest.contains("detached from process"), "{rest}");
+            assert_eq!(tracer_pid_of(prog.id()), 0);
+            assert_text_matches_disk(prog.id());
+        },
+    );
+    assert_eq!(traced, untraced);
+    assert_eq!(traced.1, Some(0));
 }

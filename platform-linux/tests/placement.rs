@@ -80,8 +80,16 @@ impl Tracer {
         Tracer { child }
     }
 
+    /// The tracing process: `probe`'s child (`probe` itself is the guardian that waits for
+    /// it).
     fn pid(&self) -> u32 {
-        self.child.id()
+        let me = self.child.id();
+        let children = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")).unwrap();
+        children
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("probe {me} has no tracer child"))
     }
 
     /// SIGINT (detach), then its exit status and standard error.

@@ -116,6 +116,8 @@ fn compiler(cpp: bool) -> Command {
         .target(&target)
         .host(&target)
         .opt_level(1)
+        .warnings(false)
+        .extra_warnings(false)
         .try_get_compiler()
         .unwrap_or_else(|e| {
             panic!(

@@ -14,6 +14,7 @@
  *   workload dlopen LIB N     dlopen LIB, call plugin_fn N times, dlclose; twice
  *   workload spin             work() every millisecond until killed
  *   workload affinity         spin; on SIGUSR1 it sets its own CPU mask and prints it
+ *   workload lines            per line N of stdin, work() N times and print the total
  *   workload selfkill N       work() N times, then SIGKILL itself
  *   workload one KIND N       kind_KIND (emulated, boosted, riprel, step) N times, quietly
  *   workload threxec N        4 threads call kind_boosted/kind_step forever; after N ms
@@ -246,6 +247,21 @@ int main(int argc, char **argv) {
                 fflush(stdout);
             }
         }
+    } else if (!strcmp(mode, "lines")) {
+        /* For each line N of stdin, work() N times and print the running total; at EOF
+         * print "done" and exit 0. Hits happen only when the test says. */
+        char buf[64];
+        long s = 0;
+        printf("ready\n");
+        fflush(stdout);
+        while (fgets(buf, sizeof buf, stdin)) {
+            long m = atol(buf);
+            for (long i = 0; i < m; i++)
+                s += work(i);
+            printf("work calls: %ld sum: %ld\n", work_calls, s);
+            fflush(stdout);
+        }
+        printf("done\n");
     } else if (!strcmp(mode, "selfkill")) {
         for (long i = 0; i < n; i++)
             work(i);
