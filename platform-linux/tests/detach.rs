@@ -300,3 +300,70 @@ fn sigkill_of_probe_mid_trace_leaves_a_p_process_running_as_untraced() {
     assert_eq!(traced, untraced);
     assert_eq!(traced.1, Some(0));
 }
+
+/// The state letter of `pid` (`/proc/PID/stat` field 3).
+fn state_of(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap()
+}
+
+#[test]
+fn a_stopped_process_stays_stopped_while_traced_and_after_detach() {
+    let (mut prog, mut out) = lines_program();
+    let first = feed(&mut prog, &mut out, 2);
+    kill(prog.id(), libc::SIGSTOP);
+    while state_of(prog.id()) != 'T' {
+        std::thread::yield_now();
+    }
+    let mut tracer = Command::new(env!("CARGO_BIN_EXE_probe"))
+        .args(["trace", "-p", &prog.id().to_string(), &work()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(tracer.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("attached 1 probe"), "{line}");
+    // A line for the program: a stopped one does not answer. (Waiting can only make a
+    // wrong resume show; it never fails a correct run.)
+    use std::io::Write;
+    writeln!(prog.stdin.as_mut().unwrap(), "4").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut l = String::new();
+        out.read_line(&mut l).unwrap();
+        tx.send(l.clone()).unwrap();
+        let mut rest = String::new();
+        out.read_to_string(&mut rest).unwrap();
+        l + &rest
+    });
+    assert!(
+        rx.recv_timeout(core::time::Duration::from_millis(1500))
+            .is_err(),
+        "the stopped program ran while traced"
+    );
+    kill(tracer.id(), libc::SIGINT);
+    let status = tracer.wait().unwrap();
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    assert_eq!(status.code(), Some(0), "{rest}");
+    let mut summary = String::new();
+    tracer
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut summary)
+        .unwrap();
+    assert!(summary.contains("@[workload:work]: 0"), "{summary}");
+    // Stopped as it was, untraced.
+    assert_eq!(tracer_pid_of(prog.id()), 0);
+    assert_eq!(state_of(prog.id()), 'T');
+    assert!(rx.try_recv().is_err(), "it ran at detach");
+    kill(prog.id(), libc::SIGCONT);
+    drop(prog.stdin.take());
+    let rest = reader.join().unwrap();
+    assert_eq!(first, "work calls: 2 sum: 4\n");
+    assert_eq!(rest, "work calls: 6 sum: 20\ndone\n");
+    assert_eq!(prog.wait().unwrap().code(), Some(0));
+}

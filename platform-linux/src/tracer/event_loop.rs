@@ -31,12 +31,7 @@ const TRAP_BRKPT: i32 = 1;
 const CLONE_VM: u64 = 0x100;
 const CLONE_THREAD: u64 = 0x10000;
 
-fn is_stop_signal(sig: i32) -> bool {
-    matches!(
-        sig,
-        libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
-    )
-}
+use crate::attach::is_stop_signal;
 
 fn tid_of(t: Pid) -> TaskId {
     TaskId(t.0 as u64)
@@ -125,7 +120,26 @@ impl Session {
             .collect();
         held.sort();
         for (p, s) in held {
-            self.resume(p, s);
+            let stopped = self.tasks.get_mut(&p).is_some_and(|t| {
+                core::mem::take(&mut t.group_stopped) && s == 0 && !self.detaching
+            });
+            if stopped {
+                // Stopped (state T) before we came: it stays so, and keeps reporting. Still in
+                // its group-stop, it listens; after a system call we injected it is in a
+                // trap stop instead, and a SIGSTOP (which it cannot catch) takes it back to
+                // a group-stop before it runs one instruction (the event loop listens then).
+                if sys::listen(p).is_ok() {
+                    if let Some(t) = self.tasks.get_mut(&p) {
+                        t.run = Run::Listening;
+                    }
+                } else {
+                    let tgid = self.tasks.get(&p).map_or(p, |t| t.tgid);
+                    let _ = sys::tgkill(tgid, p, libc::SIGSTOP);
+                    self.resume(p, 0);
+                }
+            } else {
+                self.resume(p, s);
+            }
         }
     }
 

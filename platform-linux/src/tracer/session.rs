@@ -94,6 +94,8 @@ pub(crate) struct Task {
     pub(crate) deferred: Vec<RawSigInfo>,
     /// It reported `PTRACE_EVENT_EXIT`.
     pub(crate) exiting: bool,
+    /// It was in a group-stop when we attached: the first resume listens instead.
+    pub(crate) group_stopped: bool,
 }
 
 impl Task {
@@ -105,6 +107,7 @@ impl Task {
             run,
             deferred: Vec::new(),
             exiting: false,
+            group_stopped: false,
         }
     }
 }
@@ -320,10 +323,9 @@ impl Session {
         let mut s = Session::new(pid, false, opts);
         let space = SpaceId(pid.0 as u64);
         for t in &threads {
-            s.tasks.insert(
-                t.tid,
-                Task::new(pid, space, Run::Held(t.pending_signal.unwrap_or(0))),
-            );
+            let mut task = Task::new(pid, space, Run::Held(t.pending_signal.unwrap_or(0)));
+            task.group_stopped = t.group_stop.is_some();
+            s.tasks.insert(t.tid, task);
             s.platform.add_task(TaskId(t.tid.0 as u64), space, true);
         }
         let setup = s
