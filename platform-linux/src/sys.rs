@@ -508,6 +508,25 @@ impl RawSigInfo {
     pub fn code(&self) -> i32 {
         self.0.si_code
     }
+
+    /// Makes this a single-step trap (`SIGTRAP`, `TRAP_TRACE`) at `addr`, as the kernel
+    /// reports one: for a program that single-steps itself, the trap of an instruction we
+    /// ran for it.
+    pub fn set_trap_trace(&mut self, addr: u64) {
+        self.0.si_signo = libc::SIGTRAP;
+        self.0.si_code = 2; // TRAP_TRACE
+        self.0.si_errno = 0;
+        // SAFETY: siginfo_t is 128 bytes; for SIGTRAP its union holds the fault layout,
+        // whose first field, `si_addr`, sits at offset 16 (after signo, errno, code and
+        // padding) on x86-64: an aligned 8-byte write inside the struct.
+        unsafe {
+            core::ptr::addr_of_mut!(self.0)
+                .cast::<u8>()
+                .add(16)
+                .cast::<u64>()
+                .write(addr);
+        }
+    }
 }
 
 impl fmt::Debug for RawSigInfo {

@@ -134,3 +134,41 @@ fn return_probes_and_latency_only_at_a_function_entry() {
     let o = trace(&format!("uprobe:{w}:kind_emulated"), &["--latency"]);
     counted(&o, "workload:kind_emulated", 50);
 }
+
+/// `workload selfstep KIND 30`, untraced and with `kind_KIND` probed: the program's own
+/// single-step traps are the same (no trap inside our slots, none lost to an emulation).
+#[test]
+fn a_program_that_single_steps_itself_sees_the_same_traps() {
+    let w = workload();
+    for kind in ["emulated", "boosted", "riprel", "step"] {
+        let untraced = std::process::Command::new(&w)
+            .args(["selfstep", kind, "30"])
+            .output()
+            .unwrap();
+        let expected = text(&untraced.stdout);
+        assert!(
+            expected.contains(" foreign: 0 other traps: 0"),
+            "{expected}"
+        );
+        let o = probe(&[
+            "trace",
+            &format!("uprobe:{w}:kind_{kind}"),
+            "--",
+            &w,
+            "selfstep",
+            kind,
+            "30",
+        ]);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{kind}: {err}");
+        let out = text(&o.stdout);
+        assert!(
+            out.starts_with(&expected),
+            "{kind}: {out} against {expected}"
+        );
+        assert!(
+            out.contains(&format!("@[workload:kind_{kind}]: 30")),
+            "{out}"
+        );
+    }
+}

@@ -27,6 +27,8 @@ use crate::sys::{self, Event, Pid, SysError, WaitStatus};
 const TRAP_TRACE: i32 = 2;
 /// `si_code` of a hardware breakpoint or a step over a system call.
 const TRAP_BRKPT: i32 = 1;
+/// The trap flag in `eflags`: the program single-steps itself.
+const EFLAGS_TF: u64 = 0x100;
 
 const CLONE_VM: u64 = 0x100;
 const CLONE_THREAD: u64 = 0x10000;
@@ -276,8 +278,50 @@ impl Session {
             self.on_int3(tid);
         } else if stepping && (info.code == TRAP_TRACE || info.code == TRAP_BRKPT) {
             self.on_step_done(tid);
+        } else if info.code == TRAP_TRACE && self.swallow_slot_trap(tid) {
         } else {
             self.on_signal(tid, libc::SIGTRAP, Some(info.code));
+        }
+    }
+
+    /// A program that single-steps itself runs a boosted slot: its trap flag traps after
+    /// each slot instruction. Those are not its instructions: resume quietly until the trap
+    /// lands outside the slot (after the jump back, or a boosted `ret`), which is the trap
+    /// of its own instruction and is delivered as it is. Returns whether it swallowed one.
+    fn swallow_slot_trap(&mut self, tid: Pid) -> bool {
+        let Some(t) = self.tasks.get_mut(&tid) else {
+            return false;
+        };
+        if !t.tf_slot {
+            return false;
+        }
+        let slot = t.ts.slot().map(|a| a.0);
+        let rip = sys::get_regs(tid).map_or(0, |r| r.rip);
+        match slot {
+            Some(s) if (s..s + 64).contains(&rip) => {
+                self.resume(tid, 0);
+                true
+            }
+            _ => {
+                t.tf_slot = false;
+                false
+            }
+        }
+    }
+
+    /// Resumes `tid` with the single-step trap its own trap flag would have raised after the
+    /// instruction we emulated or stepped for it (it is in a `SIGTRAP` stop).
+    fn resume_with_step_trap(&mut self, tid: Pid, rip: u64) {
+        match sys::sig_info_raw(tid) {
+            Ok(mut info) => {
+                info.set_trap_trace(rip);
+                if sys::set_sig_info(tid, &info).is_ok() {
+                    self.resume(tid, libc::SIGTRAP);
+                    return;
+                }
+                self.resume(tid, 0);
+            }
+            Err(_) => self.resume(tid, 0),
         }
     }
 
@@ -288,6 +332,7 @@ impl Session {
         };
         let before = to_core(&raw);
         let mut regs = before;
+        let user_tf = raw.eflags & EFLAGS_TF != 0;
         let Some(t) = self.tasks.get_mut(&tid) else {
             return;
         };
@@ -320,7 +365,19 @@ impl Session {
                     _ => {}
                 }
                 if self.set_regs(tid, &before, &regs) {
-                    self.resume(tid, 0);
+                    let ran = matches!(hit, Hit::Emulated | Hit::Returned { .. });
+                    if user_tf && ran && !self.detaching {
+                        // The instruction "ran" (emulated, or the `ret` into the trampoline):
+                        // its trap is owed.
+                        self.resume_with_step_trap(tid, regs.ip());
+                    } else {
+                        if user_tf && matches!(hit, Hit::Boosted { .. }) {
+                            if let Some(t) = self.tasks.get_mut(&tid) {
+                                t.tf_slot = true;
+                            }
+                        }
+                        self.resume(tid, 0);
+                    }
                 }
             }
             Hit::SingleStep { .. } => {
@@ -337,6 +394,7 @@ impl Session {
                 if self.set_regs(tid, &before, &regs) {
                     if let Some(t) = self.tasks.get_mut(&tid) {
                         t.run = Run::Stepping;
+                        t.tf_step = user_tf;
                     }
                     self.platform.set_stopped(tid_of(tid), false);
                     let _ = sys::single_step(tid, 0);
@@ -376,8 +434,16 @@ impl Session {
             .on_single_step(&self.platform, space, &mut t.ts, &mut regs)
         {
             Step::Done => {
+                let owed = self
+                    .tasks
+                    .get_mut(&tid)
+                    .is_some_and(|t| core::mem::take(&mut t.tf_step));
                 if self.set_regs(tid, &before, &regs) {
-                    self.resume(tid, 0);
+                    if owed && !self.detaching {
+                        self.resume_with_step_trap(tid, regs.ip());
+                    } else {
+                        self.resume(tid, 0);
+                    }
                 }
             }
             Step::NotOurs => self.resume(tid, libc::SIGTRAP),

@@ -96,6 +96,12 @@ pub(crate) struct Task {
     pub(crate) exiting: bool,
     /// It was in a group-stop when we attached: the first resume listens instead.
     pub(crate) group_stopped: bool,
+    /// It single-steps itself (its own trap flag) and runs a boosted slot: the traps inside
+    /// the slot are ours to swallow, the first one outside is its own.
+    pub(crate) tf_slot: bool,
+    /// It single-steps itself and we are single-stepping its instruction: the trap of that
+    /// instruction is owed to it.
+    pub(crate) tf_step: bool,
 }
 
 impl Task {
@@ -108,6 +114,8 @@ impl Task {
             deferred: Vec::new(),
             exiting: false,
             group_stopped: false,
+            tf_slot: false,
+            tf_step: false,
         }
     }
 }

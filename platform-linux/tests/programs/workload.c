@@ -15,6 +15,8 @@
  *   workload spin             work() every millisecond until killed
  *   workload affinity         spin; on SIGUSR1 it sets its own CPU mask and prints it
  *   workload lines            per line N of stdin, work() N times and print the total
+ *   workload selfstep KIND N  kind_KIND N times with its own trap flag set: counts the
+ *                             single-step traps (and those outside its own text)
  *   workload selfkill N       work() N times, then SIGKILL itself
  *   workload one KIND N       kind_KIND (emulated, boosted, riprel, step) N times, quietly
  *   workload threxec N        4 threads call kind_boosted/kind_step forever; after N ms
@@ -30,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <ucontext.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -107,6 +110,20 @@ static void start_forever_threads(void) {
 static volatile sig_atomic_t alarms, traps;
 static void on_alarm(int sig) { (void)sig; alarms++; }
 static void on_trap(int sig) { (void)sig; traps++; }
+static volatile long steps, foreign, others;
+extern char __executable_start[], etext[];
+static void on_step(int sig, siginfo_t *si, void *ucv) {
+    (void)sig;
+    ucontext_t *uc = ucv;
+    unsigned long ip = uc->uc_mcontext.gregs[REG_RIP];
+    if (si->si_code != TRAP_TRACE) {
+        others++;
+        return;
+    }
+    steps++;
+    if (ip < (unsigned long)__executable_start || ip >= (unsigned long)etext)
+        foreign++;
+}
 static volatile sig_atomic_t usr1;
 static void on_usr1(int sig) { (void)sig; usr1 = 1; }
 
@@ -262,6 +279,24 @@ int main(int argc, char **argv) {
             fflush(stdout);
         }
         printf("done\n");
+    } else if (!strcmp(mode, "selfstep")) {
+        /* With its own trap flag set, call kind_KIND (argv[2]) argv[3] times: count the
+         * single-step traps, and those whose address is outside this program's text. */
+        long (*f)(long) = !strcmp(argv[2], "emulated") ? kind_emulated
+                          : !strcmp(argv[2], "boosted") ? kind_boosted
+                          : !strcmp(argv[2], "riprel")  ? kind_riprel
+                                                        : kind_step;
+        long m = argc > 3 ? atol(argv[3]) : 10, s = 0;
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = on_step;
+        sa.sa_flags = SA_SIGINFO;
+        sigaction(SIGTRAP, &sa, NULL);
+        __asm__ volatile("pushf\n\torl $0x100, (%%rsp)\n\tpopf" ::: "memory", "cc");
+        for (long i = 0; i < m; i++)
+            s += f(i);
+        __asm__ volatile("pushf\n\tandl $~0x100, (%%rsp)\n\tpopf" ::: "memory", "cc");
+        printf("steps: %ld foreign: %ld other traps: %ld sum: %ld\n", steps, foreign, others, s);
     } else if (!strcmp(mode, "selfkill")) {
         for (long i = 0; i < n; i++)
             work(i);
