@@ -689,13 +689,66 @@ fn wait_raw(pid: i32, flags: i32) -> Result<WaitStatus, SysError> {
     wait_inner(pid, flags, true)
 }
 
-fn wait_inner(pid: i32, flags: i32, interruptible: bool) -> Result<WaitStatus, SysError> {
-    loop {
-        if interruptible && flags & libc::WNOHANG == 0 {
-            if let Some(sig) = stop_requested() {
-                return Err(SysError::Interrupted(sig));
-            }
+extern "C" fn on_sigchld(_: libc::c_int) {}
+
+/// A blocking wait that a stop signal ends, without the race of checking the flag and then
+/// blocking in `waitpid` (a signal in between would leave us blocked until the next tracee
+/// event, forever for a stopped tracee): the stop signals and SIGCHLD are blocked on this
+/// thread, and `ppoll` unblocks them atomically while it sleeps. SIGCHLD (sent to the tracer
+/// at every tracee stop) gets a handler that does nothing, so that it wakes `ppoll`; a
+/// timeout of 100 ms bounds the wait should a signal go to another thread.
+fn wait_blocking_interruptible(pid: i32, flags: i32) -> Result<WaitStatus, SysError> {
+    static SIGCHLD_HANDLER: std::sync::Once = std::sync::Once::new();
+    SIGCHLD_HANDLER.call_once(|| {
+        // SAFETY: all-zero is a valid sigaction we fill in; the handler does nothing.
+        let mut act: libc::sigaction = unsafe { core::mem::zeroed() };
+        act.sa_sigaction = on_sigchld as *const () as libc::sighandler_t;
+        act.sa_flags = libc::SA_RESTART;
+        // SAFETY: act.sa_mask is a valid sigset_t to clear; the old action is not asked for.
+        unsafe {
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(libc::SIGCHLD, &act, ptr::null_mut());
         }
+    });
+    // SAFETY: all-zero sigset_t values are valid to fill with sigemptyset/sigaddset.
+    let mut block: libc::sigset_t = unsafe { core::mem::zeroed() };
+    // SAFETY: as above; `old` is written by pthread_sigmask.
+    let mut old: libc::sigset_t = unsafe { core::mem::zeroed() };
+    // SAFETY: block is a valid sigset_t; the signal numbers are valid.
+    unsafe {
+        libc::sigemptyset(&mut block);
+        libc::sigaddset(&mut block, libc::SIGCHLD);
+        for sig in STOP_SIGNALS.iter().copied().chain(realtime_signals()) {
+            libc::sigaddset(&mut block, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut old);
+    }
+    let result = loop {
+        if let Some(sig) = stop_requested() {
+            break Err(SysError::Interrupted(sig));
+        }
+        match wait_inner(pid, flags | libc::WNOHANG, false) {
+            Ok(WaitStatus::StillAlive) => {}
+            other => break other,
+        }
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 100_000_000,
+        };
+        // SAFETY: no fds (null, 0); ts and old are valid for the call. It returns on a
+        // signal (EINTR), which is the point, or on the timeout.
+        unsafe { libc::ppoll(ptr::null_mut(), 0, &ts, &old) };
+    };
+    // SAFETY: old is the mask read above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut()) };
+    result
+}
+
+fn wait_inner(pid: i32, flags: i32, interruptible: bool) -> Result<WaitStatus, SysError> {
+    if interruptible && flags & libc::WNOHANG == 0 {
+        return wait_blocking_interruptible(pid, flags);
+    }
+    loop {
         let mut status = 0;
         // SAFETY: status points to a writable int.
         let r = unsafe { libc::waitpid(pid, &mut status, flags) };
