@@ -7,6 +7,7 @@
 //! - [`mem`]: a tracee's memory through `/proc/PID/mem` (patches read-only text too).
 //! - [`maps`]: `/proc/PID/maps` as typed mappings.
 //! - [`elf`]: function symbols of executables and libraries, keyed by file offset.
+//! - [`journal`]: what the tracer patched, for the guardian to restore if it dies.
 //! - [`insn`]: whether a probe offset starts an instruction (iced-x86).
 //! - [`resolve`]: probe specs (`uprobe:libc:malloc`, `libc:str*`) into (file, offset)s.
 //! - [`usdt`]: SDT markers of a file (offsets, semaphores, arguments) and their decoding.
@@ -23,6 +24,7 @@ pub mod attach;
 pub mod cli;
 pub mod elf;
 pub mod insn;
+pub mod journal;
 pub mod latency;
 pub mod maps;
 pub mod mem;

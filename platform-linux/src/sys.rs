@@ -815,12 +815,12 @@ pub fn tgkill(tgid: Pid, tid: Pid, sig: i32) -> Result<(), SysError> {
 }
 
 /// Which side of [`fork_guardian`] we are on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Forked {
-    /// The child: it does the tracing.
-    Tracer,
-    /// The parent: it forwards signals to the tracer and waits for it.
-    Guardian(Pid),
+    /// The child: it does the tracing; the write end of the journal pipe (close-on-exec).
+    Tracer(std::fs::File),
+    /// The parent: it forwards signals to the tracer and waits for it; the read end.
+    Guardian(Pid, std::fs::File),
 }
 
 static FORWARD_TO: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
@@ -842,8 +842,25 @@ extern "C" fn forward_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *m
 /// detach; the guardian forwards every stop signal (except the terminal's, which reached the
 /// tracer directly) to the tracer.
 pub fn fork_guardian(death_signal: i32) -> Result<Forked, SysError> {
+    use std::os::fd::FromRawFd;
     // SAFETY: getpid takes no arguments.
     let parent = unsafe { libc::getpid() };
+    let mut fds = [0; 2];
+    // SAFETY: fds points to two writable ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+        return Err(SysError::Failed {
+            op: "pipe2",
+            pid: Pid(parent),
+            errno: Errno::last(),
+        });
+    }
+    // SAFETY: pipe2 returned two fresh descriptors that nothing else owns.
+    let (rd, wr) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
     // SAFETY: fork takes no arguments; the caller is single-threaded (documented), so the
     // child may run ordinary code.
     let child = unsafe { libc::fork() };
@@ -863,8 +880,10 @@ pub fn fork_guardian(death_signal: i32) -> Result<Forked, SysError> {
                 libc::raise(death_signal);
             }
         }
-        return Ok(Forked::Tracer);
+        drop(rd);
+        return Ok(Forked::Tracer(wr));
     }
+    drop(wr);
     FORWARD_TO.store(child, core::sync::atomic::Ordering::SeqCst);
     for sig in STOP_SIGNALS.iter().copied().chain(realtime_signals()) {
         if sig == libc::SIGHUP && ignored(sig) {
@@ -881,7 +900,7 @@ pub fn fork_guardian(death_signal: i32) -> Result<Forked, SysError> {
             libc::sigaction(sig, &act, ptr::null_mut());
         }
     }
-    Ok(Forked::Guardian(Pid(child)))
+    Ok(Forked::Guardian(Pid(child), rd))
 }
 
 /// The calling thread's id.

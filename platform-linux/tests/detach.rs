@@ -367,3 +367,51 @@ fn a_stopped_process_stays_stopped_while_traced_and_after_detach() {
     assert_eq!(rest, "work calls: 6 sum: 20\ndone\n");
     assert_eq!(prog.wait().unwrap().code(), Some(0));
 }
+
+/// The tracer `probe` forked (`probe` itself is the guardian).
+fn tracer_child(probe: u32) -> u32 {
+    let children = std::fs::read_to_string(format!("/proc/{probe}/task/{probe}/children")).unwrap();
+    children
+        .split_whitespace()
+        .next()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("probe {probe} has no tracer child"))
+}
+
+#[test]
+fn sigkill_of_the_tracer_itself_is_repaired_by_the_guardian() {
+    let untraced = lines_session(|_| None, |_, _| {});
+    let traced = lines_session(
+        |prog| {
+            let mut tracer = Command::new(env!("CARGO_BIN_EXE_probe"))
+                .args(["trace", "-p", &prog.id().to_string(), &work()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut err = BufReader::new(tracer.stderr.take().unwrap());
+            let mut first = String::new();
+            err.read_line(&mut first).unwrap();
+            assert!(first.contains("attached 1 probe"), "{first}");
+            Some((tracer, err))
+        },
+        |prog, tracer| {
+            let (mut guardian, mut err) = tracer.unwrap();
+            // Between hits: back in read(), nothing of ours in flight.
+            while syscall_of(prog.id()) != Some(libc::SYS_read) {
+                std::thread::yield_now();
+            }
+            kill(tracer_child(guardian.id()), libc::SIGKILL);
+            let status = guardian.wait().unwrap();
+            let mut rest = String::new();
+            err.read_to_string(&mut rest).unwrap();
+            assert_eq!(status.code(), Some(128 + libc::SIGKILL), "{rest}");
+            assert!(rest.contains("killed by signal 9"), "{rest}");
+            assert!(rest.contains("probe: restored "), "{rest}");
+            assert_eq!(tracer_pid_of(prog.id()), 0);
+            assert_text_matches_disk(prog.id());
+        },
+    );
+    assert_eq!(traced, untraced);
+    assert_eq!(traced.1, Some(0));
+}
