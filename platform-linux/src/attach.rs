@@ -13,6 +13,18 @@ pub struct StoppedThread {
     /// A signal the thread was about to receive when it stopped: pass it to
     /// [`sys::cont`] when resuming, or it is lost.
     pub pending_signal: Option<i32>,
+    /// The thread was in a group-stop (the process was stopped, state `T`, by this signal):
+    /// it must stay stopped while traced (`PTRACE_LISTEN`, not `PTRACE_CONT`), and it stops
+    /// again when we detach.
+    pub group_stop: Option<i32>,
+}
+
+/// Whether `sig` stops a process by default (a group-stop reports it).
+pub fn is_stop_signal(sig: i32) -> bool {
+    matches!(
+        sig,
+        libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+    )
 }
 
 /// Brings a seized, running thread to a stop: `PTRACE_INTERRUPT`, then waits, stepping
@@ -23,16 +35,18 @@ pub fn stop_thread(tid: Pid, born: &mut Vec<Pid>) -> Result<Option<StoppedThread
     sys::interrupt(tid)?;
     loop {
         match sys::wait(Some(tid))? {
-            WaitStatus::Event(_, _, Event::Stop) => {
+            WaitStatus::Event(_, sig, Event::Stop) => {
                 return Ok(Some(StoppedThread {
                     tid,
                     pending_signal: None,
+                    group_stop: is_stop_signal(sig).then_some(sig),
                 }))
             }
             WaitStatus::Stopped(_, sig) => {
                 return Ok(Some(StoppedThread {
                     tid,
                     pending_signal: Some(sig),
+                    group_stop: None,
                 }))
             }
             WaitStatus::Event(_, _, ev) => {
@@ -53,13 +67,15 @@ pub fn stop_thread(tid: Pid, born: &mut Vec<Pid>) -> Result<Option<StoppedThread
 pub fn wait_new_task(tid: Pid) -> Result<Option<StoppedThread>, SysError> {
     let mut born = Vec::new();
     match sys::wait(Some(tid))? {
-        WaitStatus::Event(_, _, Event::Stop) => Ok(Some(StoppedThread {
+        WaitStatus::Event(_, sig, Event::Stop) => Ok(Some(StoppedThread {
             tid,
             pending_signal: None,
+            group_stop: is_stop_signal(sig).then_some(sig),
         })),
         WaitStatus::Stopped(_, sig) => Ok(Some(StoppedThread {
             tid,
             pending_signal: Some(sig),
+            group_stop: None,
         })),
         WaitStatus::Exited(..) | WaitStatus::Signaled(..) => Ok(None),
         _ => stop_thread(tid, &mut born),

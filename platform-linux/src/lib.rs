@@ -7,10 +7,13 @@
 //! - [`mem`]: a tracee's memory through `/proc/PID/mem` (patches read-only text too).
 //! - [`maps`]: `/proc/PID/maps` as typed mappings.
 //! - [`elf`]: function symbols of executables and libraries, keyed by file offset.
+//! - [`journal`]: what the tracer patched, for the guardian to restore if it dies.
+//! - [`insn`]: whether a probe offset starts an instruction (iced-x86).
 //! - [`resolve`]: probe specs (`uprobe:libc:malloc`, `libc:str*`) into (file, offset)s.
 //! - [`usdt`]: SDT markers of a file (offsets, semaphores, arguments) and their decoding.
 //! - [`remote`]: system calls injected into a stopped tracee (remote `mmap` of slot pages).
 //! - [`wait`]: how the tracer waits for the next stop (blocking, spinning, CPU placement).
+//! - [`placement`]: the CPUs a session gives the tracer and the traced threads.
 //! - [`tracer`]: the core driven over ptrace: platform, consumers, event loop, sessions.
 //! - [`latency`]: log2 histograms of call durations (`probe trace --latency`).
 //! - [`output`]: how `probe trace` prints hits and counts (text and JSON lines).
@@ -20,10 +23,13 @@
 pub mod attach;
 pub mod cli;
 pub mod elf;
+pub mod insn;
+pub mod journal;
 pub mod latency;
 pub mod maps;
 pub mod mem;
 pub mod output;
+pub mod placement;
 pub mod remote;
 pub mod resolve;
 #[allow(unsafe_code)]

@@ -117,6 +117,40 @@ pub fn summary_json(pid: Pid, outcome: Outcome, counts: &[(String, u64)]) -> Str
     )
 }
 
+/// Opens `probe trace -o PATH` for writing, without harming what is there already:
+///
+/// - a path that does not exist is created (a new regular file);
+/// - an existing regular file is truncated, as a shell's `>` does, unless it is the file
+///   our standard output or error already writes to (`-o /dev/stdout` with stdout
+///   redirected to a file the traced program writes too): then it is opened for appending,
+///   so that neither truncates nor overwrites the other's output;
+/// - anything else (`/dev/null`, `/dev/full`, a terminal, a pipe or FIFO) is opened for
+///   writing as it is.
+pub fn open_output(path: &std::path::Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true);
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            opts.create(true).truncate(true);
+        }
+        Err(e) => return Err(e),
+        Ok(m) if m.is_file() => {
+            let ours = [1, 2].iter().any(|fd| {
+                std::fs::metadata(format!("/proc/self/fd/{fd}"))
+                    .is_ok_and(|o| o.dev() == m.dev() && o.ino() == m.ino())
+            });
+            if ours {
+                opts.append(true);
+            } else {
+                opts.truncate(true);
+            }
+        }
+        Ok(_) => {}
+    }
+    opts.open(path)
+}
+
 /// `SIGKILL`, `SIGSEGV`, ... for a signal number.
 pub fn signal_name(sig: i32) -> String {
     let name = match sig {

@@ -194,6 +194,54 @@ pub enum ResolveError {
         /// The function's size.
         size: u64,
     },
+    /// The offset falls inside an instruction: a breakpoint there would corrupt it.
+    #[error(
+        "{symbol}+{offset:#x} is inside the instruction at {symbol}+{start:#x} (the next one \
+         starts at {symbol}+{next:#x}): a probe must be on an instruction's first byte"
+    )]
+    InsideInstruction {
+        /// The function.
+        symbol: String,
+        /// The offset asked for, from the function's start.
+        offset: u64,
+        /// Where the enclosing instruction starts.
+        start: u64,
+        /// Where the next instruction starts.
+        next: u64,
+    },
+    /// The function's bytes up to the offset are not x86-64 instructions.
+    #[error(
+        "cannot tell whether {symbol}+{offset:#x} starts an instruction: the bytes at \
+         {symbol}+{at:#x} do not decode as x86-64 code"
+    )]
+    Undecodable {
+        /// The function.
+        symbol: String,
+        /// The offset asked for.
+        offset: u64,
+        /// The first byte that does not decode.
+        at: u64,
+    },
+    /// The file could not be read again to decode the function.
+    #[error("reading {} to decode the probed function: {reason}", path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        reason: String,
+    },
+    /// A return probe not on a function's first instruction.
+    #[error(
+        "a return probe must be on a function's entry, not at {symbol}+{offset:#x}: it \
+         replaces the return address the function was called with, which only exists at the \
+         entry (use `uprobe:` for an instruction inside it)"
+    )]
+    ReturnNotAtEntry {
+        /// The function.
+        symbol: String,
+        /// The offset asked for.
+        offset: u64,
+    },
     /// No USDT marker matches.
     #[error(
         "no USDT marker `{marker}` in {}{}",
@@ -548,6 +596,41 @@ fn probe_at(image: &ElfImage, kind: ProbeKind, s: &FunctionSymbol, off: u64) -> 
     }
 }
 
+/// Refuses a site inside an instruction, and a return probe anywhere but the entry.
+fn check_site(
+    image: &ElfImage,
+    kind: ProbeKind,
+    s: &FunctionSymbol,
+    offset: u64,
+) -> Result<(), ResolveError> {
+    if offset == 0 {
+        return Ok(());
+    }
+    if kind == ProbeKind::Return {
+        return Err(ResolveError::ReturnNotAtEntry {
+            symbol: s.name.clone(),
+            offset,
+        });
+    }
+    let symbol = s.name.clone();
+    match crate::insn::check_boundary(image.path(), s, offset) {
+        Ok(crate::insn::Boundary::Starts) => Ok(()),
+        Ok(crate::insn::Boundary::Inside { start, next }) => Err(ResolveError::InsideInstruction {
+            symbol,
+            offset,
+            start,
+            next,
+        }),
+        Ok(crate::insn::Boundary::Undecodable { at }) => {
+            Err(ResolveError::Undecodable { symbol, offset, at })
+        }
+        Err(e) => Err(ResolveError::Unreadable {
+            path: image.path().to_path_buf(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
 /// Resolves a location inside one ELF file.
 pub fn resolve_in(
     image: &ElfImage,
@@ -572,6 +655,7 @@ pub fn resolve_in(
                     size: s.size,
                 });
             }
+            check_site(image, kind, s, *offset)?;
             Ok(vec![probe_at(image, kind, s, *offset)])
         }
         Location::Glob(pattern) => {
@@ -607,6 +691,11 @@ pub fn resolve_in(
                 return Err(ResolveError::NotCode { file, offset: *off });
             }
             let sym = image.symbol_at_offset(*off);
+            // Without a containing symbol there is nothing to decode from: as the kernel's
+            // uprobes, trust the offset.
+            if let Some(s) = sym {
+                check_site(image, kind, s, off - s.file_offset)?;
+            }
             Ok(vec![ResolvedProbe {
                 kind,
                 file,

@@ -508,6 +508,25 @@ impl RawSigInfo {
     pub fn code(&self) -> i32 {
         self.0.si_code
     }
+
+    /// Makes this a single-step trap (`SIGTRAP`, `TRAP_TRACE`) at `addr`, as the kernel
+    /// reports one: for a program that single-steps itself, the trap of an instruction we
+    /// ran for it.
+    pub fn set_trap_trace(&mut self, addr: u64) {
+        self.0.si_signo = libc::SIGTRAP;
+        self.0.si_code = 2; // TRAP_TRACE
+        self.0.si_errno = 0;
+        // SAFETY: siginfo_t is 128 bytes; for SIGTRAP its union holds the fault layout,
+        // whose first field, `si_addr`, sits at offset 16 (after signo, errno, code and
+        // padding) on x86-64: an aligned 8-byte write inside the struct.
+        unsafe {
+            core::ptr::addr_of_mut!(self.0)
+                .cast::<u8>()
+                .add(16)
+                .cast::<u64>()
+                .write(addr);
+        }
+    }
 }
 
 impl fmt::Debug for RawSigInfo {
@@ -553,23 +572,80 @@ pub fn set_sig_info(pid: Pid, info: &RawSigInfo) -> Result<(), SysError> {
 }
 
 static STOP_SIGNAL: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
+/// Whether the stop signal came from the kernel (a terminal's Ctrl-C or hangup, which the
+/// whole foreground process group received) rather than from `kill`.
+static STOP_FROM_KERNEL: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
 
-extern "C" fn on_stop_signal(sig: libc::c_int) {
-    STOP_SIGNAL.store(sig, core::sync::atomic::Ordering::SeqCst);
+extern "C" fn on_stop_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo with SA_SIGINFO; reading si_code is a plain
+    // load, async-signal-safe.
+    let code = unsafe { info.as_ref() }.map_or(0, |i| i.si_code);
+    // The first signal wins; a second one must not change what the first asked for.
+    if STOP_SIGNAL
+        .compare_exchange(
+            0,
+            sig,
+            core::sync::atomic::Ordering::SeqCst,
+            core::sync::atomic::Ordering::SeqCst,
+        )
+        .is_ok()
+    {
+        STOP_FROM_KERNEL.store(
+            code == libc::SI_KERNEL,
+            core::sync::atomic::Ordering::SeqCst,
+        );
+    }
 }
 
-/// Makes SIGINT, SIGTERM and SIGHUP end blocking waits with [`SysError::Interrupted`]
-/// instead of killing the tracer, so it can restore the tracees' code and detach.
+/// The signals whose default action ends the tracer and that a process can catch, sent
+/// asynchronously (by `kill`, a terminal, a timer or a resource limit): each must end in a
+/// detach that restores the tracees, not in a death that leaves breakpoints behind. SIGPIPE
+/// is left ignored (the Rust runtime's setting: a closed output is a write error, `EPIPE`);
+/// faults (SIGSEGV, SIGBUS, SIGFPE, SIGILL) and SIGABRT are the tracer's own bugs, not
+/// requests, and the guardian process restores the tracees if they kill it.
+pub const STOP_SIGNALS: &[i32] = &[
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+    libc::SIGXCPU,
+    libc::SIGXFSZ,
+    libc::SIGSTKFLT,
+    libc::SIGIO,
+    libc::SIGPWR,
+    libc::SIGSYS,
+    libc::SIGTRAP,
+];
+
+/// The real-time signals (default action: terminate), also stop signals.
+fn realtime_signals() -> core::ops::RangeInclusive<i32> {
+    libc::SIGRTMIN()..=libc::SIGRTMAX()
+}
+
+/// Makes every signal of [`STOP_SIGNALS`] (and the real-time ones) end blocking waits with
+/// [`SysError::Interrupted`] instead of killing the tracer, so it can restore the tracees'
+/// code and detach.
 ///
-/// The handlers only record the signal; [`stop_requested`] reads it. They are installed
-/// without `SA_RESTART`, so a blocked `waitpid` returns `EINTR`.
+/// The handlers only record the signal (and whether the kernel sent it); [`stop_requested`]
+/// and [`stop_from_terminal`] read it. They are installed without `SA_RESTART`, so a blocked
+/// `waitpid` returns `EINTR`.
 pub fn install_stop_handlers() -> Result<(), SysError> {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+    for sig in STOP_SIGNALS.iter().copied().chain(realtime_signals()) {
+        if sig == libc::SIGHUP && ignored(sig) {
+            continue; // `nohup probe ...`: hangups are meant to be ignored
+        }
         // SAFETY: all-zero is a valid sigaction (empty mask, no flags) that we fill in.
         let mut act: libc::sigaction = unsafe { core::mem::zeroed() };
         act.sa_sigaction = on_stop_signal as *const () as libc::sighandler_t;
-        // SAFETY: act.sa_mask is a valid sigset_t to clear; the handler only stores to an
-        // atomic, which is async-signal-safe; the old action is not asked for.
+        act.sa_flags = libc::SA_SIGINFO;
+        // SAFETY: act.sa_mask is a valid sigset_t to clear; the handler only stores to
+        // atomics, which is async-signal-safe; the old action is not asked for.
         let r = unsafe {
             libc::sigemptyset(&mut act.sa_mask);
             libc::sigaction(sig, &act, ptr::null_mut())
@@ -585,6 +661,15 @@ pub fn install_stop_handlers() -> Result<(), SysError> {
     Ok(())
 }
 
+/// Whether `sig` is ignored (`SIG_IGN`, e.g. inherited from `nohup`).
+fn ignored(sig: i32) -> bool {
+    // SAFETY: all-zero is a valid sigaction for the kernel to fill in.
+    let mut old: libc::sigaction = unsafe { core::mem::zeroed() };
+    // SAFETY: a null new action only reads the current one into `old`, a valid sigaction.
+    let r = unsafe { libc::sigaction(sig, ptr::null(), &mut old) };
+    r == 0 && old.sa_sigaction == libc::SIG_IGN
+}
+
 /// The stop signal received since [`install_stop_handlers`], if any.
 pub fn stop_requested() -> Option<i32> {
     match STOP_SIGNAL.load(core::sync::atomic::Ordering::SeqCst) {
@@ -593,17 +678,77 @@ pub fn stop_requested() -> Option<i32> {
     }
 }
 
+/// Whether the stop signal was sent by the kernel (`SI_KERNEL`: a terminal's Ctrl-C,
+/// Ctrl-\ or hangup, which reached the whole foreground process group, a spawned command
+/// included) rather than by a process.
+pub fn stop_from_terminal() -> bool {
+    STOP_FROM_KERNEL.load(core::sync::atomic::Ordering::SeqCst)
+}
+
 fn wait_raw(pid: i32, flags: i32) -> Result<WaitStatus, SysError> {
     wait_inner(pid, flags, true)
 }
 
-fn wait_inner(pid: i32, flags: i32, interruptible: bool) -> Result<WaitStatus, SysError> {
-    loop {
-        if interruptible && flags & libc::WNOHANG == 0 {
-            if let Some(sig) = stop_requested() {
-                return Err(SysError::Interrupted(sig));
-            }
+extern "C" fn on_sigchld(_: libc::c_int) {}
+
+/// A blocking wait that a stop signal ends, without the race of checking the flag and then
+/// blocking in `waitpid` (a signal in between would leave us blocked until the next tracee
+/// event, forever for a stopped tracee): the stop signals and SIGCHLD are blocked on this
+/// thread, and `ppoll` unblocks them atomically while it sleeps. SIGCHLD (sent to the tracer
+/// at every tracee stop) gets a handler that does nothing, so that it wakes `ppoll`; a
+/// timeout of 100 ms bounds the wait should a signal go to another thread.
+fn wait_blocking_interruptible(pid: i32, flags: i32) -> Result<WaitStatus, SysError> {
+    static SIGCHLD_HANDLER: std::sync::Once = std::sync::Once::new();
+    SIGCHLD_HANDLER.call_once(|| {
+        // SAFETY: all-zero is a valid sigaction we fill in; the handler does nothing.
+        let mut act: libc::sigaction = unsafe { core::mem::zeroed() };
+        act.sa_sigaction = on_sigchld as *const () as libc::sighandler_t;
+        act.sa_flags = libc::SA_RESTART;
+        // SAFETY: act.sa_mask is a valid sigset_t to clear; the old action is not asked for.
+        unsafe {
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(libc::SIGCHLD, &act, ptr::null_mut());
         }
+    });
+    // SAFETY: all-zero sigset_t values are valid to fill with sigemptyset/sigaddset.
+    let mut block: libc::sigset_t = unsafe { core::mem::zeroed() };
+    // SAFETY: as above; `old` is written by pthread_sigmask.
+    let mut old: libc::sigset_t = unsafe { core::mem::zeroed() };
+    // SAFETY: block is a valid sigset_t; the signal numbers are valid.
+    unsafe {
+        libc::sigemptyset(&mut block);
+        libc::sigaddset(&mut block, libc::SIGCHLD);
+        for sig in STOP_SIGNALS.iter().copied().chain(realtime_signals()) {
+            libc::sigaddset(&mut block, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut old);
+    }
+    let result = loop {
+        if let Some(sig) = stop_requested() {
+            break Err(SysError::Interrupted(sig));
+        }
+        match wait_inner(pid, flags | libc::WNOHANG, false) {
+            Ok(WaitStatus::StillAlive) => {}
+            other => break other,
+        }
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 100_000_000,
+        };
+        // SAFETY: no fds (null, 0); ts and old are valid for the call. It returns on a
+        // signal (EINTR), which is the point, or on the timeout.
+        unsafe { libc::ppoll(ptr::null_mut(), 0, &ts, &old) };
+    };
+    // SAFETY: old is the mask read above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut()) };
+    result
+}
+
+fn wait_inner(pid: i32, flags: i32, interruptible: bool) -> Result<WaitStatus, SysError> {
+    if interruptible && flags & libc::WNOHANG == 0 {
+        return wait_blocking_interruptible(pid, flags);
+    }
+    loop {
         let mut status = 0;
         // SAFETY: status points to a writable int.
         let r = unsafe { libc::waitpid(pid, &mut status, flags) };
@@ -669,6 +814,95 @@ pub fn tgkill(tgid: Pid, tid: Pid, sig: i32) -> Result<(), SysError> {
     Ok(())
 }
 
+/// Which side of [`fork_guardian`] we are on.
+#[derive(Debug)]
+pub enum Forked {
+    /// The child: it does the tracing; the write end of the journal pipe (close-on-exec).
+    Tracer(std::fs::File),
+    /// The parent: it forwards signals to the tracer and waits for it; the read end.
+    Guardian(Pid, std::fs::File),
+}
+
+static FORWARD_TO: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn forward_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo with SA_SIGINFO; a plain load.
+    let code = unsafe { info.as_ref() }.map_or(0, |i| i.si_code);
+    let child = FORWARD_TO.load(core::sync::atomic::Ordering::SeqCst);
+    // A signal from the terminal reached the tracer too (same process group).
+    if child > 0 && code != libc::SI_KERNEL {
+        // SAFETY: kill is async-signal-safe and takes no pointers.
+        unsafe { libc::kill(child, sig) };
+    }
+}
+
+/// Splits `probe` into a guardian (the parent, the process the user sees) and the tracer (the
+/// child), before any thread exists. The tracer gets `death_signal` when the guardian dies,
+/// even by SIGKILL (`PR_SET_PDEATHSIG`), so that killing `probe` in any way ends in a clean
+/// detach; the guardian forwards every stop signal (except the terminal's, which reached the
+/// tracer directly) to the tracer.
+pub fn fork_guardian(death_signal: i32) -> Result<Forked, SysError> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: getpid takes no arguments.
+    let parent = unsafe { libc::getpid() };
+    let mut fds = [0; 2];
+    // SAFETY: fds points to two writable ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+        return Err(SysError::Failed {
+            op: "pipe2",
+            pid: Pid(parent),
+            errno: Errno::last(),
+        });
+    }
+    // SAFETY: pipe2 returned two fresh descriptors that nothing else owns.
+    let (rd, wr) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    // SAFETY: fork takes no arguments; the caller is single-threaded (documented), so the
+    // child may run ordinary code.
+    let child = unsafe { libc::fork() };
+    if child == -1 {
+        return Err(SysError::Failed {
+            op: "fork",
+            pid: Pid(parent),
+            errno: Errno::last(),
+        });
+    }
+    if child == 0 {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) takes an integer; getppid no arguments.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong);
+            if libc::getppid() != parent {
+                // The guardian died before the prctl: as if the signal had come.
+                libc::raise(death_signal);
+            }
+        }
+        drop(rd);
+        return Ok(Forked::Tracer(wr));
+    }
+    drop(wr);
+    FORWARD_TO.store(child, core::sync::atomic::Ordering::SeqCst);
+    for sig in STOP_SIGNALS.iter().copied().chain(realtime_signals()) {
+        if sig == libc::SIGHUP && ignored(sig) {
+            continue;
+        }
+        // SAFETY: all-zero is a valid sigaction that we fill in.
+        let mut act: libc::sigaction = unsafe { core::mem::zeroed() };
+        act.sa_sigaction = forward_signal as *const () as libc::sighandler_t;
+        act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        // SAFETY: act.sa_mask is a valid sigset_t; the handler only loads an atomic and
+        // calls kill, both async-signal-safe.
+        unsafe {
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(sig, &act, ptr::null_mut());
+        }
+    }
+    Ok(Forked::Guardian(Pid(child), rd))
+}
+
 /// The calling thread's id.
 pub fn gettid() -> Pid {
     // SAFETY: gettid takes no arguments and cannot fail.
@@ -693,22 +927,44 @@ pub fn current_cpu() -> Option<usize> {
     usize::try_from(c).ok()
 }
 
-/// The number of CPUs this process may run on.
+/// The CPUs the calling thread may run on.
 pub fn cpus_allowed() -> Vec<usize> {
+    affinity_of(None).unwrap_or_else(|_| vec![0])
+}
+
+/// `sched_getaffinity(tid)`: the CPUs thread `tid` (`None`: the calling thread) may run on.
+pub fn affinity_of(tid: Option<Pid>) -> Result<Vec<usize>, SysError> {
+    let pid = tid.map_or(0, |p| p.0);
     let mut set = MaybeUninit::<libc::cpu_set_t>::zeroed();
     // SAFETY: set points to a writable cpu_set_t of the size passed.
     let r = unsafe {
-        libc::sched_getaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), set.as_mut_ptr())
+        libc::sched_getaffinity(
+            pid,
+            core::mem::size_of::<libc::cpu_set_t>(),
+            set.as_mut_ptr(),
+        )
     };
     if r == -1 {
-        return vec![0];
+        let errno = Errno::last();
+        return Err(if errno.0 == libc::ESRCH {
+            SysError::NoSuchProcess {
+                op: "sched_getaffinity",
+                pid: Pid(pid),
+            }
+        } else {
+            SysError::Failed {
+                op: "sched_getaffinity",
+                pid: Pid(pid),
+                errno,
+            }
+        });
     }
     // SAFETY: zeroed is a valid cpu_set_t and the call filled it.
     let set = unsafe { set.assume_init() };
-    (0..libc::CPU_SETSIZE as usize)
+    Ok((0..libc::CPU_SETSIZE as usize)
         // SAFETY: CPU_ISSET only reads the set; `c` is below CPU_SETSIZE.
         .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-        .collect()
+        .collect())
 }
 
 /// `sched_setaffinity(tid, cpus)`; `None` means the calling thread.
@@ -732,6 +988,27 @@ pub fn set_affinity(tid: Option<Pid>, cpus: &[usize]) -> Result<(), SysError> {
         });
     }
     Ok(())
+}
+
+/// `flock(file, LOCK_EX)`: waits until this process holds the file's exclusive lock (released
+/// when the file is closed). Used to serialise the tests' builds of their programs.
+pub fn lock_exclusive(file: &std::fs::File) -> Result<(), SysError> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: flock takes a file descriptor, which `file` keeps open, and no pointer.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if r == 0 {
+            return Ok(());
+        }
+        let errno = Errno::last();
+        if errno.0 != libc::EINTR {
+            return Err(SysError::Failed {
+                op: "flock",
+                pid: Pid(0),
+                errno,
+            });
+        }
+    }
 }
 
 /// Finds `program` the way `execvp` would: as given if it holds a `/`, else on `PATH`.

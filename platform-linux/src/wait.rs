@@ -63,6 +63,8 @@ pub enum Placement {
     /// Pin the tracer thread and the tracee to one CPU (serialises a multi-threaded
     /// tracee: only for single-threaded programs or measurements).
     SameCpu(usize),
+    /// Pin the tracer to one CPU; the tracee runs where the scheduler puts it.
+    TracerOnly(usize),
     /// Pin the tracer to one CPU and the tracee to another.
     SeparateCpus {
         /// The tracer's CPU.
@@ -74,15 +76,22 @@ pub enum Placement {
 
 impl Placement {
     /// Pins the calling (tracer) thread; returns the CPUs the tracee should get, if any.
-    pub fn pin_tracer(self) -> Result<Option<Vec<usize>>, SysError> {
+    /// `Free` gives the tracer `original` back: the mask the process started with, read
+    /// once before anything was pinned (the calling thread's mask at this point may be an
+    /// earlier pin).
+    pub fn pin_tracer(self, original: &[usize]) -> Result<Option<Vec<usize>>, SysError> {
         match self {
             Placement::Free => {
-                sys::set_affinity(None, &sys::cpus_allowed())?;
+                sys::set_affinity(None, original)?;
                 Ok(None)
             }
             Placement::SameCpu(c) => {
                 sys::set_affinity(None, &[c])?;
                 Ok(Some(vec![c]))
+            }
+            Placement::TracerOnly(c) => {
+                sys::set_affinity(None, &[c])?;
+                Ok(None)
             }
             Placement::SeparateCpus { tracer, tracee } => {
                 sys::set_affinity(None, &[tracer])?;

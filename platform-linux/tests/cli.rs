@@ -1,5 +1,6 @@
 //! The `probe` binary: `probe list` against system files, and the errors of `probe trace`.
 
+mod common;
 use std::process::{Command, Output};
 
 fn probe(args: &[&str]) -> Output {
@@ -75,7 +76,7 @@ fn trace_reports_bad_specs_with_suggestions() {
 
 #[test]
 fn trace_without_a_file_uses_the_command() {
-    let prog = format!("{}/hits", env!("PROBE_TEST_PROGRAMS"));
+    let prog = common::program("hits").display().to_string();
     let o = probe(&["trace", "uprobe:probe_target", "--", &prog, "25"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);

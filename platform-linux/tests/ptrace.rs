@@ -1,8 +1,9 @@
 //! The ptrace layer against real processes: spawn, attach, breakpoints through
 //! `/proc/PID/mem`, fork/clone following, and injected system calls.
 
+mod common;
+use common::program;
 use std::ffi::OsStr;
-use std::path::PathBuf;
 
 use platform_linux::attach;
 use platform_linux::maps::{mappings_of_file, module_span, read_maps};
@@ -10,10 +11,6 @@ use platform_linux::mem::ProcMem;
 use platform_linux::remote::{find_slot_near, inject_at_ip, Injector, REACH};
 use platform_linux::resolve::Resolver;
 use platform_linux::sys::{self, Event, Options, Pid, SysError, WaitStatus};
-
-fn program(name: &str) -> PathBuf {
-    PathBuf::from(env!("PROBE_TEST_PROGRAMS")).join(name)
-}
 
 fn spawn(prog: &std::path::Path, args: &[&str]) -> Pid {
     let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();

@@ -2,6 +2,7 @@
 //! attach / run for a while / detach with the text read back, a process killed while its
 //! threads are mid-hit, and the core's bookkeeping after each.
 
+mod common;
 use core::time::Duration;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
@@ -14,7 +15,7 @@ use platform_linux::tracer::{Outcome, Session, SessionOptions};
 use probe_core::SpaceId;
 
 fn workload() -> PathBuf {
-    PathBuf::from(env!("PROBE_TEST_PROGRAMS")).join("workload")
+    common::program("workload")
 }
 
 fn spawn(args: &[&str]) -> Session {

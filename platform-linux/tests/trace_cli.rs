@@ -5,12 +5,11 @@
 //! and exit status with an untraced run where they must be equal.
 
 mod common;
-use common::{probe, program, program_output, text};
+use common::{assert_text_matches_disk, probe, program, program_output, text};
 use core::time::Duration;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Instant;
 
 fn workload() -> String {
     program("workload").display().to_string()
@@ -300,45 +299,6 @@ fn python_under_malloc_and_free_behaves_as_untraced() {
     assert!(count(&summary, "libc.so.6:free") > 1000, "{summary}");
 }
 
-/// Compares every executable file mapping of `pid` with the file on disk.
-fn assert_text_matches_disk(pid: u32) {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
-    let mut checked = 0;
-    for line in maps.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 6 || !f[1].contains('x') || !f[5].starts_with('/') {
-            continue;
-        }
-        let (a, b) = f[0].split_once('-').unwrap();
-        let (a, b) = (
-            u64::from_str_radix(a, 16).unwrap(),
-            u64::from_str_radix(b, 16).unwrap(),
-        );
-        let off = u64::from_str_radix(f[2], 16).unwrap();
-        let mut live = vec![0u8; (b - a) as usize];
-        std::os::unix::fs::FileExt::read_exact_at(&mem, &mut live, a).unwrap();
-        let disk = std::fs::read(f[5]).unwrap();
-        let end = ((off as usize) + live.len()).min(disk.len());
-        let disk = &disk[off as usize..end];
-        let diffs = live
-            .iter()
-            .zip(disk)
-            .enumerate()
-            .filter(|(_, (x, y))| x != y)
-            .map(|(i, _)| a + i as u64)
-            .collect::<Vec<_>>();
-        assert!(
-            diffs.is_empty(),
-            "{} differs from the file at {:x?}",
-            f[5],
-            &diffs[..diffs.len().min(8)]
-        );
-        checked += 1;
-    }
-    assert!(checked >= 3, "{maps}");
-}
-
 /// Starts `workload spin` untraced, attaches `probe trace -p` with every libc function and
 /// the workload's `work`, sends `sig` to probe, and checks the tracee's text afterwards.
 fn attach_then_signal(sig: i32) {
@@ -355,34 +315,34 @@ fn attach_then_signal(sig: i32) {
     let pid = spin.id().to_string();
     let w = format!("{}:work", workload());
     let mut tracer = Command::new(env!("CARGO_BIN_EXE_probe"))
-        .args(["trace", "-p", &pid, &w, "libc:*"])
+        .args(["trace", "--print", "-p", &pid, &w, "libc:*"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until it attached.
+    // Wait until it attached and hits of both kinds were printed (no timing assumed).
     let mut err = BufReader::new(tracer.stderr.take().unwrap());
     let mut first = String::new();
     err.read_line(&mut first).unwrap();
     assert!(first.contains("attached"), "{first}");
-    std::thread::sleep(Duration::from_millis(300));
+    let mut hits = BufReader::new(tracer.stdout.take().unwrap());
+    let (mut seen_work, mut seen_usleep) = (false, false);
+    while !(seen_work && seen_usleep) {
+        let mut hit = String::new();
+        assert!(hits.read_line(&mut hit).unwrap() > 0, "probe ended early");
+        seen_work |= hit.trim_end().ends_with(" workload:work");
+        seen_usleep |= hit.trim_end().ends_with(" libc.so.6:usleep");
+    }
     send_signal(tracer.id(), sig);
-    let started = Instant::now();
     let status = tracer.wait().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(20));
     let mut out = String::new();
-    tracer
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
+    hits.read_to_string(&mut out).unwrap();
     let mut rest = String::new();
     err.read_to_string(&mut rest).unwrap();
     assert_eq!(status.code(), Some(0), "{first}{rest}");
     assert!(rest.contains("detached from process"), "{rest}");
-    assert!(count(&out, "workload:work") > 10, "{out}");
-    assert!(count(&out, "libc.so.6:usleep") > 10, "{out}");
+    assert!(count(&out, "workload:work") >= 1, "{out}");
+    assert!(count(&out, "libc.so.6:usleep") >= 1, "{out}");
     // The tracee runs on, with every byte of its text as on disk.
     std::thread::sleep(Duration::from_millis(50));
     assert!(spin.try_wait().unwrap().is_none(), "the tracee died");

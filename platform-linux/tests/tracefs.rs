@@ -17,7 +17,7 @@ use platform_linux::elf::ElfImage;
 use platform_linux::tracer::{Outcome, Session, SessionOptions, TraceError};
 
 fn workload() -> PathBuf {
-    PathBuf::from(env!("PROBE_TEST_PROGRAMS")).join("workload")
+    common::program("workload")
 }
 
 /// A kernel uprobe event, removed on drop.

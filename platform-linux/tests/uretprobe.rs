@@ -9,17 +9,13 @@ use common::program_output;
 use core::time::Duration;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
 use platform_linux::tracer::{Outcome, Session, SessionOptions};
 
 fn program(name: &str) -> String {
-    PathBuf::from(env!("PROBE_TEST_PROGRAMS"))
-        .join(name)
-        .display()
-        .to_string()
+    common::program(name).display().to_string()
 }
 
 fn text(b: &[u8]) -> String {

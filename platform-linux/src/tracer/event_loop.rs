@@ -27,16 +27,13 @@ use crate::sys::{self, Event, Pid, SysError, WaitStatus};
 const TRAP_TRACE: i32 = 2;
 /// `si_code` of a hardware breakpoint or a step over a system call.
 const TRAP_BRKPT: i32 = 1;
+/// The trap flag in `eflags`: the program single-steps itself.
+const EFLAGS_TF: u64 = 0x100;
 
 const CLONE_VM: u64 = 0x100;
 const CLONE_THREAD: u64 = 0x10000;
 
-fn is_stop_signal(sig: i32) -> bool {
-    matches!(
-        sig,
-        libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
-    )
-}
+use crate::attach::is_stop_signal;
 
 fn tid_of(t: Pid) -> TaskId {
     TaskId(t.0 as u64)
@@ -49,12 +46,16 @@ impl Session {
         deadline: Option<Instant>,
         sink: &mut dyn FnMut(&ProbeEntry, &HitRecord),
     ) -> Result<Option<Outcome>, TraceError> {
+        self.replace_threads();
         self.resume_held();
         loop {
             if let Some(o) = self.outcome {
                 if !self.tasks.is_empty() {
                     // The traced process is gone; its descendants are let go, untouched.
                     self.detach()?;
+                }
+                for e in self.placer.restore_all() {
+                    self.warn(e);
                 }
                 self.drain(sink);
                 return Ok(Some(o));
@@ -97,6 +98,15 @@ impl Session {
             };
             self.handle(status);
             self.drain(sink);
+            if self
+                .detach_request
+                .load(core::sync::atomic::Ordering::Relaxed)
+                && self.outcome.is_none()
+            {
+                self.detach()?;
+                self.drain(sink);
+                return Ok(Some(Outcome::Detached(0)));
+            }
         }
     }
 
@@ -112,7 +122,26 @@ impl Session {
             .collect();
         held.sort();
         for (p, s) in held {
-            self.resume(p, s);
+            let stopped = self.tasks.get_mut(&p).is_some_and(|t| {
+                core::mem::take(&mut t.group_stopped) && s == 0 && !self.detaching
+            });
+            if stopped {
+                // Stopped (state T) before we came: it stays so, and keeps reporting. Still in
+                // its group-stop, it listens; after a system call we injected it is in a
+                // trap stop instead, and a SIGSTOP (which it cannot catch) takes it back to
+                // a group-stop before it runs one instruction (the event loop listens then).
+                if sys::listen(p).is_ok() {
+                    if let Some(t) = self.tasks.get_mut(&p) {
+                        t.run = Run::Listening;
+                    }
+                } else {
+                    let tgid = self.tasks.get(&p).map_or(p, |t| t.tgid);
+                    let _ = sys::tgkill(tgid, p, libc::SIGSTOP);
+                    self.resume(p, 0);
+                }
+            } else {
+                self.resume(p, s);
+            }
         }
     }
 
@@ -249,8 +278,50 @@ impl Session {
             self.on_int3(tid);
         } else if stepping && (info.code == TRAP_TRACE || info.code == TRAP_BRKPT) {
             self.on_step_done(tid);
+        } else if info.code == TRAP_TRACE && self.swallow_slot_trap(tid) {
         } else {
             self.on_signal(tid, libc::SIGTRAP, Some(info.code));
+        }
+    }
+
+    /// A program that single-steps itself runs a boosted slot: its trap flag traps after
+    /// each slot instruction. Those are not its instructions: resume quietly until the trap
+    /// lands outside the slot (after the jump back, or a boosted `ret`), which is the trap
+    /// of its own instruction and is delivered as it is. Returns whether it swallowed one.
+    fn swallow_slot_trap(&mut self, tid: Pid) -> bool {
+        let Some(t) = self.tasks.get_mut(&tid) else {
+            return false;
+        };
+        if !t.tf_slot {
+            return false;
+        }
+        let slot = t.ts.slot().map(|a| a.0);
+        let rip = sys::get_regs(tid).map_or(0, |r| r.rip);
+        match slot {
+            Some(s) if (s..s + 64).contains(&rip) => {
+                self.resume(tid, 0);
+                true
+            }
+            _ => {
+                t.tf_slot = false;
+                false
+            }
+        }
+    }
+
+    /// Resumes `tid` with the single-step trap its own trap flag would have raised after the
+    /// instruction we emulated or stepped for it (it is in a `SIGTRAP` stop).
+    fn resume_with_step_trap(&mut self, tid: Pid, rip: u64) {
+        match sys::sig_info_raw(tid) {
+            Ok(mut info) => {
+                info.set_trap_trace(rip);
+                if sys::set_sig_info(tid, &info).is_ok() {
+                    self.resume(tid, libc::SIGTRAP);
+                    return;
+                }
+                self.resume(tid, 0);
+            }
+            Err(_) => self.resume(tid, 0),
         }
     }
 
@@ -261,6 +332,7 @@ impl Session {
         };
         let before = to_core(&raw);
         let mut regs = before;
+        let user_tf = raw.eflags & EFLAGS_TF != 0;
         let Some(t) = self.tasks.get_mut(&tid) else {
             return;
         };
@@ -294,7 +366,19 @@ impl Session {
                     _ => {}
                 }
                 if self.set_regs(tid, &before, &regs) {
-                    self.resume(tid, 0);
+                    let ran = matches!(hit, Hit::Emulated | Hit::Returned { .. });
+                    if user_tf && ran && !self.detaching {
+                        // The instruction "ran" (emulated, or the `ret` into the trampoline):
+                        // its trap is owed.
+                        self.resume_with_step_trap(tid, regs.ip());
+                    } else {
+                        if user_tf && matches!(hit, Hit::Boosted { .. }) {
+                            if let Some(t) = self.tasks.get_mut(&tid) {
+                                t.tf_slot = true;
+                            }
+                        }
+                        self.resume(tid, 0);
+                    }
                 }
             }
             Hit::SingleStep { .. } => {
@@ -311,6 +395,7 @@ impl Session {
                 if self.set_regs(tid, &before, &regs) {
                     if let Some(t) = self.tasks.get_mut(&tid) {
                         t.run = Run::Stepping;
+                        t.tf_step = user_tf;
                     }
                     self.platform.set_stopped(tid_of(tid), false);
                     let _ = sys::single_step(tid, 0);
@@ -350,8 +435,16 @@ impl Session {
             .on_single_step(&self.platform, space, &mut t.trap, &mut regs)
         {
             Step::Done => {
+                let owed = self
+                    .tasks
+                    .get_mut(&tid)
+                    .is_some_and(|t| core::mem::take(&mut t.tf_step));
                 if self.set_regs(tid, &before, &regs) {
-                    self.resume(tid, 0);
+                    if owed && !self.detaching {
+                        self.resume_with_step_trap(tid, regs.ip());
+                    } else {
+                        self.resume(tid, 0);
+                    }
                 }
             }
             Step::NotOurs => self.resume(tid, libc::SIGTRAP),
@@ -514,6 +607,10 @@ impl Session {
             }
         }
         self.tasks.insert(child, task);
+        self.placer.on_clone(parent, child);
+        if !self.detaching {
+            self.replace_threads();
+        }
         if let Some(st) = self.orphans.remove(&child) {
             // Its first stop came before our event: handle it now.
             self.handle(st);
@@ -532,6 +629,7 @@ impl Session {
             if let Some(t) = self.tasks.remove(&former) {
                 self.tasks.insert(tid, t);
             }
+            self.placer.on_rename(former, tid);
             self.platform.remove_task(tid_of(former));
         }
         let Some(t) = self.tasks.get(&tid) else {
@@ -550,7 +648,11 @@ impl Session {
                 self.core.on_task_exit(&mut o.ts);
                 self.core.clear_trap(&mut o.trap);
             }
+            self.placer.forget(p);
             self.platform.remove_task(tid_of(p));
+        }
+        if !self.detaching {
+            self.replace_threads();
         }
         // Out of the execve call, to a stop where registers may be used.
         if sys::leave_syscall(tid).is_err() {
@@ -586,10 +688,14 @@ impl Session {
 
     fn on_gone(&mut self, tid: Pid, how: Outcome) {
         self.orphans.remove(&tid);
+        self.placer.forget(tid);
         if let Some(mut t) = self.tasks.remove(&tid) {
             self.core.on_task_exit(&mut t.ts);
             self.core.clear_trap(&mut t.trap);
             self.platform.remove_task(tid_of(tid));
+            if !self.detaching && self.outcome.is_none() && tid != self.root {
+                self.replace_threads();
+            }
             let space = t.space;
             if !self.tasks.values().any(|o| o.space == space) {
                 self.core.on_space_exit(&self.platform, space);

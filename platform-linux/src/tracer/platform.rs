@@ -166,12 +166,26 @@ impl AddressSpace for LinuxSpace {
     }
 
     fn write(&self, addr: Addr, data: &[u8]) -> Result<(), MemError> {
+        // Two-byte writes are SDT semaphores (return addresses and emulated pushes are
+        // eight bytes, slots longer): journalled for the guardian.
+        if data.len() == 2 && crate::journal::active() {
+            let mut old = [0u8; 2];
+            if self.mem.read(addr.0, &mut old).is_ok() {
+                crate::journal::record_data(self.mem.pid(), addr.0, &old, data);
+            }
+        }
         self.mem
             .write(addr.0, data)
             .map_err(|e| mem_error(addr, &e))
     }
 
     fn patch_code(&self, addr: Addr, data: &[u8]) -> Result<(), MemError> {
+        if crate::journal::active() {
+            let mut old = vec![0u8; data.len()];
+            if self.mem.read(addr.0, &mut old).is_ok() {
+                crate::journal::record_code(self.mem.pid(), addr.0, &old, data);
+            }
+        }
         self.mem
             .write(addr.0, data)
             .map_err(|e| mem_error(addr, &e))

@@ -25,6 +25,7 @@ use super::error::TraceError;
 use super::platform::LinuxPlatform;
 use crate::attach;
 use crate::elf::ElfImage;
+use crate::placement::{CpuPlacement, Placer};
 use crate::resolve::{self, Location, ProbeKind, Resolver};
 use crate::sys::{self, Options, Pid, RawSigInfo};
 use crate::wait::WaitStrategy;
@@ -97,6 +98,14 @@ pub(crate) struct Task {
     pub(crate) deferred: Vec<RawSigInfo>,
     /// It reported `PTRACE_EVENT_EXIT`.
     pub(crate) exiting: bool,
+    /// It was in a group-stop when we attached: the first resume listens instead.
+    pub(crate) group_stopped: bool,
+    /// It single-steps itself (its own trap flag) and runs a boosted slot: the traps inside
+    /// the slot are ours to swallow, the first one outside is its own.
+    pub(crate) tf_slot: bool,
+    /// It single-steps itself and we are single-stepping its instruction: the trap of that
+    /// instruction is owed to it.
+    pub(crate) tf_step: bool,
 }
 
 impl Task {
@@ -109,6 +118,9 @@ impl Task {
             run,
             deferred: Vec::new(),
             exiting: false,
+            group_stopped: false,
+            tf_slot: false,
+            tf_step: false,
         }
     }
 }
@@ -222,6 +234,8 @@ pub struct SessionOptions {
     pub latency: bool,
     /// USDT arguments to show as strings (`--str N`): bit `i` for argument `i`.
     pub string_args: u16,
+    /// Whether the session chooses CPUs for the tracer and a single-threaded program.
+    pub placement: CpuPlacement,
 }
 
 impl Default for SessionOptions {
@@ -232,6 +246,7 @@ impl Default for SessionOptions {
             maxactive: RET_MAXACTIVE,
             latency: false,
             string_args: 0,
+            placement: CpuPlacement::Auto,
         }
     }
 }
@@ -262,6 +277,10 @@ pub struct Session {
     pub(crate) rets: super::returns::RetState,
     /// USDT arguments shown as strings (bit `i`: argument `i`).
     pub(crate) string_args: u16,
+    /// The CPU masks the session changed.
+    pub(crate) placer: Placer,
+    /// Set (by a hit sink, say) to detach at the next stop: see [`Session::detach_flag`].
+    pub(crate) detach_request: Arc<core::sync::atomic::AtomicBool>,
 }
 
 impl Session {
@@ -285,6 +304,8 @@ impl Session {
             stats: Stats::default(),
             rets: super::returns::RetState::new(opts.maxactive, opts.latency),
             string_args: opts.string_args,
+            placer: Placer::new(opts.placement),
+            detach_request: Arc::new(core::sync::atomic::AtomicBool::new(false)),
         }
     }
 
@@ -315,10 +336,9 @@ impl Session {
         let mut s = Session::new(pid, false, opts);
         let space = SpaceId(pid.0 as u64);
         for t in &threads {
-            s.tasks.insert(
-                t.tid,
-                Task::new(pid, space, Run::Held(t.pending_signal.unwrap_or(0))),
-            );
+            let mut task = Task::new(pid, space, Run::Held(t.pending_signal.unwrap_or(0)));
+            task.group_stopped = t.group_stop.is_some();
+            s.tasks.insert(t.tid, task);
             s.platform.add_task(TaskId(t.tid.0 as u64), space, true);
         }
         let setup = s
@@ -426,6 +446,32 @@ impl Session {
         &self.platform
     }
 
+    /// A flag that makes [`run`](Self::run) detach (restoring everything) and return
+    /// [`Outcome::Detached`]`(0)` once set, checked after every stop: for a hit sink that
+    /// can no longer write (`probe ... | head`).
+    pub fn detach_flag(&self) -> Arc<core::sync::atomic::AtomicBool> {
+        self.detach_request.clone()
+    }
+
+    /// The CPU the tracer and the (single) traced thread share, if the session placed them.
+    pub fn shared_cpu(&self) -> Option<usize> {
+        self.placer.shared_cpu()
+    }
+
+    /// Places tracer and traced threads again after the set of threads changed.
+    pub(crate) fn replace_threads(&mut self) {
+        let mut live: Vec<Pid> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| !t.exiting)
+            .map(|(&p, _)| p)
+            .collect();
+        live.sort();
+        for e in self.placer.update(&live) {
+            self.warn(e);
+        }
+    }
+
     /// The slot area of the traced process, if one was mapped.
     pub fn xol_base(&self) -> Option<u64> {
         self.platform.xol_base(SpaceId(self.root.0 as u64))
@@ -469,6 +515,23 @@ impl Session {
                 continue;
             }
             let name = probe_name(&p);
+            if self.rets.latency && p.kind == ProbeKind::Entry && p.symbol_offset != 0 {
+                // --latency makes the probe a return probe too: only an entry has a return
+                // address to take over.
+                let reason = format!(
+                    "--latency times calls from a function's entry, and {name} is {:#x} bytes \
+                     into it (the return address is only where the call put it at the entry)",
+                    p.symbol_offset
+                );
+                if !glob {
+                    return Err(TraceError::Register {
+                        probe: name,
+                        reason,
+                    });
+                }
+                report.failed.push((name, reason));
+                continue;
+            }
             if p.ifunc && !glob {
                 report.notes.push(format!(
                     "{name} is an indirect function (ifunc): the probe is on its resolver, \
@@ -706,6 +769,7 @@ impl Session {
             }
         }
         let _ = self.core.maintain(&self.platform);
+        report.errors.extend(self.placer.restore_all());
         let mut tids: Vec<Pid> = self.tasks.keys().copied().collect();
         tids.sort();
         for tid in tids {
@@ -770,6 +834,7 @@ impl Drop for Session {
             // Never leave breakpoints behind, whatever happened.
             let _ = self.detach();
         }
+        let _ = self.placer.restore_all();
     }
 }
 

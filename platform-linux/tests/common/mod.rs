@@ -7,10 +7,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-/// A program built by `build.rs` from `tests/programs/`.
-pub fn program(name: &str) -> PathBuf {
-    PathBuf::from(env!("PROBE_TEST_PROGRAMS")).join(name)
-}
+pub mod programs;
+pub use programs::program;
 
 /// Run the `probe` binary with `args` (no stdin).
 pub fn probe(args: &[&str]) -> Output {
@@ -61,4 +59,43 @@ pub fn append(path: &Path, line: &str) -> std::io::Result<()> {
         .append(true)
         .open(path)?
         .write_all(format!("{line}\n").as_bytes())
+}
+
+/// Compares every executable file mapping of `pid` with the file on disk.
+pub fn assert_text_matches_disk(pid: u32) {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut checked = 0;
+    for line in maps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || !f[1].contains('x') || !f[5].starts_with('/') {
+            continue;
+        }
+        let (a, b) = f[0].split_once('-').unwrap();
+        let (a, b) = (
+            u64::from_str_radix(a, 16).unwrap(),
+            u64::from_str_radix(b, 16).unwrap(),
+        );
+        let off = u64::from_str_radix(f[2], 16).unwrap();
+        let mut live = vec![0u8; (b - a) as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&mem, &mut live, a).unwrap();
+        let disk = std::fs::read(f[5]).unwrap();
+        let end = ((off as usize) + live.len()).min(disk.len());
+        let disk = &disk[off as usize..end];
+        let diffs = live
+            .iter()
+            .zip(disk)
+            .enumerate()
+            .filter(|(_, (x, y))| x != y)
+            .map(|(i, _)| a + i as u64)
+            .collect::<Vec<_>>();
+        assert!(
+            diffs.is_empty(),
+            "{} differs from the file at {:x?}",
+            f[5],
+            &diffs[..diffs.len().min(8)]
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3, "{maps}");
 }

@@ -4,7 +4,8 @@
  *   workload calls N          work() N times
  *   workload kinds N          each of kind_emulated/boosted/riprel/step N times
  *   workload recurse N        fib(N), counting fib() calls
- *   workload threads T N      T threads call work() N times each, all at once
+ *   workload threads T N      T threads call work() N times each, all at once (T = 1:
+ *                             the main thread alone; WORKLOAD_QUIET: no output)
  *   workload fork N           work() N times, fork; the child calls it N times and exits 3
  *   workload exec N M         work() N times, then exec itself as `calls M`
  *   workload vfork M          vfork; the child execs itself as `calls M`
@@ -12,6 +13,10 @@
  *   workload traps            raise(SIGTRAP) and a bare int3, caught by a handler
  *   workload dlopen LIB N     dlopen LIB, call plugin_fn N times, dlclose; twice
  *   workload spin             work() every millisecond until killed
+ *   workload affinity         spin; on SIGUSR1 it sets its own CPU mask and prints it
+ *   workload lines            per line N of stdin, work() N times and print the total
+ *   workload selfstep KIND N  kind_KIND N times with its own trap flag set: counts the
+ *                             single-step traps (and those outside its own text)
  *   workload selfkill N       work() N times, then SIGKILL itself
  *   workload one KIND N       kind_KIND (emulated, boosted, riprel, step) N times, quietly
  *   workload threxec N        4 threads call kind_boosted/kind_step forever; after N ms
@@ -21,11 +26,13 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <ucontext.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -103,6 +110,22 @@ static void start_forever_threads(void) {
 static volatile sig_atomic_t alarms, traps;
 static void on_alarm(int sig) { (void)sig; alarms++; }
 static void on_trap(int sig) { (void)sig; traps++; }
+static volatile long steps, foreign, others;
+extern char __executable_start[], etext[];
+static void on_step(int sig, siginfo_t *si, void *ucv) {
+    (void)sig;
+    ucontext_t *uc = ucv;
+    unsigned long ip = uc->uc_mcontext.gregs[REG_RIP];
+    if (si->si_code != TRAP_TRACE) {
+        others++;
+        return;
+    }
+    steps++;
+    if (ip < (unsigned long)__executable_start || ip >= (unsigned long)etext)
+        foreign++;
+}
+static volatile sig_atomic_t usr1;
+static void on_usr1(int sig) { (void)sig; usr1 = 1; }
 
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "calls";
@@ -124,11 +147,14 @@ int main(int argc, char **argv) {
         pthread_t th[64];
         if (t > 64)
             t = 64;
-        for (long i = 0; i < t; i++)
+        if (t == 1)
+            thread_main(NULL); /* one thread: the main one, no other */
+        for (long i = 0; i < t && t > 1; i++)
             pthread_create(&th[i], NULL, thread_main, NULL);
-        for (long i = 0; i < t; i++)
+        for (long i = 0; i < t && t > 1; i++)
             pthread_join(th[i], NULL);
-        printf("work calls: %ld\n", work_calls);
+        if (!getenv("WORKLOAD_QUIET"))
+            printf("work calls: %ld\n", work_calls);
     } else if (!strcmp(mode, "fork")) {
         for (long i = 0; i < n; i++)
             work(i);
@@ -209,6 +235,68 @@ int main(int argc, char **argv) {
             work(i);
             usleep(1000);
         }
+    } else if (!strcmp(mode, "affinity")) {
+        /* Like spin; on SIGUSR1 the program pins itself to one CPU of its starting mask that
+         * is not the one CPU it is confined to now (if it is), and prints "set CPU". */
+        cpu_set_t start;
+        sched_getaffinity(0, sizeof start, &start);
+        signal(SIGUSR1, on_usr1);
+        printf("ready\n");
+        fflush(stdout);
+        for (long i = 0;; i++) {
+            work(i);
+            usleep(1000);
+            if (usr1) {
+                usr1 = 0;
+                cpu_set_t now, want;
+                sched_getaffinity(0, sizeof now, &now);
+                int pick = -1;
+                for (int c = 0; c < CPU_SETSIZE && pick < 0; c++)
+                    if (CPU_ISSET(c, &start) && !(CPU_COUNT(&now) == 1 && CPU_ISSET(c, &now)))
+                        pick = c;
+                for (int c = 0; c < CPU_SETSIZE && pick < 0; c++)
+                    if (CPU_ISSET(c, &start))
+                        pick = c;
+                CPU_ZERO(&want);
+                CPU_SET(pick, &want);
+                sched_setaffinity(0, sizeof want, &want);
+                printf("set %d\n", pick);
+                fflush(stdout);
+            }
+        }
+    } else if (!strcmp(mode, "lines")) {
+        /* For each line N of stdin, work() N times and print the running total; at EOF
+         * print "done" and exit 0. Hits happen only when the test says. */
+        char buf[64];
+        long s = 0;
+        printf("ready\n");
+        fflush(stdout);
+        while (fgets(buf, sizeof buf, stdin)) {
+            long m = atol(buf);
+            for (long i = 0; i < m; i++)
+                s += work(i);
+            printf("work calls: %ld sum: %ld\n", work_calls, s);
+            fflush(stdout);
+        }
+        printf("done\n");
+    } else if (!strcmp(mode, "selfstep")) {
+        /* With its own trap flag set, call kind_KIND (argv[2]) argv[3] times: count the
+         * single-step traps, and those whose address is outside this program's text. */
+        long (*f)(long) = !strcmp(argv[2], "emulated") ? kind_emulated
+                          : !strcmp(argv[2], "boosted") ? kind_boosted
+                          : !strcmp(argv[2], "riprel")  ? kind_riprel
+                                                        : kind_step;
+        long m = argc > 3 ? atol(argv[3]) : 10, s = 0;
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = on_step;
+        sa.sa_flags = SA_SIGINFO;
+        sigaction(SIGTRAP, &sa, NULL);
+        __asm__ volatile("pushf\n\torl $0x100, (%%rsp)\n\tpopf" ::: "memory", "cc");
+        for (long i = 0; i < m; i++)
+            s += f(i);
+        __asm__ volatile("pushf\n\tandl $~0x100, (%%rsp)\n\tpopf" ::: "memory", "cc");
+        printf("steps: %ld foreign: %ld other traps: %ld sum: %ld\n", steps, foreign, others, s);
     } else if (!strcmp(mode, "selfkill")) {
         for (long i = 0; i < n; i++)
             work(i);

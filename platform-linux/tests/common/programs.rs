@@ -1,0 +1,129 @@
+//! The C and C++ test programs of `tests/programs/`, built at test time (never by `cargo
+//! build` or `cargo install`, which need Rust alone) with the `cc` crate, a dev-dependency.
+//!
+//! They go to `<target>/tmp/probe-test-programs/`, rebuilt only when a source or its
+//! command line changed. Test binaries run at once (cargo runs them one by one, but a user may
+//! start several) take a lock file first, so no one compiles over another's program or runs a
+//! half-written one; each program is written under a temporary name and renamed into place.
+#![allow(dead_code, unreachable_pub)]
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// (output name, source, C++, extra flags)
+const PROGRAMS: &[(&str, &str, bool, &[&str])] = &[
+    ("hits", "hits.c", false, &["-fPIE", "-pie"]),
+    ("hits-nopie", "hits.c", false, &["-fno-pie", "-no-pie"]),
+    (
+        "hits-stripped",
+        "hits.c",
+        false,
+        &["-fPIE", "-pie", "-s", "-rdynamic"],
+    ),
+    ("int3-loop", "int3_loop.c", false, &["-pthread"]),
+    ("forker", "forker.c", false, &["-pthread"]),
+    ("threads", "threads.c", false, &["-pthread"]),
+    (
+        "workload",
+        "workload.c",
+        false,
+        &["-fPIE", "-pie", "-pthread", "-ldl"],
+    ),
+    ("libplugin.so", "plugin.c", false, &["-fPIC", "-shared"]),
+    (
+        "ret-prog",
+        "ret_prog.c",
+        false,
+        &["-fPIE", "-pie", "-pthread"],
+    ),
+    ("usdt-demo", "usdt_demo.c", false, &["-fPIE", "-pie"]),
+    (
+        "usdt-demo-nopie",
+        "usdt_demo.c",
+        false,
+        &["-fno-pie", "-no-pie"],
+    ),
+    // Return probes through C++ exceptions, with the unwinder in libgcc_s and linked in.
+    ("ret-exc", "ret_exc.cc", true, &["-fPIE", "-pie"]),
+    (
+        "ret-exc-static-rt",
+        "ret_exc.cc",
+        true,
+        &["-fPIE", "-pie", "-static-libgcc", "-static-libstdc++"],
+    ),
+];
+
+/// The directory holding every built test program (built on first use).
+pub fn programs_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("probe-test-programs");
+        build_all(&out);
+        out
+    })
+}
+
+/// The path of test program `name` (`hits`, `workload`, `libplugin.so`, ...).
+pub fn program(name: &str) -> PathBuf {
+    programs_dir().join(name)
+}
+
+fn build_all(out: &Path) {
+    std::fs::create_dir_all(out).expect("create the test programs' directory");
+    let lock = File::create(out.join(".lock")).expect("create the lock file");
+    platform_linux::sys::lock_exclusive(&lock).expect("lock the test programs' directory");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs");
+    for (name, file, cpp, flags) in PROGRAMS {
+        let source = src.join(file);
+        let dst = out.join(name);
+        let mut cmd = compiler(*cpp);
+        cmd.arg("-O1").arg("-g").args(*flags);
+        let stamp = out.join(format!(".{name}.cmd"));
+        let line = format!("{cmd:?} {}", source.display());
+        if up_to_date(&dst, &source, &stamp, &line) {
+            continue;
+        }
+        let tmp = out.join(format!(".{name}.tmp"));
+        cmd.arg("-o").arg(&tmp).arg(&source);
+        let status = cmd
+            .status()
+            .unwrap_or_else(|e| panic!("running the C compiler for {file}: {e}: {cmd:?}"));
+        assert!(status.success(), "compiling {file} failed: {cmd:?}");
+        std::fs::rename(&tmp, &dst).expect("move the built program into place");
+        std::fs::write(&stamp, &line).expect("write the command stamp");
+    }
+    drop(lock);
+}
+
+/// Whether `dst` is newer than `source` and was built by the same command line.
+fn up_to_date(dst: &Path, source: &Path, stamp: &Path, line: &str) -> bool {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    match (modified(dst), modified(source)) {
+        (Some(d), Some(s)) if d >= s => std::fs::read_to_string(stamp).is_ok_and(|old| old == line),
+        _ => false,
+    }
+}
+
+/// The system's C (or C++) compiler as the `cc` crate finds it (`CC`/`CXX` honoured).
+fn compiler(cpp: bool) -> Command {
+    let target = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    cc::Build::new()
+        .cpp(cpp)
+        .cargo_metadata(false)
+        .cargo_warnings(false)
+        .target(&target)
+        .host(&target)
+        .opt_level(1)
+        .warnings(false)
+        .extra_warnings(false)
+        .try_get_compiler()
+        .unwrap_or_else(|e| {
+            panic!(
+                "the tests build C programs and need a C compiler (gcc or clang, g++ for C++) \
+                 and <sys/sdt.h> (systemtap-sdt-dev): {e}"
+            )
+        })
+        .to_command()
+}
