@@ -268,5 +268,8 @@ fn the_checker_finds_a_cycle() {
 
 #[test]
 fn platform_kernel_has_no_module_cycle() {
-    assert_eq!(cycles_of(&src("platform-kernel")), Vec::<Vec<String>>::new());
+    assert_eq!(
+        cycles_of(&src("platform-kernel")),
+        Vec::<Vec<String>>::new()
+    );
 }

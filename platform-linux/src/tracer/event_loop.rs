@@ -295,7 +295,7 @@ impl Session {
         if !t.tf_slot {
             return false;
         }
-        let slot = t.ts.slot().map(|a| a.0);
+        let slot = t.trap.slot().map(|a| a.0);
         let rip = sys::get_regs(tid).map_or(0, |r| r.rip);
         match slot {
             Some(s) if (s..s + 64).contains(&rip) => {
