@@ -274,7 +274,10 @@ impl Session {
             Err(_) => return, // killed meanwhile: its exit is reported next
         };
         let stepping = self.tasks.get(&tid).is_some_and(|t| t.trap.stepping());
-        if info.code == libc::SI_KERNEL && !stepping {
+        let leaving = self.tasks.get(&tid).is_some_and(|t| t.leaving_slot);
+        if leaving && info.code == TRAP_TRACE {
+            self.step_out_of_slot(tid);
+        } else if info.code == libc::SI_KERNEL && !stepping {
             self.on_int3(tid);
         } else if stepping && (info.code == TRAP_TRACE || info.code == TRAP_BRKPT) {
             self.on_step_done(tid);
@@ -282,6 +285,48 @@ impl Session {
         } else {
             self.on_signal(tid, libc::SIGTRAP, Some(info.code));
         }
+    }
+
+    /// One single step of a thread leaving a boosted slot (see `Task::leaving_slot`) is done:
+    /// step again while it is still inside, then deliver what was held back.
+    fn step_out_of_slot(&mut self, tid: Pid) {
+        self.quiesce(tid);
+        let Some(t) = self.tasks.get_mut(&tid) else {
+            return;
+        };
+        if t.trap.in_slot() && !self.detaching {
+            let _ = sys::single_step(tid, 0);
+            return;
+        }
+        t.leaving_slot = false;
+        self.resume(tid, 0);
+    }
+
+    /// A signal arrived for a thread that sits in a boosted slot: hold it back and step the
+    /// thread out first. Returns whether it did (a signal that arrives while it is already
+    /// stepping out, a fault of the slot's instruction, is delivered as it is).
+    fn hold_until_out_of_slot(&mut self, tid: Pid) -> bool {
+        let detaching = self.detaching;
+        let Some(t) = self.tasks.get_mut(&tid) else {
+            return false;
+        };
+        if detaching || !t.trap.in_slot() || t.tf_slot {
+            return false;
+        }
+        if t.leaving_slot {
+            t.leaving_slot = false;
+            return false;
+        }
+        let Ok(info) = sys::sig_info_raw(tid) else {
+            return false;
+        };
+        t.deferred.push(info);
+        t.leaving_slot = true;
+        t.run = Run::Stepping;
+        self.stats.deferred += 1;
+        self.stats.slot_exits += 1;
+        let _ = sys::single_step(tid, 0);
+        true
     }
 
     /// A program that single-steps itself runs a boosted slot: its trap flag traps after
@@ -503,6 +548,9 @@ impl Session {
             }
         } else {
             self.quiesce(tid);
+            if self.hold_until_out_of_slot(tid) {
+                return;
+            }
         }
         self.stats.signals += 1;
         self.resume(tid, sig);

@@ -103,6 +103,11 @@ pub(crate) struct Task {
     /// It single-steps itself (its own trap flag) and runs a boosted slot: the traps inside
     /// the slot are ours to swallow, the first one outside is its own.
     pub(crate) tf_slot: bool,
+    /// Single-stepped out of a boosted slot before a held-back signal is delivered: a signal
+    /// handler must not run while the interrupted code still has to resume in a slot (its
+    /// record would be dropped at the handler's next trap, and the slot could be reused under
+    /// it), as uprobes' `uprobe_deny_signal` holds signals during a single step.
+    pub(crate) leaving_slot: bool,
     /// It single-steps itself and we are single-stepping its instruction: the trap of that
     /// instruction is owed to it.
     pub(crate) tf_step: bool,
@@ -120,6 +125,7 @@ impl Task {
             exiting: false,
             group_stopped: false,
             tf_slot: false,
+            leaving_slot: false,
             tf_step: false,
         }
     }
@@ -211,6 +217,8 @@ pub struct Stats {
     pub signals: u64,
     /// Signals held back during a single step and delivered after it.
     pub deferred: u64,
+    /// Signals held back while a thread was stepped out of a boosted slot first.
+    pub slot_exits: u64,
     /// Single steps abandoned (a fault in the slot, or detach).
     pub aborted_steps: u64,
     /// Dynamic-linker notifications (map changes).
@@ -792,6 +800,11 @@ impl Session {
                 Ok(()) => report.threads += 1,
                 Err(sys::SysError::NoSuchProcess { .. }) => {}
                 Err(e) => report.errors.push(e.to_string()),
+            }
+            // Signals held back for a single step or a slot the thread had not left yet
+            // still reach it.
+            for held in t.deferred.drain(..) {
+                let _ = sys::tgkill(t.tgid, tid, held.signo());
             }
             self.platform.remove_task(TaskId(tid.0 as u64));
         }
