@@ -520,3 +520,45 @@ fn a_nested_context_keeps_the_outer_slot_and_a_reentry_keeps_the_outer_step() {
     core.unregister(&m, ha).unwrap();
     core.unregister(&m, hl).unwrap();
 }
+
+#[test]
+fn a_fork_the_core_cannot_track_leaves_the_child_clean() {
+    let (m, _, file, f) = setup();
+    let bytes = m.file_bytes(file).unwrap();
+    // Two space buckets: the parent and one child fit, a second child does not.
+    let core: Box<ProbeCore<Machine, Counter, 64, 8, 64, 2, 8, 1>> = Box::new(ProbeCore::new());
+    let (s1, t1) = m.spawn(file, 0).unwrap();
+    report_mappings(&m, &*core, s1, &[file]).unwrap();
+    let h = core
+        .register(
+            &m,
+            ProbeKey::new(file, f + 8),
+            Counter::new(),
+            ConsumerOptions::new(),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let (c1, _) = m.fork(t1).unwrap();
+    core.on_fork(&m, s1, c1).unwrap();
+    assert!(core.is_installed(c1, Addr(platform_mock::TEXT_BASE + f + 8)));
+    let (c2, _) = m.fork(t1).unwrap();
+    assert_ne!(
+        text(&m, c2, bytes.len()),
+        bytes,
+        "the child inherited the breakpoint"
+    );
+    assert_eq!(
+        core.on_fork(&m, s1, c2),
+        Err(Error::CapacityExhausted {
+            what: Capacity::Spaces
+        })
+    );
+    assert_eq!(
+        text(&m, c2, bytes.len()),
+        bytes,
+        "an untracked child keeps no breakpoint of ours"
+    );
+    core.unregister(&m, h).unwrap();
+    assert_eq!(text(&m, s1, bytes.len()), bytes);
+    assert_eq!(text(&m, c1, bytes.len()), bytes);
+}
