@@ -15,7 +15,7 @@
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use probe_core::{ConsumerHandle, ConsumerOptions, Error, PlanKind, ReturnOptions};
+use probe_core::{ConsumerHandle, ConsumerOptions, PlanKind, ReturnOptions};
 
 use crate::probes::{self, Probe, CORE};
 use crate::{exit, fatal, online_cpus};
