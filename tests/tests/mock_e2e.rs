@@ -67,6 +67,25 @@ fn refused<
     }
 }
 
+/// Register `c` at `key` with default options; the registration must succeed.
+fn registered<
+    const A: usize,
+    const B: usize,
+    const C: usize,
+    const D: usize,
+    const E: usize,
+    const F: usize,
+>(
+    m: &Machine,
+    core: &ProbeCore<Machine, Counter, A, B, C, D, E, F>,
+    key: ProbeKey,
+    c: Counter,
+) -> probe_core::ConsumerHandle {
+    core.register(m, key, c, ConsumerOptions::new())
+        .map_err(|(e, _)| e)
+        .unwrap_or_else(|e| panic!("registration at {key:?}: {e}"))
+}
+
 fn text(m: &Machine, space: SpaceId, len: usize) -> Vec<u8> {
     m.peek(space, Addr(platform_mock::TEXT_BASE), len).unwrap()
 }
@@ -99,16 +118,7 @@ fn every_plan_kind_counts_exactly_and_restores_every_space() {
     let handles: Vec<_> = offs
         .iter()
         .zip(&counters)
-        .map(|(&o, c)| {
-            core.register(
-                &m,
-                ProbeKey::new(file, o),
-                c.clone(),
-                ConsumerOptions::new(),
-            )
-            .map_err(|(e, _)| e)
-            .unwrap()
-        })
+        .map(|(&o, c)| registered(&m, &*core, ProbeKey::new(file, o), c.clone()))
         .collect();
     assert_eq!(core.site_count(), 8, "4 probes x 2 spaces");
     // A child forked now inherits the breakpoints.
@@ -145,23 +155,12 @@ fn filters_decide_where_the_breakpoint_lives_and_refilter_follows_changes() {
     let (s2, _) = spawn(&m, &core, file);
     let (even, odd) = if s1.0 % 2 == 0 { (s1, s2) } else { (s2, s1) };
     let c = Counter::filtered(Filter::EvenSpaces);
-    let h = core
-        .register(&m, ProbeKey::new(file, f + 8), c, ConsumerOptions::new())
-        .map_err(|(e, _)| e)
-        .unwrap();
+    let h = registered(&m, &*core, ProbeKey::new(file, f + 8), c);
     let at = Addr(platform_mock::TEXT_BASE + f + 8);
     assert!(core.is_installed(even, at));
     assert!(!core.is_installed(odd, at));
     // A second, unfiltered consumer wants every space.
-    let h2 = core
-        .register(
-            &m,
-            ProbeKey::new(file, f + 8),
-            Counter::new(),
-            ConsumerOptions::new(),
-        )
-        .map_err(|(e, _)| e)
-        .unwrap();
+    let h2 = registered(&m, &*core, ProbeKey::new(file, f + 8), Counter::new());
     assert!(core.is_installed(odd, at));
     core.unregister(&m, h2).unwrap();
     assert!(!core.is_installed(odd, at), "removed where nobody wants it");
@@ -179,15 +178,7 @@ fn a_handler_can_remove_the_probe_from_its_space() {
     let (s1, t1) = spawn(&m, &core, file);
     let mut c = Counter::new();
     c.remove_after_hit = true;
-    let h = core
-        .register(
-            &m,
-            ProbeKey::new(file, f + 8),
-            c.clone(),
-            ConsumerOptions::new(),
-        )
-        .map_err(|(e, _)| e)
-        .unwrap();
+    let h = registered(&m, &*core, ProbeKey::new(file, f + 8), c.clone());
     let at = Addr(platform_mock::TEXT_BASE + f + 8);
     assert!(core.is_installed(s1, at));
     let mut run = Runner::new();
@@ -263,15 +254,7 @@ fn bad_calls_get_typed_errors_and_change_nothing() {
     assert_eq!(core.probe_count(), 0);
 
     // Double unregister and a stale handle.
-    let h = core
-        .register(
-            &m,
-            ProbeKey::new(file, f + 20),
-            Counter::new(),
-            ConsumerOptions::new(),
-        )
-        .map_err(|(e, _)| e)
-        .unwrap();
+    let h = registered(&m, &*core, ProbeKey::new(file, f + 20), Counter::new());
     core.unregister(&m, h).unwrap();
     assert_eq!(core.unregister(&m, h).err(), Some(Error::UnknownConsumer));
 }
@@ -283,15 +266,7 @@ fn capacities_run_out_with_typed_errors() {
     let core: Box<ProbeCore<Machine, Counter, 64, 2, 64, 4, 1, 1>> = Box::new(ProbeCore::new());
     let (_s, _) = m.spawn(file, 0).unwrap();
     report_mappings(&m, &core, _s, &[file]).unwrap();
-    let h1 = core
-        .register(
-            &m,
-            ProbeKey::new(file, f + 8),
-            Counter::new(),
-            ConsumerOptions::new(),
-        )
-        .map_err(|(e, _)| e)
-        .unwrap();
+    let h1 = registered(&m, &*core, ProbeKey::new(file, f + 8), Counter::new());
     // The single-stepped `ret` needs a second slot.
     let e = refused(&m, &*core, ProbeKey::new(file, f + 24));
     assert_eq!(
@@ -301,15 +276,7 @@ fn capacities_run_out_with_typed_errors() {
         }
     );
     // An emulated probe needs none.
-    let h2 = core
-        .register(
-            &m,
-            ProbeKey::new(file, f),
-            Counter::new(),
-            ConsumerOptions::new(),
-        )
-        .map_err(|(e, _)| e)
-        .unwrap();
+    let h2 = registered(&m, &*core, ProbeKey::new(file, f), Counter::new());
     let e = refused(&m, &*core, ProbeKey::new(file, f));
     assert_eq!(
         e,
@@ -326,15 +293,7 @@ fn exec_and_munmap_forget_breakpoints_and_a_new_mapping_gets_them() {
     let (m, core, file, f) = setup();
     let (s1, t1) = spawn(&m, &core, file);
     let c = Counter::new();
-    let h = core
-        .register(
-            &m,
-            ProbeKey::new(file, f + 8),
-            c.clone(),
-            ConsumerOptions::new(),
-        )
-        .map_err(|(e, _)| e)
-        .unwrap();
+    let h = registered(&m, &*core, ProbeKey::new(file, f + 8), c.clone());
     assert_eq!(core.site_count(), 1);
     let mut ts = probe_core::TaskState::<32>::new();
     m.exec(t1, file, 0).unwrap();
@@ -360,15 +319,7 @@ fn overlapping_probes_are_refused_with_the_existing_offset() {
     let (m, core, file, f) = setup();
     let _ = spawn(&m, &core, file);
     // `li` at f is 8 bytes long: f + 4 lies inside it.
-    let h = core
-        .register(
-            &m,
-            ProbeKey::new(file, f),
-            Counter::new(),
-            ConsumerOptions::new(),
-        )
-        .map_err(|(e, _)| e)
-        .unwrap();
+    let h = registered(&m, &*core, ProbeKey::new(file, f), Counter::new());
     assert_eq!(
         refused(&m, &core, ProbeKey::new(file, f + 4)),
         Error::Overlaps {
@@ -378,15 +329,7 @@ fn overlapping_probes_are_refused_with_the_existing_offset() {
         }
     );
     // The next instruction boundary is fine.
-    let h2 = core
-        .register(
-            &m,
-            ProbeKey::new(file, f + 8),
-            Counter::new(),
-            ConsumerOptions::new(),
-        )
-        .map_err(|(e, _)| e)
-        .unwrap();
+    let h2 = registered(&m, &*core, ProbeKey::new(file, f + 8), Counter::new());
     core.unregister(&m, h).unwrap();
     // And the other way round: with only f + 4 registered (if it decodes), f covers it.
     if let Ok(h3) = core.register(
@@ -529,15 +472,7 @@ fn a_fork_the_core_cannot_track_leaves_the_child_clean() {
     let core: Box<ProbeCore<Machine, Counter, 64, 8, 64, 2, 8, 1>> = Box::new(ProbeCore::new());
     let (s1, t1) = m.spawn(file, 0).unwrap();
     report_mappings(&m, &*core, s1, &[file]).unwrap();
-    let h = core
-        .register(
-            &m,
-            ProbeKey::new(file, f + 8),
-            Counter::new(),
-            ConsumerOptions::new(),
-        )
-        .map_err(|(e, _)| e)
-        .unwrap();
+    let h = registered(&m, &*core, ProbeKey::new(file, f + 8), Counter::new());
     let (c1, _) = m.fork(t1).unwrap();
     core.on_fork(&m, s1, c1).unwrap();
     assert!(core.is_installed(c1, Addr(platform_mock::TEXT_BASE + f + 8)));
