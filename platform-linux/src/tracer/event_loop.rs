@@ -302,15 +302,17 @@ impl Session {
         self.resume(tid, 0);
     }
 
-    /// A signal arrived for a thread that sits in a boosted slot: hold it back and step the
-    /// thread out first. Returns whether it did (a signal that arrives while it is already
-    /// stepping out, a fault of the slot's instruction, is delivered as it is).
-    fn hold_until_out_of_slot(&mut self, tid: Pid) -> bool {
+    /// Signal `sig` arrived for a thread that sits in a boosted slot: hold it back and step
+    /// the thread out first. Returns whether it did. A stop signal runs no handler and is
+    /// delivered as it is (and a stopped thread is not kept in our single steps), as is a
+    /// signal that arrives while the thread is already stepping out (a fault of the slot's
+    /// instruction).
+    fn hold_until_out_of_slot(&mut self, tid: Pid, sig: i32) -> bool {
         let detaching = self.detaching;
         let Some(t) = self.tasks.get_mut(&tid) else {
             return false;
         };
-        if detaching || !t.trap.in_slot() || t.tf_slot {
+        if detaching || !t.trap.in_slot() || t.tf_slot || is_stop_signal(sig) {
             return false;
         }
         if t.leaving_slot {
@@ -548,7 +550,7 @@ impl Session {
             }
         } else {
             self.quiesce(tid);
-            if self.hold_until_out_of_slot(tid) {
+            if self.hold_until_out_of_slot(tid, sig) {
                 return;
             }
         }
