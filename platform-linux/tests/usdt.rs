@@ -349,13 +349,14 @@ fn state_of(pid: u32) -> char {
 }
 
 /// SIGKILL of the tracer process itself (not `probe`, its guardian): the guardian puts back
-/// the semaphores and breakpoints from the tracer's journal. The program is stopped first
-/// so that no hit is in flight when the tracer dies (the kernel would deliver that one's
-/// SIGTRAP: see the journal's docs).
+/// the semaphores and breakpoints from the tracer's journal. The program waits in `pause()`
+/// and hits no marker, so that no hit is in flight when the tracer dies (the kernel would
+/// deliver that one's SIGTRAP: see the journal's docs); the tracer is killed once the program
+/// is seen asleep.
 #[test]
 fn the_guardian_restores_semaphores_and_text_when_the_tracer_is_killed() {
     let mut child = Command::new(demo())
-        .arg("sleep")
+        .arg("idle")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -396,8 +397,8 @@ fn the_guardian_restores_semaphores_and_text_when_the_tracer_is_killed() {
             .unwrap()
             .success())
     };
-    kill(pid, "-STOP");
-    while state_of(pid) == 'R' || state_of(pid) == 'S' {
+    // Asleep in pause(), not at a ptrace stop of ours.
+    while state_of(pid) != 'S' {
         std::thread::yield_now();
     }
     let me = guardian.id();
@@ -419,7 +420,6 @@ fn the_guardian_restores_semaphores_and_text_when_the_tracer_is_killed() {
         "semaphores not restored by the guardian: {rest}"
     );
     common::assert_text_matches_disk(pid);
-    kill(pid, "-CONT");
     assert!(child.0.try_wait().unwrap().is_none(), "it died");
 }
 

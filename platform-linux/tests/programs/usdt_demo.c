@@ -14,6 +14,7 @@
  * Usage:
  *   usdt_demo run N          N iterations, then print the counts
  *   usdt_demo sleep          print the semaphores' addresses, then loop forever (1 ms sleep)
+ *   usdt_demo idle           print the semaphores' addresses, then wait forever (no marker)
  *   usdt_demo kern N         wait until kern_a's and kern_b's semaphores are both set (at
  *                            most 5 s), then N iterations; prints the counts and the largest
  *                            value of pair's semaphore it saw
@@ -25,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 unsigned short demo_tick_semaphore __attribute__((unused)) __attribute__((section(".probes")));
 unsigned short demo_pair_semaphore __attribute__((unused)) __attribute__((section(".probes")));
@@ -95,6 +97,13 @@ static void report(void) {
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "run";
     long n = argc > 2 ? atol(argv[2]) : 10;
+    if (strcmp(mode, "idle") == 0) {
+        printf("tick %p\npair %p\nname %p\n", (void *)&demo_tick_semaphore,
+               (void *)&demo_pair_semaphore, (void *)&demo_name_semaphore);
+        fflush(stdout);
+        for (;;)
+            pause();
+    }
     if (strcmp(mode, "sleep") == 0) {
         printf("tick %p\npair %p\nname %p\n", (void *)&demo_tick_semaphore,
                (void *)&demo_pair_semaphore, (void *)&demo_name_semaphore);
