@@ -9,7 +9,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 
-use common::{assert_text_matches_disk, program};
+use common::{assert_text_matches_disk, program, spin};
 
 fn work() -> String {
     format!("uprobe:{}:work", program("workload").display())
@@ -31,21 +31,6 @@ fn tracer_pid_of(pid: u32) -> u32 {
         .find_map(|l| l.strip_prefix("TracerPid:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap()
-}
-
-/// `workload spin`, untraced, past its "ready" line.
-fn spin() -> Child {
-    let mut child = Command::new(program("workload"))
-        .arg("spin")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "ready\n");
-    child
 }
 
 /// `probe trace --print -p PID work`, past its first printed hit.

@@ -302,16 +302,7 @@ fn python_under_malloc_and_free_behaves_as_untraced() {
 /// Starts `workload spin` untraced, attaches `probe trace -p` with every libc function and
 /// the workload's `work`, sends `sig` to probe, and checks the tracee's text afterwards.
 fn attach_then_signal(sig: i32) {
-    let mut spin = Command::new(workload())
-        .arg("spin")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(spin.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "ready\n");
+    let mut spin = common::spin();
     let pid = spin.id().to_string();
     let w = format!("{}:work", workload());
     let mut tracer = Command::new(env!("CARGO_BIN_EXE_probe"))

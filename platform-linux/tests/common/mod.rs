@@ -5,10 +5,27 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 pub mod programs;
 pub use programs::program;
+
+/// `workload spin`, untraced, past its "ready" line.
+pub fn spin() -> Child {
+    let mut child = Command::new(program("workload"))
+        .arg("spin")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "ready\n");
+    child
+}
 
 /// Run the `probe` binary with `args` (no stdin).
 pub fn probe(args: &[&str]) -> Output {
