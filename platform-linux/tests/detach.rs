@@ -204,6 +204,22 @@ fn feed(prog: &mut Child, out: &mut BufReader<ChildStdout>, n: u32) -> String {
     line
 }
 
+/// `probe trace -p PID SPECS...`, past its first stderr line, which must contain `attached`.
+fn attach(pid: u32, specs: &[&str], attached: &str) -> (Child, BufReader<ChildStderr>) {
+    let mut tracer = Command::new(env!("CARGO_BIN_EXE_probe"))
+        .args(["trace", "-p", &pid.to_string()])
+        .args(specs)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(tracer.stderr.take().unwrap());
+    let mut first = String::new();
+    err.read_line(&mut first).unwrap();
+    assert!(first.contains(attached), "{first}");
+    (tracer, err)
+}
+
 fn lines_program() -> (Child, BufReader<ChildStdout>) {
     let mut prog = Command::new(program("workload"))
         .arg("lines")
@@ -249,18 +265,11 @@ fn sigkill_of_probe_mid_trace_leaves_a_p_process_running_as_untraced() {
     let traced = lines_session(
         |prog| {
             // Count work() and take over read()'s return address at each call.
-            let mut tracer = Command::new(env!("CARGO_BIN_EXE_probe"))
-                .args(["trace", "-p", &prog.id().to_string(), &work()])
-                .arg("uretprobe:libc:read")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut err = BufReader::new(tracer.stderr.take().unwrap());
-            let mut first = String::new();
-            err.read_line(&mut first).unwrap();
-            assert!(first.contains("attached 2 probes"), "{first}");
-            Some((tracer, err))
+            Some(attach(
+                prog.id(),
+                &[&work(), "uretprobe:libc:read"],
+                "attached 2 probes",
+            ))
         },
         |prog, tracer| {
             let (mut tracer, mut err) = tracer.unwrap();
@@ -367,19 +376,7 @@ fn tracer_child(probe: u32) -> u32 {
 fn sigkill_of_the_tracer_itself_is_repaired_by_the_guardian() {
     let untraced = lines_session(|_| None, |_, _| {});
     let traced = lines_session(
-        |prog| {
-            let mut tracer = Command::new(env!("CARGO_BIN_EXE_probe"))
-                .args(["trace", "-p", &prog.id().to_string(), &work()])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut err = BufReader::new(tracer.stderr.take().unwrap());
-            let mut first = String::new();
-            err.read_line(&mut first).unwrap();
-            assert!(first.contains("attached 1 probe"), "{first}");
-            Some((tracer, err))
-        },
+        |prog| Some(attach(prog.id(), &[&work()], "attached 1 probe")),
         |prog, tracer| {
             let (mut guardian, mut err) = tracer.unwrap();
             // Between hits: back in read(), nothing of ours in flight.
