@@ -34,7 +34,7 @@ pub fn is_stop_signal(sig: i32) -> bool {
 pub fn stop_thread(tid: Pid, born: &mut Vec<Pid>) -> Result<Option<StoppedThread>, SysError> {
     sys::interrupt(tid)?;
     loop {
-        match sys::wait(Some(tid))? {
+        match sys::wait_through_stop(Some(tid))? {
             WaitStatus::Event(_, sig, Event::Stop) => {
                 return Ok(Some(StoppedThread {
                     tid,
@@ -66,7 +66,7 @@ pub fn stop_thread(tid: Pid, born: &mut Vec<Pid>) -> Result<Option<StoppedThread
 /// Waits for the first stop of a task auto-attached through a clone/fork event.
 pub fn wait_new_task(tid: Pid) -> Result<Option<StoppedThread>, SysError> {
     let mut born = Vec::new();
-    match sys::wait(Some(tid))? {
+    match sys::wait_through_stop(Some(tid))? {
         WaitStatus::Event(_, sig, Event::Stop) => Ok(Some(StoppedThread {
             tid,
             pending_signal: None,

@@ -260,12 +260,14 @@ fn run_syscall(pid: Pid, tid: Pid, insn: u64, nr: i64, args: &[u64]) -> Result<i
 }
 
 /// Single-steps `tid` until it has executed the instruction at `insn`; returns the
-/// signals that arrived meanwhile (suppressed, to be re-sent).
+/// signals that arrived meanwhile (suppressed, to be re-sent). A stop signal to the tracer
+/// does not cut the wait short: the thread is mid-step, with borrowed registers, until its
+/// trap is reaped and they are put back.
 fn step_over_syscall(tid: Pid, insn: u64) -> Result<Vec<i32>, RemoteError> {
     let mut deferred = Vec::new();
     for _ in 0..64 {
         sys::single_step(tid, 0)?;
-        match sys::wait(Some(tid))? {
+        match sys::wait_through_stop(Some(tid))? {
             WaitStatus::Stopped(_, libc::SIGTRAP) => {
                 let rip = sys::get_regs(tid)?.rip;
                 if rip != insn {

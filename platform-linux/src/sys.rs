@@ -1210,7 +1210,7 @@ pub fn leave_syscall(tid: Pid) -> Result<(), SysError> {
     interrupt(tid)?;
     cont(tid, 0)?;
     loop {
-        match wait(Some(tid))? {
+        match wait_through_stop(Some(tid))? {
             WaitStatus::Event(_, _, Event::Stop) => return Ok(()),
             WaitStatus::Stopped(_, sig) => cont(tid, sig)?,
             WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
