@@ -556,6 +556,35 @@ pub fn sig_info_raw(pid: Pid) -> Result<RawSigInfo, SysError> {
     Ok(RawSigInfo(unsafe { info.assume_init() }))
 }
 
+/// Whether a `SIGTRAP` waits in the thread's own queue of pending signals
+/// (`PTRACE_PEEKSIGINFO`, which reads the queue without taking anything off it). A thread that
+/// took a trap (an `int3` or a single step) just as `PTRACE_INTERRUPT` reached it reports the
+/// interrupt's stop first: its trap is still queued, and would kill it if it were detached now.
+pub fn sigtrap_pending(pid: Pid) -> Result<bool, SysError> {
+    const PEEK: usize = 16;
+    let args = libc::ptrace_peeksiginfo_args {
+        off: 0,
+        flags: 0,
+        nr: PEEK as i32,
+    };
+    let mut infos = [MaybeUninit::<libc::siginfo_t>::zeroed(); PEEK];
+    // SAFETY: addr points to the arguments, data to room for `nr` `siginfo_t`s; the kernel
+    // writes at most that many and returns how many it wrote.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_PEEKSIGINFO,
+            pid.0,
+            ptr::from_ref(&args),
+            infos.as_mut_ptr(),
+        )
+    };
+    let n = check("PTRACE_PEEKSIGINFO", pid, r)? as usize;
+    Ok(infos[..n.min(PEEK)].iter().any(|i| {
+        // SAFETY: zeroed is a valid `siginfo_t`, and the kernel wrote the first `n` whole.
+        unsafe { i.assume_init_ref() }.si_signo == libc::SIGTRAP
+    }))
+}
+
 /// `PTRACE_SETSIGINFO`: the `siginfo_t` of the signal the next restart delivers (restart with
 /// the same signal number, or the kernel replaces it with a plain `SI_USER` one).
 pub fn set_sig_info(pid: Pid, info: &RawSigInfo) -> Result<(), SysError> {

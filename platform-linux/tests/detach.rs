@@ -397,3 +397,62 @@ fn sigkill_of_the_tracer_itself_is_repaired_by_the_guardian() {
     assert_eq!(traced, untraced);
     assert_eq!(traced.1, Some(0));
 }
+
+/// Detaching while four threads hit a stepped and a boosted probe as fast as they can, ten
+/// times over the same process: the detach's `PTRACE_INTERRUPT` meets threads that have just
+/// taken an `int3` or a single-step trap not yet reported, threads mid-step, and (when it
+/// comes right after attaching) the remote `mmap` of the slot area. Every time the process
+/// runs on untraced, its text as on disk.
+#[test]
+fn detaching_from_threads_mid_hit_leaves_them_running() {
+    let mut prog = Command::new(program("workload"))
+        .args(["threxec", "100000000"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let exe = program("workload");
+    let specs = [
+        format!("{}:kind_step", exe.display()),
+        format!("{}:kind_boosted", exe.display()),
+    ];
+    for round in 0..10 {
+        let mut tracer = Command::new(env!("CARGO_BIN_EXE_probe"))
+            .args(["trace", "--print", "-p", &prog.id().to_string()])
+            .args(&specs)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(tracer.stderr.take().unwrap());
+        let mut first = String::new();
+        err.read_line(&mut first).unwrap();
+        assert!(first.contains("attached"), "round {round}: {first}");
+        let mut out = BufReader::new(tracer.stdout.take().unwrap());
+        if round % 2 == 1 {
+            // Past the first hits: the slot area is mapped by then.
+            let mut hit = String::new();
+            out.read_line(&mut hit).unwrap();
+            assert!(hit.contains("workload:kind_"), "round {round}: {hit}");
+        }
+        kill(tracer.id(), libc::SIGTERM);
+        let mut hits = String::new();
+        out.read_to_string(&mut hits).unwrap();
+        let status = tracer.wait().unwrap();
+        let mut rest = String::new();
+        err.read_to_string(&mut rest).unwrap();
+        assert_eq!(status.code(), Some(0), "round {round}: {first}{rest}");
+        assert!(
+            rest.contains("detached from process"),
+            "round {round}: {rest}"
+        );
+        if let Some(st) = prog.try_wait().unwrap() {
+            panic!("round {round}: the tracee died: {st:?}; probe said: {first}{rest}");
+        }
+        assert_released(&mut prog);
+    }
+    // A trap left queued would kill it at its next return to user space.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_released(&mut prog);
+    prog.kill().unwrap();
+    prog.wait().unwrap();
+}

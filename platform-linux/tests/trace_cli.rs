@@ -336,7 +336,9 @@ fn attach_then_signal(sig: i32) {
     assert!(count(&out, "libc.so.6:usleep") >= 1, "{out}");
     // The tracee runs on, with every byte of its text as on disk.
     std::thread::sleep(Duration::from_millis(50));
-    assert!(spin.try_wait().unwrap().is_none(), "the tracee died");
+    if let Some(st) = spin.try_wait().unwrap() {
+        panic!("the tracee died: {st:?}; probe said: {first}{rest}");
+    }
     assert_text_matches_disk(spin.id());
     spin.kill().unwrap();
     spin.wait().unwrap();

@@ -256,6 +256,26 @@ impl Session {
         }
     }
 
+    /// A thread stopped (not by its step's trap) while a single step is pending: put it back
+    /// at the probed instruction.
+    fn abort_step_at_stop(&mut self, tid: Pid) {
+        let Some(t) = self.tasks.get_mut(&tid) else {
+            return;
+        };
+        if !t.trap.stepping() {
+            return;
+        }
+        let Ok(raw) = sys::get_regs(tid) else {
+            return;
+        };
+        let before = to_core(&raw);
+        let mut regs = before;
+        if self.core.abort_single_step(&mut t.trap, &mut regs) {
+            self.stats.aborted_steps += 1;
+            self.set_regs(tid, &before, &regs);
+        }
+    }
+
     /// Reports the task's IP to the core if it may be inside a slot.
     fn quiesce(&mut self, tid: Pid) {
         let Some(t) = self.tasks.get_mut(&tid) else {
@@ -582,7 +602,23 @@ impl Session {
                         t.run = Run::Listening;
                     }
                     let _ = sys::listen(tid);
+                } else if self.detaching && sys::sigtrap_pending(tid).unwrap_or(false) {
+                    // Interrupted just after a trap it has not reported yet: let it report
+                    // the trap (it stops again before running anything of its own), so the
+                    // hit or step is finished before the detach instead of killing it after.
+                    if let Some(t) = self.tasks.get_mut(&tid) {
+                        t.run = Run::Running;
+                    }
+                    self.stats.late_traps += 1;
+                    if sys::cont(tid, 0).is_err() {
+                        self.resume(tid, 0);
+                    }
                 } else {
+                    if self.detaching {
+                        // Stopped before its single step ran: it runs the instruction from
+                        // its own place again once the original bytes are back.
+                        self.abort_step_at_stop(tid);
+                    }
                     self.quiesce(tid);
                     self.resume(tid, 0);
                 }

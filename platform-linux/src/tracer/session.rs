@@ -221,6 +221,9 @@ pub struct Stats {
     pub slot_exits: u64,
     /// Single steps abandoned (a fault in the slot, or detach).
     pub aborted_steps: u64,
+    /// Traps a thread took just as the detach's interrupt reached it, reported after the
+    /// interrupt's stop and finished before the detach.
+    pub late_traps: u64,
     /// Dynamic-linker notifications (map changes).
     pub dl_events: u64,
     /// Hits the core could not resume (delivered as SIGSEGV).
