@@ -39,7 +39,12 @@ pub(crate) struct Writer {
 /// - `XOL`: out-of-line slots per space.
 /// - `CPUS`: CPUs that may call the read-side paths concurrently (`CpuId` below this).
 ///
-/// In normal builds [`new`](ProbeCore::new) is `const`, so a core can be a `static`.
+/// In normal builds [`new`](ProbeCore::new) is `const`, so a core can be a `static`. An empty
+/// core is all zero bits, whatever the platform, consumer and sizes (every blank field is an
+/// integer, an atomic, an unlocked spin lock, or an optional value as a `false` flag beside
+/// uninitialised bytes): a static core lands in `.bss`, and a core in freshly zeroed memory
+/// (an embedder's zeroed pages, an anonymous `mmap`) is a valid empty core, committed only
+/// where it is written. Loom builds are the exception (loom's atomics are not plain memory).
 pub struct ProbeCore<
     P: Platform,
     C,

@@ -56,6 +56,11 @@ pub(crate) struct XolArea<const XOL: usize> {
     pub(crate) base: AtomicU64,
     /// Writer only: where the next slot search starts.
     cursor: AtomicU32,
+    /// Writer only: one past the highest slot ever taken since the last reset. Slots at and
+    /// above it were never written, so a reset leaves them alone: a space's bookkeeping
+    /// costs memory in proportion to the slots it used (an embedder's zeroed, lazily
+    /// committed core never touches the rest).
+    high: AtomicU32,
     pub(crate) slots: [XolSlot; XOL],
 }
 
@@ -66,6 +71,7 @@ impl<const XOL: usize> XolArea<XOL> {
             XolArea {
                 base: AtomicU64::new(0),
                 cursor: AtomicU32::new(0),
+                high: AtomicU32::new(0),
                 slots: array_of![XolSlot::new(); XOL],
             }
         }
@@ -78,9 +84,18 @@ impl<const XOL: usize> XolArea<XOL> {
     pub(crate) fn reset(&self) {
         self.base.store(0, Ordering::Relaxed);
         self.cursor.store(0, Ordering::Relaxed);
-        for s in self.slots.iter() {
+        let high = self.high.swap(0, Ordering::Relaxed) as usize;
+        for s in self.slots.iter().take(high) {
             s.state.store(FREE, Ordering::Relaxed);
             s.occupancy.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Slot `i` is taken: raise the high-water mark. Writer only.
+    fn taken(&self, i: usize) {
+        let above = (i + 1) as u32;
+        if self.high.load(Ordering::Relaxed) < above {
+            self.high.store(above, Ordering::Relaxed);
         }
     }
 
@@ -104,6 +119,7 @@ impl<const XOL: usize> XolArea<XOL> {
                     && s.occupancy.load(Ordering::Acquire) == 0);
             if free {
                 s.state.store(USED, Ordering::Relaxed);
+                self.taken(i);
                 self.cursor.store(((i + 1) % XOL) as u32, Ordering::Relaxed);
                 return Some(i as u32);
             }
@@ -125,6 +141,7 @@ impl<const XOL: usize> XolArea<XOL> {
     pub(crate) fn mark_used(&self, i: u32) {
         if let Some(s) = self.slots.get(i as usize) {
             s.state.store(USED, Ordering::Relaxed);
+            self.taken(i as usize);
         }
     }
 
