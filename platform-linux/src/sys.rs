@@ -1267,6 +1267,92 @@ pub fn threads(pid: Pid) -> Result<Vec<Pid>, SysError> {
     Ok(tids)
 }
 
+/// A `T` in its own anonymous private mapping, which starts as zero bits: the kernel commits
+/// a page only when it is first written, so a large, sparsely used `T` costs memory in
+/// proportion to its use (the global allocator would zero an over-aligned block by writing
+/// it whole). For types whose all-zero bits are a valid value only.
+pub struct ZeroedMap<T> {
+    ptr: ptr::NonNull<T>,
+    len: usize,
+}
+
+impl<T> ZeroedMap<T> {
+    /// Maps a zeroed `T`.
+    ///
+    /// # Safety
+    /// All zero bits must be a valid `T`.
+    pub unsafe fn new() -> Result<Self, SysError> {
+        let len = core::mem::size_of::<T>().max(1);
+        assert!(
+            core::mem::align_of::<T>() <= 4096,
+            "page alignment suffices"
+        );
+        // SAFETY: an anonymous private mapping of `len` bytes at an address the kernel
+        // picks; no existing memory is touched.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(SysError::Failed {
+                op: "mmap",
+                pid: Pid(0),
+                errno: Errno::last(),
+            });
+        }
+        let ptr = ptr::NonNull::new(p.cast::<T>()).ok_or(SysError::Failed {
+            op: "mmap",
+            pid: Pid(0),
+            errno: Errno(libc::ENOMEM),
+        })?;
+        Ok(ZeroedMap { ptr, len })
+    }
+}
+
+impl<T> core::ops::Deref for ZeroedMap<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the mapping holds a valid `T` (zero bits, valid by `new`'s contract) for as
+        // long as `self` lives, and only `&self`/`&mut self` reach it.
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl<T> core::ops::DerefMut for ZeroedMap<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`, and `&mut self` makes this the only reference.
+        unsafe { self.ptr.as_mut() }
+    }
+}
+
+impl<T> Drop for ZeroedMap<T> {
+    fn drop(&mut self) {
+        // SAFETY: the `T` is valid and dropped once, here; then its mapping (ours, `len`
+        // bytes) is unmapped with nothing referring to it.
+        unsafe {
+            ptr::drop_in_place(self.ptr.as_ptr());
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for ZeroedMap<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+// SAFETY: a `ZeroedMap<T>` owns its `T` as a `Box<T>` does.
+unsafe impl<T: Send> Send for ZeroedMap<T> {}
+// SAFETY: as above: shared access is `&T`.
+unsafe impl<T: Sync> Sync for ZeroedMap<T> {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -120,6 +120,23 @@ fn a_forked_child_inherits_the_probes() {
     assert_eq!(count(&out, "workload:work"), 600);
 }
 
+/// Issue 12, item 1: hundreds of processes live at once, each with the breakpoints it
+/// inherited, are all followed (the space table once held 56: the rest died of SIGTRAP, or
+/// ran unprobed).
+#[test]
+fn three_hundred_live_children_are_all_followed() {
+    let o = trace_workload(&["W:work"], &["forks", "300", "10"]);
+    let out = text(&o.stdout);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        out.contains("children: 300, exited 0: 300 (last other status 0)"),
+        "{out}"
+    );
+    assert_eq!(count(&out, "workload:work"), 3000, "{out}");
+    assert!(!err.contains("warning"), "{err}");
+}
+
 #[test]
 fn exec_starts_clean_and_probes_the_new_image() {
     let o = trace_workload(&["W:work"], &["exec", "100", "250"]);

@@ -36,8 +36,11 @@ pub const PROBES: usize = 16384;
 pub const CONSUMERS: usize = 16384;
 /// Installed breakpoints over all spaces (7/8 of the buckets).
 pub const SITES: usize = 65536;
-/// Traced address spaces with breakpoints at once (7/8 of the buckets).
-pub const SPACES: usize = 64;
+/// Traced address spaces with breakpoints at once (7/8 of the buckets: 3 584 processes). Each
+/// bucket holds its space's slot bookkeeping (16 bytes a slot), but the core is allocated
+/// zeroed (see [`new_core`]): the memory of a bucket is only committed when a process uses it,
+/// in proportion to the slots it took.
+pub const SPACES: usize = 4096;
 /// Out-of-line slots per address space (64 bytes each: a 512 KiB area).
 pub const XOL: usize = 8192;
 
@@ -48,19 +51,15 @@ pub type Core = ProbeCore<LinuxPlatform, LinuxConsumer, PROBES, CONSUMERS, SITES
 /// [`SessionOptions::maxactive`] says otherwise.
 pub const RET_MAXACTIVE: u32 = super::returns::DEFAULT_MAXACTIVE;
 
-/// Builds a core on the heap. It is too big for a default thread stack, so it is built on a
-/// thread with a stack of its own.
-pub fn new_core() -> Box<Core> {
-    let stack = core::mem::size_of::<Core>() * 3 + (16 << 20);
-    std::thread::Builder::new()
-        .name("probe-core-init".into())
-        .stack_size(stack)
-        .spawn(|| Box::new(Core::new()))
-        .and_then(|h| {
-            h.join()
-                .map_err(|_| std::io::Error::other("building the core panicked"))
-        })
-        .expect("a thread to build the probe core")
+/// Builds a core in zeroed memory of its own ([`sys::ZeroedMap`]): pages the kernel commits
+/// only when first written, so the core's capacity (hundreds of processes, thousands of slots
+/// each) costs memory in proportion to what a session uses.
+pub fn new_core() -> sys::ZeroedMap<Core> {
+    // SAFETY: all zero bits is a valid empty core (`ProbeCore`'s documentation; checked for
+    // this platform and consumer in `tests/tests/core_in_bss.rs`).
+    #[allow(unsafe_code)]
+    let core = unsafe { sys::ZeroedMap::new() };
+    core.expect("memory for the probe core")
 }
 
 /// How a traced thread stands, from the tracer's side.
@@ -266,7 +265,7 @@ impl Default for SessionOptions {
 #[derive(Debug)]
 pub struct Session {
     pub(crate) platform: LinuxPlatform,
-    pub(crate) core: Box<Core>,
+    pub(crate) core: sys::ZeroedMap<Core>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) tasks: HashMap<Pid, Task>,
     /// Stops of tasks whose parent's clone/fork event has not been seen yet.
@@ -609,6 +608,13 @@ impl Session {
                 Some(why) => format!("{e}: {why}"),
                 None => e.to_string(),
             },
+            probe_core::Error::CapacityExhausted {
+                what: probe_core::Capacity::Spaces,
+            } => format!(
+                "probe follows at most {} processes with probes at once; this one runs \
+                 unprobed, its inherited breakpoints removed",
+                SPACES / 8 * 7
+            ),
             probe_core::Error::CapacityExhausted { .. } => format!(
                 "{e} (probe holds {PROBES} probes, {SITES} breakpoints, {XOL} slots per \
                  process; trace fewer functions)"

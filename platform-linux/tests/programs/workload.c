@@ -7,6 +7,8 @@
  *   workload threads T N      T threads call work() N times each, all at once (T = 1:
  *                             the main thread alone; WORKLOAD_QUIET: no output)
  *   workload fork N           work() N times, fork; the child calls it N times and exits 3
+ *   workload forks P N        fork P children that are all alive at once (each waits until
+ *                             the last is forked), each calls work() N times and exits 0
  *   workload exec N M         work() N times, then exec itself as `calls M`
  *   workload vfork M          vfork; the child execs itself as `calls M`
  *   workload alarm N          SIGALRM every 50us while calling each kind N times
@@ -170,6 +172,35 @@ int main(int argc, char **argv) {
         int st = 0;
         waitpid(c, &st, 0);
         printf("parent work calls: %ld, child exit %d\n", work_calls, WEXITSTATUS(st));
+    } else if (!strcmp(mode, "forks")) {
+        long m = argc > 3 ? atol(argv[3]) : 10;
+        int gate[2];
+        if (pipe(gate))
+            return 1;
+        fflush(stdout);
+        for (long c = 0; c < n; c++) {
+            pid_t pid = fork();
+            if (pid < 0)
+                return 1;
+            if (pid == 0) {
+                char b;
+                close(gate[1]);
+                while (read(gate[0], &b, 1) > 0) {
+                }
+                for (long i = 0; i < m; i++)
+                    work(i);
+                _exit(work_calls == m ? 0 : 1);
+            }
+        }
+        close(gate[1]); /* every child is forked and alive: let them run */
+        long ok = 0, st_all = 0;
+        int st;
+        while (wait(&st) > 0)
+            if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+                ok++;
+            else
+                st_all = st;
+        printf("children: %ld, exited 0: %ld (last other status %ld)\n", n, ok, st_all);
     } else if (!strcmp(mode, "exec")) {
         for (long i = 0; i < n; i++)
             work(i);
