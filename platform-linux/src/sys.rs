@@ -1267,6 +1267,16 @@ pub fn threads(pid: Pid) -> Result<Vec<Pid>, SysError> {
     Ok(tids)
 }
 
+/// The seccomp mode of process `pid` (`Seccomp:` in `/proc/PID/status`: 0 none, 1 strict,
+/// 2 filter), if it can be read.
+pub fn seccomp_mode(pid: Pid) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// A `T` in its own anonymous private mapping, which starts as zero bits: the kernel commits
 /// a page only when it is first written, so a large, sparsely used `T` costs memory in
 /// proportion to its use (the global allocator would zero an over-aligned block by writing

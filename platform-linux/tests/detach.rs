@@ -456,3 +456,62 @@ fn detaching_from_threads_mid_hit_leaves_them_running() {
     prog.kill().unwrap();
     prog.wait().unwrap();
 }
+
+/// Issue 12, item 6: a process under a seccomp filter (this one kills itself at any `mmap`)
+/// gets no injected system call: a probe that needs a slot is refused, naming seccomp, and
+/// one that probe emulates is traced; the process runs on as untraced throughout.
+#[test]
+fn a_process_under_seccomp_is_never_sent_an_injected_system_call() {
+    let mut prog = Command::new(program("workload"))
+        .arg("seccomp")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(prog.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let pid = prog.id().to_string();
+    let exe = program("workload");
+    let step = format!("{}:kind_step", exe.display());
+    let emulated = format!("{}:kind_emulated", exe.display());
+
+    let o = Command::new(env!("CARGO_BIN_EXE_probe"))
+        .args(["trace", "-p", &pid, &emulated, &step])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot probe workload:kind_step") && err.contains("seccomp"),
+        "{err}"
+    );
+    assert!(prog.try_wait().unwrap().is_none(), "the process died");
+    assert_released(&mut prog);
+
+    let mut tracer = Command::new(env!("CARGO_BIN_EXE_probe"))
+        .args(["trace", "--print", "-p", &pid, &emulated])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut hits = BufReader::new(tracer.stdout.take().unwrap());
+    let mut hit = String::new();
+    hits.read_line(&mut hit).unwrap();
+    assert!(hit.trim_end().ends_with("workload:kind_emulated"), "{hit}");
+    kill(tracer.id(), libc::SIGTERM);
+    let mut rest = String::new();
+    hits.read_to_string(&mut rest).unwrap();
+    let status = tracer.wait().unwrap();
+    let err = stderr_of(&mut tracer);
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert_released(&mut prog);
+
+    drop(prog.stdin.take());
+    let mut tail = String::new();
+    out.read_to_string(&mut tail).unwrap();
+    assert!(tail.starts_with("calls: "), "{tail}");
+    assert_eq!(prog.wait().unwrap().code(), Some(0));
+}

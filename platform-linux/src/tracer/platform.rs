@@ -101,6 +101,8 @@ struct SpaceState {
     files: Vec<Mapping>,
     /// The slot area, once mapped.
     xol: Option<u64>,
+    /// Why no slot area can be mapped in it (seccomp), once found: not asked again.
+    xol_refused: Option<String>,
 }
 
 /// One traced thread, as the platform needs it.
@@ -240,6 +242,7 @@ impl LinuxPlatform {
                 lines: Vec::new(),
                 files: Vec::new(),
                 xol: None,
+                xol_refused: None,
             },
         );
         Ok(())
@@ -255,9 +258,14 @@ impl LinuxPlatform {
     ) -> Result<(), crate::mem::MemError> {
         let mem = Rc::new(ProcMem::open(pid)?);
         let mut st = self.state.borrow_mut();
-        let (lines, files, xol) = match st.spaces.get(&parent) {
-            Some(p) => (p.lines.clone(), p.files.clone(), p.xol),
-            None => (Vec::new(), Vec::new(), None),
+        let (lines, files, xol, xol_refused) = match st.spaces.get(&parent) {
+            Some(p) => (
+                p.lines.clone(),
+                p.files.clone(),
+                p.xol,
+                p.xol_refused.clone(),
+            ),
+            None => (Vec::new(), Vec::new(), None, None),
         };
         let files = files
             .into_iter()
@@ -271,6 +279,7 @@ impl LinuxPlatform {
                 lines,
                 files,
                 xol,
+                xol_refused,
             },
         );
         Ok(())
@@ -423,6 +432,26 @@ impl LinuxPlatform {
     }
 
     fn map_xol(&self, space: SpaceId, near: Addr, count: usize) -> Result<u64, String> {
+        {
+            let mut st = self.state.borrow_mut();
+            let sp = st.spaces.get_mut(&space).ok_or("the space is not traced")?;
+            if let Some(why) = &sp.xol_refused {
+                return Err(why.clone());
+            }
+            if let Some(mode) = crate::sys::seccomp_mode(sp.pid).filter(|&m| m != 0) {
+                // Under a filter (or strict mode) an injected `mmap` may be answered by killing
+                // the process, and the filter cannot be read without CAP_SYS_ADMIN: never
+                // inject one. Probes that need no slot (emulated) still work.
+                let how = if mode == 1 { "strict mode" } else { "a filter" };
+                let why = format!(
+                    "it runs under seccomp ({how}), which may kill it for the `mmap` probe \
+                     would inject to map the area; only probes on instructions probe \
+                     emulates (no slot) can be placed there"
+                );
+                sp.xol_refused = Some(why.clone());
+                return Err(why);
+            }
+        }
         let (tid, pid, mem, lines, module) = {
             let st = self.state.borrow();
             let sp = st.spaces.get(&space).ok_or("the space is not traced")?;
@@ -451,7 +480,18 @@ impl LinuxPlatform {
             len,
             libc::PROT_READ | libc::PROT_EXEC,
         )
-        .map_err(|e| e.to_string())
+        .map_err(|e| match e {
+            crate::remote::RemoteError::Syscall { errno, .. }
+                if errno.0 == libc::EACCES || errno.0 == libc::EPERM =>
+            {
+                format!(
+                    "{e}: the kernel refuses this process executable anonymous memory \
+                     (an SELinux `execmem` denial, or a similar policy); only probes on \
+                     instructions probe emulates (no slot) can be placed there"
+                )
+            }
+            e => e.to_string(),
+        })
     }
 }
 

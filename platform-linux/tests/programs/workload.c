@@ -16,6 +16,9 @@
  *   workload dlopen LIB N     dlopen LIB, call plugin_fn N times, dlclose; twice
  *   workload spin             work() every millisecond until killed
  *   workload affinity         spin; on SIGUSR1 it sets its own CPU mask and prints it
+ *   workload seccomp          install a seccomp filter that kills the process at any `mmap`,
+ *                             print "ready", then kind_emulated and kind_step every ms; on
+ *                             stdin EOF print the call count and exit 0
  *   workload lines            per line N of stdin, work() N times and print the total
  *   workload selfstep KIND N  kind_KIND N times with its own trap flag set: counts the
  *                             single-step traps (and those outside its own text)
@@ -27,6 +30,12 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -266,6 +275,34 @@ int main(int argc, char **argv) {
             work(i);
             usleep(1000);
         }
+    } else if (!strcmp(mode, "seccomp")) {
+        struct sock_filter f[] = {
+            BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_mmap, 0, 1),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        };
+        struct sock_fprog prog = {sizeof f / sizeof f[0], f};
+        /* stdout and stdin are set up before the filter: no mmap after it */
+        fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
+        setvbuf(stdout, NULL, _IONBF, 0);
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) {
+            perror("seccomp");
+            return 1;
+        }
+        printf("ready\n");
+        long calls = 0;
+        for (;;) {
+            char b[64];
+            ssize_t r = read(0, b, sizeof b);
+            if (r == 0)
+                break;
+            kind_emulated(calls);
+            kind_step(calls);
+            calls++;
+            usleep(1000);
+        }
+        printf("calls: %ld\n", calls);
     } else if (!strcmp(mode, "affinity")) {
         /* Like spin; on SIGUSR1 the program pins itself to one CPU of its starting mask that
          * is not the one CPU it is confined to now (if it is), and prints "set CPU". */
