@@ -48,7 +48,10 @@ fn guard(tracer: sys::Pid, journal: std::fs::File) -> i32 {
                 eprintln!("probe: error: the tracer (process {tracer}) was killed by signal {sig}");
                 let (n, errors) = platform_linux::journal::restore(&left);
                 if n > 0 {
-                    eprintln!("probe: restored {n} breakpoint(s) and semaphore(s) the tracer left");
+                    eprintln!(
+                        "probe: restored {n} breakpoint(s), semaphore(s) and return address(es) \
+                         the tracer left"
+                    );
                 }
                 for e in errors {
                     eprintln!("probe: error: restoring {e}");

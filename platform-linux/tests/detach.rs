@@ -374,9 +374,24 @@ fn tracer_child(probe: u32) -> u32 {
 
 #[test]
 fn sigkill_of_the_tracer_itself_is_repaired_by_the_guardian() {
+    guardian_repairs(&[&work()], "attached 1 probe");
+}
+
+/// The same, with `read()`'s return address taken over while the program blocks in it: the
+/// guardian puts it back (else the program returns into the trampoline's `int3`, untraced,
+/// and dies of SIGTRAP).
+#[test]
+fn sigkill_of_the_tracer_mid_call_has_the_guardian_restore_the_return_address() {
+    guardian_repairs(&[&work(), "uretprobe:libc:read"], "attached 2 probes");
+}
+
+/// Runs `workload lines` with `probe trace -p` attached with `specs`, SIGKILLs the tracer
+/// process (not `probe`, the guardian) while the program blocks in `read()`, and checks that
+/// the guardian restored the text and that the program answered as untraced.
+fn guardian_repairs(specs: &[&str], attached: &str) {
     let untraced = lines_session(|_| None, |_, _| {});
     let traced = lines_session(
-        |prog| Some(attach(prog.id(), &[&work()], "attached 1 probe")),
+        |prog| Some(attach(prog.id(), specs, attached)),
         |prog, tracer| {
             let (mut guardian, mut err) = tracer.unwrap();
             // Between hits: back in read(), nothing of ours in flight.

@@ -138,6 +138,9 @@ pub struct MapsDiff {
 pub struct LinuxSpace {
     id: SpaceId,
     mem: Rc<ProcMem>,
+    /// The slot area (start, end), once mapped: an eight-byte write of an address inside it
+    /// is a return address taken over (pointed at the trampoline).
+    xol: Option<(u64, u64)>,
 }
 
 fn mem_error(addr: Addr, e: &crate::mem::MemError) -> MemError {
@@ -169,11 +172,21 @@ impl AddressSpace for LinuxSpace {
 
     fn write(&self, addr: Addr, data: &[u8]) -> Result<(), MemError> {
         // Two-byte writes are SDT semaphores (return addresses and emulated pushes are
-        // eight bytes, slots longer): journalled for the guardian.
-        if data.len() == 2 && crate::journal::active() {
-            let mut old = [0u8; 2];
-            if self.mem.read(addr.0, &mut old).is_ok() {
-                crate::journal::record_data(self.mem.pid(), addr.0, &old, data);
+        // eight bytes, slots longer), and an eight-byte write of an address in our slot
+        // area takes a return address over: both journalled for the guardian.
+        if crate::journal::active() {
+            if data.len() == 2 {
+                let mut old = [0u8; 2];
+                if self.mem.read(addr.0, &mut old).is_ok() {
+                    crate::journal::record_data(self.mem.pid(), addr.0, &old, data);
+                }
+            } else if let (Ok(v), Some((lo, hi))) = (<[u8; 8]>::try_from(data), self.xol) {
+                if (lo..hi).contains(&u64::from_le_bytes(v)) {
+                    let mut old = [0u8; 8];
+                    if self.mem.read(addr.0, &mut old).is_ok() {
+                        crate::journal::record_return(self.mem.pid(), addr.0, &old, data);
+                    }
+                }
             }
         }
         self.mem
@@ -545,6 +558,9 @@ impl Platform for LinuxPlatform {
         st.spaces.get(&id).map(|s| LinuxSpace {
             id,
             mem: s.mem.clone(),
+            xol: s
+                .xol
+                .map(|b| (b, b + (super::session::XOL * SLOT_SIZE) as u64)),
         })
     }
 
