@@ -551,6 +551,17 @@ impl<
         self.sites.lookup(space.0, addr.0).is_some()
     }
 
+    /// The length of the original instruction under our breakpoint at `addr` of `space`, if
+    /// one is installed there. A platform that learns the trap's cause at a price (Linux:
+    /// one more ptrace request) may skip asking when this is longer than the breakpoint:
+    /// the context can then stand just past the breakpoint only by having executed it.
+    pub fn insn_len_at(&self, space: SpaceId, addr: Addr) -> Option<usize> {
+        let si = self.sites.lookup(space.0, addr.0)?;
+        let pi = self.sites.at(si).val.probe.load(Ordering::Relaxed);
+        let plan = self.probes.at(pi).val.plan.get()?;
+        Some(<ArchOf<P> as Arch>::insn_len(&plan))
+    }
+
     /// The installed breakpoints of `space`, as (address, probe key) pairs.
     pub fn for_each_site(&self, space: SpaceId, mut f: impl FnMut(Addr, ProbeKey)) {
         let _w = self.writer.lock();

@@ -289,6 +289,10 @@ impl Session {
     }
 
     fn on_sigtrap(&mut self, tid: Pid) {
+        if let Some(raw) = self.plainly_our_int3(tid) {
+            self.on_int3(tid, Some(raw));
+            return;
+        }
         let info = match sys::sig_info(tid) {
             Ok(i) => i,
             Err(_) => return, // killed meanwhile: its exit is reported next
@@ -298,7 +302,7 @@ impl Session {
         if leaving && info.code == TRAP_TRACE {
             self.step_out_of_slot(tid);
         } else if info.code == libc::SI_KERNEL && !stepping {
-            self.on_int3(tid);
+            self.on_int3(tid, None);
         } else if stepping && (info.code == TRAP_TRACE || info.code == TRAP_BRKPT) {
             self.on_step_done(tid);
         } else if info.code == TRAP_TRACE && self.swallow_slot_trap(tid) {
@@ -393,9 +397,32 @@ impl Session {
     }
 
     /// The hit path.
-    fn on_int3(&mut self, tid: Pid) {
-        let Ok(raw) = sys::get_regs(tid) else {
-            return;
+    /// The registers of `tid`, stopped by a SIGTRAP, if that SIGTRAP can only be the trap of
+    /// one of our breakpoints, told without `PTRACE_GETSIGINFO` (one ptrace request less per
+    /// hit): no single step of ours is in flight for the thread (nor a step out of a slot,
+    /// nor its own trap flag in a slot, nor a signal held back), and its IP is just past a
+    /// breakpoint of ours whose original instruction is longer than the `int3`: a place
+    /// inside an instruction, where no code of the program stands (a slot, where a thread
+    /// may also be stopped, is never at such a place: it is our area, not the program's
+    /// text). Otherwise `None`, and the caller asks the kernel.
+    fn plainly_our_int3(&mut self, tid: Pid) -> Option<sys::Regs> {
+        let t = self.tasks.get(&tid)?;
+        if t.trap.any_stepping() || t.leaving_slot || t.tf_slot || !t.deferred.is_empty() {
+            return None;
+        }
+        let space = t.space;
+        let raw = sys::get_regs(tid).ok()?;
+        let site = probe_core::Addr(raw.rip.checked_sub(1)?);
+        (self.core.insn_len_at(space, site)? > 1).then_some(raw)
+    }
+
+    fn on_int3(&mut self, tid: Pid, regs: Option<sys::Regs>) {
+        let raw = match regs {
+            Some(r) => r,
+            None => match sys::get_regs(tid) {
+                Ok(r) => r,
+                Err(_) => return,
+            },
         };
         let before = to_core(&raw);
         let mut regs = before;
