@@ -100,6 +100,8 @@ pub struct TraceArgs {
     /// flag return probes there are refused), and works for any function. It cannot see a
     /// call left by a tail call (a `jmp` to another function), `longjmp` or unwinding: no
     /// return is counted for it (a function that jumps out of itself is warned about).
+    /// Entry probes on a function's first instruction then count calls, not executions of
+    /// that instruction (a jump back to it, as after Go grows a stack, is no call).
     #[arg(long)]
     pub ret_by_insn: bool,
     /// Leave CPU placement to the scheduler. By default, while the traced program has a

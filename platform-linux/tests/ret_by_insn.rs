@@ -243,6 +243,25 @@ fn go_recursion_through_moving_stacks_counts_every_call_and_return() {
     assert_eq!(latency_count(&out, "uretprobe:gorec:main.depth"), 1204);
     assert_eq!(latency_count(&out, "gorec:main.depth"), 1204);
 
+    // Without --latency the entry probe counts calls too, not re-entries after the stack
+    // grew (a plain entry probe counts those: more hits than calls).
+    let (out, _) = same_as_untraced(
+        &go,
+        &[
+            "--ret-by-insn",
+            "uretprobe:P:main.depth",
+            "uprobe:P:main.depth",
+        ],
+        &["4", "300"],
+    );
+    assert_eq!(count(&out, "uretprobe:gorec:main.depth"), 1204);
+    assert_eq!(count(&out, "gorec:main.depth"), 1204, "entries = returns");
+    let (out, _) = same_as_untraced(&go, &["uprobe:P:main.depth"], &["4", "300"]);
+    assert!(
+        count(&out, "gorec:main.depth") > 1204,
+        "the stack never grew: {out}"
+    );
+
     let (out, _) = same_as_untraced(
         &go,
         &["--ret-by-insn", "--print", "uretprobe:P:main.depth"],
@@ -317,4 +336,46 @@ fn go_return_probes_without_the_flag_leave_a_running_process_untouched() {
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     assert_eq!(rest, "rounds 2 depth 100 calls 202 sum 200\n");
     assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn go_return_probes_by_insn_on_a_running_process() {
+    let Some(go) = gorec() else { return };
+    let mut child = Command::new(&go)
+        .args(["3", "200", "wait"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "waiting\n");
+    let pid = child.id();
+    let mut tracer = Command::new(env!("CARGO_BIN_EXE_probe"))
+        .args([
+            "trace",
+            "--ret-by-insn",
+            "-p",
+            &pid.to_string(),
+            &format!("uretprobe:{}:main.depth", go.display()),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(tracer.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.starts_with("probe: attached 1 probe"), "{line}");
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert_eq!(rest, "rounds 3 depth 200 calls 603 sum 600\n");
+    assert!(child.wait().unwrap().success());
+    let o = tracer.wait_with_output().unwrap();
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}");
+    assert_eq!(count(&out, "uretprobe:gorec:main.depth"), 603);
 }

@@ -281,7 +281,11 @@ impl LinuxConsumer {
         match insn.site {
             InsnSite::Restart => insn.calls.restart(owner),
             InsnSite::Entry => {
-                let called = insn.calls.enter(owner, regs.sp(), self.shared.now_ns());
+                let called = if insn.track {
+                    insn.calls.enter(owner, regs.sp(), self.shared.now_ns())
+                } else {
+                    !insn.calls.take_restart(owner)
+                };
                 if called && self.counts_entries {
                     self.hits.fetch_add(1, Ordering::Relaxed);
                     self.shared.record(

@@ -69,10 +69,15 @@ impl InsnCalls {
         lock(&self.restarting).insert(owner);
     }
 
+    /// Whether an entry hit of `owner` is a restart (no call); forgets the restart.
+    pub(crate) fn take_restart(&self, owner: Owner) -> bool {
+        lock(&self.restarting).remove(&owner)
+    }
+
     /// An entry hit of `owner`: `false` if it is a restart (no call), else the call is
     /// remembered.
     pub(crate) fn enter(&self, owner: Owner, sp: u64, now: u64) -> bool {
-        if lock(&self.restarting).remove(&owner) {
+        if self.take_restart(owner) {
             return false;
         }
         let mut open = lock(&self.open);
@@ -116,6 +121,8 @@ pub struct InsnRole {
     pub calls: Arc<InsnCalls>,
     /// Pair calls by goroutine (`r14`, a Go program) rather than by thread and stack.
     pub by_goroutine: bool,
+    /// Remember each call for its return (not for an entry probe counting calls alone).
+    pub track: bool,
 }
 
 /// What the warning about a function's exits says, if anything.
@@ -144,14 +151,16 @@ fn exit_warning(name: &str, exits: &Exits) -> Option<String> {
 
 impl Session {
     /// Registers probe point `p` (a return probe, or an entry probe timed by `--latency`)
-    /// by breakpoints on its function's entry, `ret` instructions and restarts. Returns the
-    /// entry's handle and the others, and a warning about exits this method does not see;
-    /// on failure nothing stays registered.
+    /// by breakpoints on its function's entry, `ret` instructions and restarts; with
+    /// `rets` false (an entry probe that counts calls alone), on its entry and restarts
+    /// only. Returns the entry's handle and the others, and a warning about exits this
+    /// method does not see; on failure nothing stays registered.
     pub(crate) fn register_by_insn(
         &mut self,
         p: &ResolvedProbe,
         file: FileId,
         consumer: LinuxConsumer,
+        rets: bool,
     ) -> Result<(ConsumerHandle, Vec<ConsumerHandle>, Option<String>), String> {
         let image = self.resolver.image(&p.file).map_err(|e| e.to_string())?;
         let by_goroutine = image.is_go();
@@ -188,17 +197,24 @@ impl Session {
             }
             Ok(Ok(e)) => e,
         };
-        let warning = exit_warning(&sym.name, &exits);
+        let warning = if rets {
+            exit_warning(&sym.name, &exits)
+        } else {
+            None
+        };
         let calls = self.insn_calls.clone();
         let with = |site| {
             consumer.clone().with_insn(InsnRole {
                 site,
                 calls: calls.clone(),
                 by_goroutine,
+                track: rets,
             })
         };
         let mut sites = vec![(0, with(InsnSite::Entry))];
-        sites.extend(exits.rets.iter().map(|&o| (o, with(InsnSite::Ret))));
+        if rets {
+            sites.extend(exits.rets.iter().map(|&o| (o, with(InsnSite::Ret))));
+        }
         sites.extend(exits.restarts.iter().map(|&o| (o, with(InsnSite::Restart))));
         let mut handles = Vec::new();
         for (off, c) in sites {
@@ -225,5 +241,16 @@ impl Session {
     pub(crate) fn by_insn(&self, p: &ResolvedProbe) -> bool {
         self.ret_by_insn
             && (p.kind == ProbeKind::Return || (self.rets.latency && p.kind == ProbeKind::Entry))
+    }
+
+    /// Whether probe point `p` is an entry probe on a function's first instruction that
+    /// counts calls through this method (entries = returns even where the function jumps
+    /// back to its start: Go's stack growth), without timing them.
+    pub(crate) fn entry_by_insn(&self, p: &ResolvedProbe) -> bool {
+        self.ret_by_insn
+            && !self.rets.latency
+            && p.kind == ProbeKind::Entry
+            && p.symbol_offset == 0
+            && p.symbol.is_some()
     }
 }

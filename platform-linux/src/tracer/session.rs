@@ -588,6 +588,7 @@ impl Session {
             debug_assert_eq!(idx, self.probes.len());
             let consumer = LinuxConsumer::new(Role::Probe(idx), hits, self.shared.clone());
             let by_insn = self.by_insn(&p);
+            let entry_by_insn = self.entry_by_insn(&p);
             let (opts, consumer) = if by_insn {
                 (
                     ConsumerOptions::new(),
@@ -608,13 +609,28 @@ impl Session {
                 extra: Vec::new(),
                 key,
             };
-            let registered = if by_insn {
-                self.register_by_insn(&p, file, consumer)
-                    .map(|(h, extra, warning)| {
+            // An entry probe counting calls alone falls back to a plain one where the
+            // function cannot be decoded: it needs no `ret`.
+            let by_insn_done = if by_insn || entry_by_insn {
+                let c = if by_insn {
+                    consumer.clone()
+                } else {
+                    consumer.clone().with_latency(None, true)
+                };
+                match self.register_by_insn(&p, file, c, by_insn) {
+                    Ok((h, extra, warning)) => {
                         entry.extra = extra;
                         report.warnings.extend(warning);
-                        h
-                    })
+                        Some(Ok(h))
+                    }
+                    Err(e) if by_insn => Some(Err(e)),
+                    Err(_) => None,
+                }
+            } else {
+                None
+            };
+            let registered = if let Some(r) = by_insn_done {
+                r
             } else {
                 self.core
                     .register(&self.platform, key, consumer, opts)
