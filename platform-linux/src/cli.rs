@@ -14,7 +14,7 @@
 //! ```text
 //! probe trace SPEC... [-p PID] [--print] [--args N] [--str N]... [--json] [-o FILE]
 //!             [-- CMD ARGS...]
-//!             [--latency] [--maxactive N]
+//!             [--latency] [--maxactive N] [--ret-by-insn]
 //! probe list PATH [PATTERN] [-p PID]
 //! ```
 //!
@@ -93,6 +93,17 @@ pub struct TraceArgs {
     #[arg(long, value_name = "N", default_value_t = crate::tracer::returns::DEFAULT_MAXACTIVE,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub maxactive: u32,
+    /// Catch returns (of `uretprobe:` specs, and the calls `--latency` times) by
+    /// breakpoints on each `ret` instruction of the function, found by decoding it from its
+    /// symbol's start to its end, instead of replacing the return address of each call.
+    /// Needed for Go programs (Go moves stacks and reads return addresses; without this
+    /// flag return probes there are refused), and works for any function. It cannot see a
+    /// call left by a tail call (a `jmp` to another function), `longjmp` or unwinding: no
+    /// return is counted for it (a function that jumps out of itself is warned about).
+    /// Entry probes on a function's first instruction then count calls, not executions of
+    /// that instruction (a jump back to it, as after Go grows a stack, is no call).
+    #[arg(long)]
+    pub ret_by_insn: bool,
     /// Leave CPU placement to the scheduler. By default, while the traced program has a
     /// single thread, `probe` runs it and itself on one CPU (a hit is then about 4x cheaper
     /// on a VM: no idle CPU to wake on every resume) and puts the program's CPU mask back
@@ -198,8 +209,12 @@ fn trace(args: &TraceArgs, out: &mut dyn Write) -> Result<i32, CliError> {
         } else {
             crate::placement::CpuPlacement::Auto
         },
+        ret_by_insn: args.ret_by_insn,
         ..SessionOptions::default()
     };
+    if !args.ret_by_insn {
+        refuse_go_returns(args)?;
+    }
     let mut session = match args.pid {
         Some(pid) => Session::attach(Pid(pid), opts)?,
         None => {
@@ -214,6 +229,9 @@ fn trace(args: &TraceArgs, out: &mut dyn Write) -> Result<i32, CliError> {
                 total += r.added;
                 for n in &r.notes {
                     eprintln!("probe: note: {n}");
+                }
+                for w in &r.warnings {
+                    eprintln!("probe: warning: {w}");
                 }
                 if !r.failed.is_empty() {
                     let (name, why) = &r.failed[0];
@@ -328,6 +346,40 @@ fn trace(args: &TraceArgs, out: &mut dyn Write) -> Result<i32, CliError> {
         Some(e) if !closed => Err(CliError::Output(e)),
         _ => Ok(outcome.exit_code()),
     }
+}
+
+/// Refuses return probes on a Go program before the command is started or the process
+/// attached (the session checks again, for files it finds only in the process's maps):
+/// a spec naming its file, or the command's or process's executable.
+fn refuse_go_returns(args: &TraceArgs) -> Result<(), CliError> {
+    let pid = args.pid.map(Pid);
+    let exe = match (pid, args.command.first()) {
+        (Some(p), _) => std::fs::read_link(format!("/proc/{p}/exe")).ok(),
+        (None, Some(c)) if std::path::Path::new(c).components().count() > 1 => Some(c.into()),
+        (None, Some(c)) => c.to_str().and_then(|c| find_module(c, None).ok()),
+        (None, None) => None,
+    };
+    let mut resolver = Resolver::new(None);
+    for text in &args.specs {
+        let spec = resolve::parse_spec(text)?;
+        if spec.kind == resolve::ProbeKind::Usdt {
+            continue;
+        }
+        let path = match &spec.module {
+            Some(m) => match find_module(m, pid) {
+                Ok(p) => p,
+                Err(_) => continue, // the session reports it
+            },
+            None => match &exe {
+                Some(p) => p.clone(),
+                None => continue,
+            },
+        };
+        if let Ok(image) = resolver.image(&path) {
+            resolve::refuse_go_return(image, text, spec.kind, args.latency)?;
+        }
+    }
+    Ok(())
 }
 
 /// Waits for our (no longer traced) child to end.

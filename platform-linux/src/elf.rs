@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use object::elf;
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader, Sym, SymbolTable, VersionTable};
-use object::Endianness;
+use object::{Endianness, Object, ObjectSection};
 
 /// Why an ELF file could not be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -160,6 +160,7 @@ pub struct ElfImage {
     symbols: Vec<FunctionSymbol>,
     has_symtab: bool,
     soname: Option<String>,
+    go: bool,
 }
 
 impl ElfImage {
@@ -209,6 +210,7 @@ impl ElfImage {
             symbols: Vec::new(),
             has_symtab: !file.elf_symbol_table().is_empty(),
             soname: soname(&file, data),
+            go: false,
         };
         let mut all = Vec::new();
         image.collect(
@@ -224,6 +226,12 @@ impl ElfImage {
             &mut all,
         );
         image.symbols = dedupe(all);
+        // Go's linker writes `.go.buildinfo` (Go 1.13 on); a stripped section table still
+        // leaves the runtime's symbols in most builds (`debug/buildinfo` looks for both).
+        image.go = file
+            .sections()
+            .any(|s| s.name().is_ok_and(|n| n == ".go.buildinfo"))
+            || image.symbols.iter().any(|s| s.name.starts_with("runtime."));
         Ok(image)
     }
 
@@ -277,6 +285,12 @@ impl ElfImage {
                 source,
             });
         }
+    }
+
+    /// Whether the file is a Go program: Go moves goroutine stacks and walks return
+    /// addresses itself, so a return probe must not replace one there.
+    pub fn is_go(&self) -> bool {
+        self.go
     }
 
     /// The file this image was read from.

@@ -242,6 +242,24 @@ pub enum ResolveError {
         /// The offset asked for.
         offset: u64,
     },
+    /// A return probe (or `--latency`) on a Go program without `--ret-by-insn`.
+    #[error(
+        "refusing `{spec}`: {} is a Go program, and a return probe{} replaces the return \
+         address of each call, which Go's runtime reads when it moves a goroutine's stack or \
+         walks it (the program would die with `unknown pc` or `unexpected return pc`); add \
+         --ret-by-insn to catch the returns by breakpoints on the function's `ret` \
+         instructions instead, which leaves the stack alone",
+        file.display(),
+        if *latency { " (as --latency uses)" } else { "" }
+    )]
+    GoReturnProbe {
+        /// The spec.
+        spec: String,
+        /// The Go program.
+        file: PathBuf,
+        /// It was `--latency` that asked for a return probe.
+        latency: bool,
+    },
     /// No USDT marker matches.
     #[error(
         "no USDT marker `{marker}` in {}{}",
@@ -629,6 +647,26 @@ fn check_site(
             reason: e.to_string(),
         }),
     }
+}
+
+/// Refuses a probe point of kind `kind` in `image` that would replace return addresses
+/// (a return probe, or any function probe with `--latency`) when `image` is a Go program;
+/// `--ret-by-insn` is the way there (see `tracer::ret_insn`).
+pub fn refuse_go_return(
+    image: &ElfImage,
+    spec: &str,
+    kind: ProbeKind,
+    latency: bool,
+) -> Result<(), ResolveError> {
+    let returns = kind == ProbeKind::Return || (latency && kind == ProbeKind::Entry);
+    if returns && image.is_go() {
+        return Err(ResolveError::GoReturnProbe {
+            spec: spec.to_owned(),
+            file: image.path().to_path_buf(),
+            latency: latency && kind == ProbeKind::Entry,
+        });
+    }
+    Ok(())
 }
 
 /// Resolves a location inside one ELF file.

@@ -14,6 +14,7 @@ use probe_core::{
 };
 
 use super::platform::LinuxPlatform;
+use super::ret_insn::{InsnRole, InsnSite};
 use crate::latency::LatencyHist;
 use crate::usdt::{UsdtDecoder, UsdtValue};
 
@@ -221,6 +222,8 @@ pub struct LinuxConsumer {
     /// Return consumers of an entry probe (`uprobe:` with `--latency`): count and record
     /// the entry, not the return.
     counts_entries: bool,
+    /// `--ret-by-insn`: a breakpoint on the function's entry, a `ret` or a restart.
+    insn: Option<InsnRole>,
 }
 
 impl LinuxConsumer {
@@ -233,6 +236,7 @@ impl LinuxConsumer {
             usdt: None,
             latency: None,
             counts_entries: false,
+            insn: None,
         }
     }
 
@@ -255,6 +259,67 @@ impl LinuxConsumer {
         self
     }
 
+    /// The same consumer on an instruction of a function probed by `--ret-by-insn`.
+    pub fn with_insn(mut self, insn: InsnRole) -> LinuxConsumer {
+        self.insn = Some(insn);
+        self
+    }
+
+    /// A hit of a `--ret-by-insn` breakpoint: an entry starts a call (counted and recorded
+    /// only for an entry probe timed by `--latency`), a `ret` ends one and is reported as a
+    /// return probe's return is.
+    fn insn_hit(&self, insn: &InsnRole, i: usize, ctx: &mut HitContext<'_, LinuxPlatform>) {
+        let regs = &*ctx.regs;
+        let owner = (
+            i,
+            if insn.by_goroutine {
+                regs.r14
+            } else {
+                ctx.task.0
+            },
+        );
+        match insn.site {
+            InsnSite::Restart => insn.calls.restart(owner),
+            InsnSite::Entry => {
+                let called = if insn.track {
+                    insn.calls.enter(owner, regs.sp(), self.shared.now_ns())
+                } else {
+                    !insn.calls.take_restart(owner)
+                };
+                if called && self.counts_entries {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    self.shared.record(
+                        i,
+                        ctx.space,
+                        ctx.task.0,
+                        |n| (0..n).map(|k| regs.arg(k).unwrap_or(0)).collect(),
+                        None,
+                    );
+                }
+            }
+            InsnSite::Ret => {
+                let dur = insn
+                    .calls
+                    .leave(owner, regs.sp(), !insn.by_goroutine)
+                    .map(|t| self.shared.now_ns().saturating_sub(t));
+                if let (Some(h), Some(d)) = (&self.latency, dur) {
+                    h.record(d);
+                }
+                if self.counts_entries {
+                    return;
+                }
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                let ret = regs.return_value();
+                match dur {
+                    Some(d) => self.shared.record_return(i, ctx.space, ctx.task.0, ret, d),
+                    None => self
+                        .shared
+                        .record(i, ctx.space, ctx.task.0, |_| Vec::new(), Some(ret)),
+                }
+            }
+        }
+    }
+
     /// What it is for.
     pub fn role(&self) -> Role {
         self.role
@@ -263,6 +328,10 @@ impl LinuxConsumer {
 
 impl Consumer<LinuxPlatform> for LinuxConsumer {
     fn handler(&self, ctx: &mut HitContext<'_, LinuxPlatform>) -> HandlerAction {
+        if let (Some(insn), Role::Probe(i)) = (&self.insn, self.role) {
+            self.insn_hit(insn, i, ctx);
+            return HandlerAction::Keep;
+        }
         self.hits.fetch_add(1, Ordering::Relaxed);
         match self.role {
             Role::DlHook => lock(&self.shared.rescan).push(ctx.space),

@@ -11,6 +11,8 @@
 //! - [`regs`]: register-file conversions.
 //! - [`returns`]: return probes' durations, `--latency`, `nmissed`, and the unwinder hooks
 //!   that keep C++ exceptions working through hijacked frames.
+//! - [`ret_insn`]: `--ret-by-insn`, return probes by breakpoints on a function's `ret`
+//!   instructions, for Go programs (which move stacks) and any function.
 //! - [`error`]: the session's error type, [`TraceError`].
 
 pub mod consumer;
@@ -18,6 +20,7 @@ pub mod error;
 mod event_loop;
 pub mod platform;
 pub mod regs;
+pub mod ret_insn;
 pub mod returns;
 pub mod session;
 mod usdt;

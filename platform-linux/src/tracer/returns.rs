@@ -165,6 +165,22 @@ impl Session {
         )
     }
 
+    /// The consumer of probe point `idx` of kind `kind` with `--ret-by-insn`: a return probe,
+    /// or an entry probe timed by `--latency` (it counts the entries), with its histogram.
+    pub(crate) fn insn_consumer(
+        &mut self,
+        idx: usize,
+        kind: ProbeKind,
+        consumer: LinuxConsumer,
+    ) -> LinuxConsumer {
+        let hist = self.rets.latency.then(|| {
+            let h = Arc::new(LatencyHist::new());
+            self.rets.hists.insert(idx, h.clone());
+            h
+        });
+        consumer.with_latency(hist, kind != ProbeKind::Return)
+    }
+
     /// Calls of probe point `i` that were not tracked because `maxactive` instances were in
     /// use (or the thread's chain of tracked calls was full): their returns are not
     /// reported. 0 for an entry probe that is not a return consumer.

@@ -148,6 +148,9 @@ pub struct ProbeEntry {
     /// Why it could not be registered, if it could not.
     pub error: Option<String>,
     pub(crate) handle: Option<ConsumerHandle>,
+    /// With `--ret-by-insn`: the consumers on the function's `ret` instructions and
+    /// restarts (`handle` is the one on its entry).
+    pub(crate) extra: Vec<ConsumerHandle>,
     /// The core's key of the probe.
     pub key: ProbeKey,
 }
@@ -163,6 +166,8 @@ pub struct AddReport {
     pub failed: Vec<(String, String)>,
     /// Things the user should know about the points (e.g. a probe on an ifunc resolver).
     pub notes: Vec<String>,
+    /// What the points will not see (e.g. `--ret-by-insn` on a function with tail calls).
+    pub warnings: Vec<String>,
 }
 
 /// How a session ended.
@@ -246,6 +251,9 @@ pub struct SessionOptions {
     pub string_args: u16,
     /// Whether the session chooses CPUs for the tracer and a single-threaded program.
     pub placement: CpuPlacement,
+    /// Return probes (and `--latency`) by breakpoints on the function's `ret` instructions
+    /// instead of replacing return addresses (`--ret-by-insn`; needed for Go programs).
+    pub ret_by_insn: bool,
 }
 
 impl Default for SessionOptions {
@@ -257,6 +265,7 @@ impl Default for SessionOptions {
             latency: false,
             string_args: 0,
             placement: CpuPlacement::Auto,
+            ret_by_insn: false,
         }
     }
 }
@@ -291,6 +300,10 @@ pub struct Session {
     pub(crate) placer: Placer,
     /// Set (by a hit sink, say) to detach at the next stop: see [`Session::detach_flag`].
     pub(crate) detach_request: Arc<core::sync::atomic::AtomicBool>,
+    /// `--ret-by-insn`.
+    pub(crate) ret_by_insn: bool,
+    /// The calls in flight of the functions probed by `--ret-by-insn`.
+    pub(crate) insn_calls: Arc<super::ret_insn::InsnCalls>,
 }
 
 impl Session {
@@ -316,6 +329,8 @@ impl Session {
             string_args: opts.string_args,
             placer: Placer::new(opts.placement),
             detach_request: Arc::new(core::sync::atomic::AtomicBool::new(false)),
+            ret_by_insn: opts.ret_by_insn,
+            insn_calls: Arc::default(),
         }
     }
 
@@ -512,6 +527,13 @@ impl Session {
             return self.add_usdt(&spec);
         }
         let points = self.resolver.resolve(&spec)?;
+        if !self.ret_by_insn {
+            // Before anything is changed: a return address replaced in a Go program crashes it.
+            for p in &points {
+                let image = self.resolver.image(&p.file)?;
+                resolve::refuse_go_return(image, text, p.kind, self.rets.latency)?;
+            }
+        }
         let glob = matches!(spec.location, Location::Glob(_));
         let mut report = AddReport::default();
         let space = SpaceId(self.root.0 as u64);
@@ -564,7 +586,16 @@ impl Session {
             let (idx, hits) = self.shared.add_counter();
             debug_assert_eq!(idx, self.probes.len());
             let consumer = LinuxConsumer::new(Role::Probe(idx), hits, self.shared.clone());
-            let (opts, consumer) = self.ret_consumer(idx, p.kind, consumer);
+            let by_insn = self.by_insn(&p);
+            let entry_by_insn = self.entry_by_insn(&p);
+            let (opts, consumer) = if by_insn {
+                (
+                    ConsumerOptions::new(),
+                    self.insn_consumer(idx, p.kind, consumer),
+                )
+            } else {
+                self.ret_consumer(idx, p.kind, consumer)
+            };
             let mut entry = ProbeEntry {
                 name: name.clone(),
                 spec: text.to_owned(),
@@ -574,15 +605,42 @@ impl Session {
                 from_glob: glob,
                 error: None,
                 handle: None,
+                extra: Vec::new(),
                 key,
             };
-            match self.core.register(&self.platform, key, consumer, opts) {
+            // An entry probe counting calls alone falls back to a plain one where the
+            // function cannot be decoded: it needs no `ret`.
+            let by_insn_done = if by_insn || entry_by_insn {
+                let c = if by_insn {
+                    consumer.clone()
+                } else {
+                    consumer.clone().with_latency(None, true)
+                };
+                match self.register_by_insn(&p, file, c, by_insn) {
+                    Ok((h, extra, warning)) => {
+                        entry.extra = extra;
+                        report.warnings.extend(warning);
+                        Some(Ok(h))
+                    }
+                    Err(e) if by_insn => Some(Err(e)),
+                    Err(_) => None,
+                }
+            } else {
+                None
+            };
+            let registered = if let Some(r) = by_insn_done {
+                r
+            } else {
+                self.core
+                    .register(&self.platform, key, consumer, opts)
+                    .map_err(|(e, _)| self.explain(e))
+            };
+            match registered {
                 Ok(h) => {
                     entry.handle = Some(h);
                     report.added += 1;
                 }
-                Err((e, _)) => {
-                    let reason = self.explain(e);
+                Err(reason) => {
                     entry.error = Some(reason.clone());
                     if !glob {
                         self.probes.push(entry);
@@ -769,7 +827,8 @@ impl Session {
         self.remove_unwind_hooks(&mut report.errors);
         // Every thread is stopped: take every probe out.
         for i in 0..self.probes.len() {
-            if let Some(h) = self.probes[i].handle.take() {
+            let extra = core::mem::take(&mut self.probes[i].extra);
+            for h in self.probes[i].handle.take().into_iter().chain(extra) {
                 if let Err(e) = self.core.unregister(&self.platform, h) {
                     report
                         .errors

@@ -87,6 +87,7 @@ impl Session {
                 from_glob: glob,
                 error: None,
                 handle: None,
+                extra: Vec::new(),
                 key,
             };
             match self.core.register(&self.platform, key, consumer, opts) {

@@ -127,3 +127,70 @@ fn compiler(cpp: bool) -> Command {
         })
         .to_command()
 }
+
+/// (output name, source) of the Go test programs, built with `go build` when `go` is there.
+const GO_PROGRAMS: &[(&str, &str)] = &[("gorec", "gorec.go")];
+
+/// The path of Go test program `name` (`gorec`), built on first use with the `go` on
+/// `PATH` into the same directory as the C programs, offline (`GO111MODULE=off`: a single
+/// file of the standard library alone), with its build cache inside the target directory.
+/// `Err` says why it cannot be built (no `go`); a failed build panics.
+pub fn go_program(name: &str) -> Result<PathBuf, String> {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let out = programs_dir();
+    BUILT
+        .get_or_init(|| build_go(out))
+        .clone()
+        .map(|()| out.join(name))
+}
+
+fn build_go(out: &Path) -> Result<(), String> {
+    let version = Command::new("go").arg("version").output();
+    match version {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            return Err(format!(
+                "`go version` failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ))
+        }
+        Err(e) => return Err(format!("no `go` on PATH ({e}): install golang-go")),
+    }
+    let lock = File::create(out.join(".lock")).expect("create the lock file");
+    platform_linux::sys::lock_exclusive(&lock).expect("lock the test programs' directory");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs");
+    let gohome = Path::new(env!("CARGO_TARGET_TMPDIR")).join("probe-test-go");
+    for (name, file) in GO_PROGRAMS {
+        let source = src.join(file);
+        let dst = out.join(name);
+        let mut cmd = Command::new("go");
+        cmd.arg("build")
+            .arg("-o")
+            .env("GOCACHE", gohome.join("cache"))
+            .env("GOPATH", gohome.join("gopath"))
+            .env("GO111MODULE", "off")
+            .env("GOFLAGS", "")
+            .env("GOPROXY", "off")
+            .env("GOTOOLCHAIN", "local")
+            .env("CGO_ENABLED", "0");
+        let stamp = out.join(format!(".{name}.cmd"));
+        let line = format!("{cmd:?} {}", source.display());
+        if up_to_date(&dst, &source, &stamp, &line) {
+            continue;
+        }
+        let tmp = out.join(format!(".{name}.tmp"));
+        cmd.arg(&tmp).arg(&source);
+        let o = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("running go build for {file}: {e}: {cmd:?}"));
+        assert!(
+            o.status.success(),
+            "go build of {file} failed: {cmd:?}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::fs::rename(&tmp, &dst).expect("move the built program into place");
+        std::fs::write(&stamp, &line).expect("write the command stamp");
+    }
+    drop(lock);
+    Ok(())
+}

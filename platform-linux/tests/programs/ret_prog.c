@@ -8,7 +8,10 @@
  *   block T          prints "ready", waits for a line on stdin, starts T threads that
  *                    each block inside blocked() (a pipe read), prints "inside", then
  *                    blocks in wait_line() (stdin) itself; on a second line it releases
- *                    the threads and prints their results. */
+ *                    the threads and prints their results.
+ *   tail N           calls tailer(0..N-1): even x return from it, odd x leave it by a tail
+ *                    call to leaf() (a `jmp`, written in assembly so that no -O level
+ *                    changes it); prints the sum */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdatomic.h>
@@ -46,6 +49,20 @@ __attribute__((noinline)) long leaf(long x) {
     __asm__ volatile("" ::: "memory");
     return x * 2 + 1;
 }
+
+/* tailer(x): x + 7 for even x, leaf(x) (by a tail jump) for odd x. */
+__asm__(".text\n"
+        ".globl tailer\n"
+        ".type tailer, @function\n"
+        "tailer:\n"
+        "  test $1, %dil\n"
+        "  jnz 1f\n"
+        "  lea 7(%rdi), %rax\n"
+        "  ret\n"
+        "1:\n"
+        "  jmp leaf\n"
+        ".size tailer, .-tailer\n");
+long tailer(long x);
 
 static long per_thread;
 
@@ -129,6 +146,11 @@ int main(int argc, char **argv) {
         int st = 0;
         wait(&st);
         printf("parent returned %d, child exit %d\n", r, WEXITSTATUS(st));
+    } else if (!strcmp(mode, "tail")) {
+        long n = argc > 2 ? atol(argv[2]) : 10, sum = 0;
+        for (long i = 0; i < n; i++)
+            sum += tailer(i);
+        printf("tail calls %ld sum %ld\n", n, sum);
     } else if (!strcmp(mode, "block")) {
         int t = argc > 2 ? atoi(argv[2]) : 2;
         char buf[64];
