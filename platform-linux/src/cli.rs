@@ -107,8 +107,9 @@ pub struct TraceArgs {
     /// Leave CPU placement to the scheduler. By default, while the traced program has a
     /// single thread, `probe` runs it and itself on one CPU (a hit is then about 4x cheaper
     /// on a VM: no idle CPU to wake on every resume) and puts the program's CPU mask back
-    /// at detach; with more threads nothing is pinned. A mask the program sets itself is
-    /// always kept.
+    /// at detach; with more threads only `probe` itself stays on one CPU (the program's
+    /// threads run where the scheduler puts them). A mask the program sets itself is always
+    /// kept.
     #[arg(long)]
     pub no_cpu_placement: bool,
     /// Write the hits and the summary to this file instead of standard output.
