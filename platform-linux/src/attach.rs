@@ -144,3 +144,55 @@ pub fn detach_all(threads: &[StoppedThread]) -> Result<(), SysError> {
     }
     first_err.map_or(Ok(()), Err)
 }
+
+/// Why process `pid` cannot be attached to, if one of the causes that have their own message
+/// holds (others surface as the ptrace error): it does not exist, it is a zombie, a kernel
+/// thread, or this `probe` (the tracer, or the guardian process that forked it).
+pub fn not_attachable(pid: Pid) -> Option<NotAttachable> {
+    let me = std::process::id() as i32;
+    if pid.0 == me {
+        return Some(NotAttachable::Ourselves);
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Some(NotAttachable::NoSuchProcess);
+    };
+    // After the command name (which may hold spaces and parentheses): state, ppid, ...
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    let state = fields.first()?;
+    // Field 9 of the whole line (`flags`) is the 7th after the name.
+    let flags: u64 = fields.get(6)?.parse().ok()?;
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    if *state == "Z" || *state == "X" {
+        return Some(NotAttachable::Zombie);
+    }
+    if flags & PF_KTHREAD != 0 {
+        return Some(NotAttachable::KernelThread);
+    }
+    // The guardian: our parent, running this same executable.
+    let parent = std::os::unix::process::parent_id() as i32;
+    if pid.0 == parent {
+        let exe = |p: i32| std::fs::read_link(format!("/proc/{p}/exe")).ok();
+        if exe(parent).is_some() && exe(parent) == exe(me) {
+            return Some(NotAttachable::Ourselves);
+        }
+    }
+    None
+}
+
+/// Why a process cannot be attached to (`probe trace -p PID`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotAttachable {
+    /// No process has that id.
+    #[error("no such process")]
+    NoSuchProcess,
+    /// It exited and its parent has not reaped it yet.
+    #[error("it is a zombie (it has exited; its parent has not collected its status yet), so nothing of it runs any more")]
+    Zombie,
+    /// A kernel thread: no user-space program to probe.
+    #[error("it is a kernel thread, which runs no user-space code; probe traces programs")]
+    KernelThread,
+    /// `probe` itself (the tracer or the guardian that started it).
+    #[error("it is this probe itself")]
+    Ourselves,
+}

@@ -84,3 +84,56 @@ fn trace_without_a_file_uses_the_command() {
     assert!(out.starts_with("625\n"), "{out}");
     assert!(out.contains("@[hits:probe_target]: 25"), "{out}");
 }
+
+/// Issue 13, item 7: `-p` on what cannot be traced names the cause.
+#[test]
+fn attach_errors_name_the_real_cause() {
+    // No such process: pid_max itself is never a process id.
+    let max = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap();
+    let o = probe(&["trace", "-p", max.trim(), "libc:malloc"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no such process"), "{}", stderr(&o));
+
+    // A zombie: a child of this test that exited and is not reaped yet.
+    let mut child = Command::new("/bin/true").spawn().unwrap();
+    let zpid = child.id();
+    let state = || {
+        let s = std::fs::read_to_string(format!("/proc/{zpid}/stat")).unwrap();
+        s[s.rfind(')').unwrap() + 2..].chars().next().unwrap()
+    };
+    while state() != 'Z' {
+        std::thread::yield_now();
+    }
+    let o = probe(&["trace", "-p", &zpid.to_string(), "libc:malloc"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("zombie"), "{}", stderr(&o));
+    child.wait().unwrap();
+
+    // probe itself: the shell execs into probe, so `$$` is probe's own pid.
+    let o = Command::new("/bin/sh")
+        .args([
+            "-c",
+            "exec \"$0\" trace -p $$ libc:malloc",
+            env!("CARGO_BIN_EXE_probe"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("this probe itself"), "{}", stderr(&o));
+
+    // A kernel thread (PF_KTHREAD in /proc/PID/stat's flags), if this machine shows one.
+    let kthread = std::fs::read_dir("/proc").unwrap().find_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let flags: u64 = s[s.rfind(')')? + 2..].split(' ').nth(6)?.parse().ok()?;
+        (flags & 0x0020_0000 != 0).then_some(pid)
+    });
+    match kthread {
+        Some(k) => {
+            let o = probe(&["trace", "-p", &k.to_string(), "libc:malloc"]);
+            assert_eq!(o.status.code(), Some(1));
+            assert!(stderr(&o).contains("kernel thread"), "{}", stderr(&o));
+        }
+        None => eprintln!("NOT TESTED: no kernel thread is visible in /proc here"),
+    }
+}

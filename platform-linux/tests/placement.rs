@@ -194,7 +194,11 @@ fn a_multi_threaded_process_is_not_pinned() {
         during, before,
         "no thread of a multi-threaded program is pinned"
     );
-    assert_eq!(mask(tracer.pid()).len(), 1, "the tracer alone is on one CPU");
+    assert_eq!(
+        mask(tracer.pid()).len(),
+        1,
+        "the tracer alone is on one CPU"
+    );
     tracer.detach();
     let after: Vec<Vec<usize>> = tids.iter().map(|&t| mask(t)).collect();
     assert_eq!(after, before);

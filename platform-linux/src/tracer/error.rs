@@ -41,4 +41,12 @@ pub enum TraceError {
     /// The operation needs a traced process and there is none left.
     #[error("no traced process is left")]
     NoTracee,
+    /// `-p PID` names something that cannot be traced.
+    #[error("cannot attach to process {pid}: {why}")]
+    NotAttachable {
+        /// The process id given.
+        pid: i32,
+        /// Why not.
+        why: crate::attach::NotAttachable,
+    },
 }

@@ -357,6 +357,9 @@ impl Session {
     /// Attaches to every thread of running process `pid` (`PTRACE_SEIZE`) and holds them
     /// stopped. Add probes, then [`run`](Self::run).
     pub fn attach(pid: Pid, opts: SessionOptions) -> Result<Session, TraceError> {
+        if let Some(why) = attach::not_attachable(pid) {
+            return Err(TraceError::NotAttachable { pid: pid.0, why });
+        }
         let threads = attach::attach_process(pid, Options::ATTACHED)?;
         let mut s = Session::new(pid, false, opts);
         let space = SpaceId(pid.0 as u64);
