@@ -15,12 +15,13 @@
 //! probe trace SPEC... [-p PID] [--print] [--args N] [--str N]... [--json] [-o FILE]
 //!             [-- CMD ARGS...]
 //!             [--latency] [--maxactive N] [--ret-by-insn]
-//! probe list PATH [PATTERN] [-p PID]
+//! probe list PATH [PATTERN] [-p PID] [--mangled]
 //! ```
 //!
 //! `probe list` prints the functions, then (for a file with `.note.stapsdt`) a `# USDT markers`
 //! section: each marker location's file offset, its semaphore's file offset (`-` for none),
-//! `provider:name` and argument specs.
+//! `provider:name` and argument specs. Mangled C++ and Rust functions are listed by their
+//! demangled names; `--mangled` adds the symbol itself after `# `.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -29,6 +30,7 @@ use clap::{Args, Parser, Subcommand};
 
 use std::ffi::OsStr;
 
+use crate::elf::FunctionSymbol;
 use crate::output;
 use crate::resolve::{self, find_module, ResolveError, Resolver};
 use crate::sys::{self, Pid, SysError};
@@ -130,6 +132,9 @@ pub struct ListArgs {
     /// `python:*`), or containing this text.
     #[arg(value_name = "PATTERN")]
     pub pattern: Option<String>,
+    /// Also show each demangled function's mangled symbol (after `# `).
+    #[arg(long)]
+    pub mangled: bool,
     /// Look the short name up in this process's mappings first.
     #[arg(short, long, value_name = "PID")]
     pub pid: Option<i32>,
@@ -412,22 +417,38 @@ fn list(args: &ListArgs, out: &mut dyn Write) -> Result<(), CliError> {
         .iter()
         .filter(|s| match &matcher {
             None => true,
-            Some(Matcher::Glob(g)) => g.matches(&s.name) || g.matches(&s.versioned_name()),
-            Some(Matcher::Substring(t)) => s.name.contains(t.as_str()),
+            Some(Matcher::Glob(g)) => s.glob_matches(g),
+            Some(Matcher::Substring(t)) => {
+                s.name.contains(t.as_str())
+                    || s.demangled
+                        .as_deref()
+                        .is_some_and(|d| d.contains(t.as_str()))
+            }
         })
         .collect();
-    rows.sort_by(|a, b| a.name.cmp(&b.name).then(a.file_offset.cmp(&b.file_offset)));
+    let key = |s: &FunctionSymbol| {
+        (
+            s.demangled.as_deref().unwrap_or(&s.name).to_owned(),
+            s.file_offset,
+        )
+    };
+    rows.sort_by_cached_key(|s| key(s));
     let result = (|| -> std::io::Result<()> {
         writeln!(out, "# {}", path.display())?;
         writeln!(out, "# {:>16}  {:>8}  FUNCTION", "FILE OFFSET", "SIZE")?;
         for s in &rows {
             let note = if s.ifunc { "  (ifunc resolver)" } else { "" };
+            // A mangled symbol shows its demangled name, then the mangled one after `# `.
+            let mangled = match &s.demangled {
+                Some(_) if args.mangled => format!("  # {}", s.versioned_name()),
+                _ => String::new(),
+            };
             writeln!(
                 out,
-                "{:#018x}  {:>8}  {}{note}",
+                "{:#018x}  {:>8}  {}{note}{mangled}",
                 s.file_offset,
                 s.size,
-                s.versioned_name()
+                s.display_name()
             )?;
         }
         let markers = usdt_rows(&path, matcher.as_ref());

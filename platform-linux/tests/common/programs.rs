@@ -53,6 +53,21 @@ const PROGRAMS: &[(&str, &str, bool, &[&str])] = &[
         true,
         &["-fPIE", "-pie", "-static-libgcc", "-static-libstdc++"],
     ),
+    // Demangled names (issue 13, item 9).
+    ("cxx-names", "names.cc", true, &["-fPIE", "-pie"]),
+    // A known call chain main -> a -> b -> c for `--stack`, with and without frame pointers.
+    (
+        "stack-fp",
+        "stack.c",
+        false,
+        &["-fPIE", "-pie", "-fno-omit-frame-pointer"],
+    ),
+    (
+        "stack-nofp",
+        "stack.c",
+        false,
+        &["-fPIE", "-pie", "-fomit-frame-pointer"],
+    ),
 ];
 
 /// The directory holding every built test program (built on first use).
