@@ -14,7 +14,7 @@
 //! ```text
 //! probe trace SPEC... [-p PID] [--print] [--args N] [--str N]... [--json] [-o FILE]
 //!             [-- CMD ARGS...]
-//!             [--latency] [--maxactive N] [--ret-by-insn]
+//!             [--latency] [--maxactive N] [--ret-by-insn] [--stack] [--folded FILE]
 //! probe list PATH [PATTERN] [-p PID] [--mangled]
 //! ```
 //!
@@ -114,6 +114,16 @@ pub struct TraceArgs {
     /// kept.
     #[arg(long)]
     pub no_cpu_placement: bool,
+    /// Walk the user stack of each hit (call-frame information from `.eh_frame`, frame
+    /// pointers where there is none; through return-probed frames too) and print at the end
+    /// how often each distinct stack was seen, innermost frame first, as bpftrace prints
+    /// `@[ustack] = count()`.
+    #[arg(long)]
+    pub stack: bool,
+    /// Write the stacks (implies `--stack`) to FILE in the folded format flame-graph tools
+    /// read: one `outermost;...;innermost COUNT` line per distinct stack.
+    #[arg(long, value_name = "FILE")]
+    pub folded: Option<std::path::PathBuf>,
     /// Write the hits and the summary to this file instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
@@ -199,6 +209,13 @@ fn trace(args: &TraceArgs, out: &mut dyn Write) -> Result<i32, CliError> {
         }
         None => out,
     };
+    // Opened before tracing, so a path that cannot be written is refused up front.
+    let mut folded = match &args.folded {
+        Some(path) => Some(std::io::BufWriter::new(output::open_output(path).map_err(
+            |e| CliError::Usage(format!("cannot open --folded file {}: {e}", path.display())),
+        )?)),
+        None => None,
+    };
     sys::install_stop_handlers()?;
     if !args.strings.is_empty() && !args.print {
         return Err(CliError::Usage(
@@ -216,6 +233,7 @@ fn trace(args: &TraceArgs, out: &mut dyn Write) -> Result<i32, CliError> {
             crate::placement::CpuPlacement::Auto
         },
         ret_by_insn: args.ret_by_insn,
+        stack: args.stack || args.folded.is_some(),
         ..SessionOptions::default()
     };
     if !args.ret_by_insn {
@@ -305,18 +323,39 @@ fn trace(args: &TraceArgs, out: &mut dyn Write) -> Result<i32, CliError> {
         .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe);
     let counts = session.summary();
     let rets = session.return_summary();
+    let stacks = session.stacks();
+    if let (Some(f), Some(path)) = (folded.as_mut(), &args.folded) {
+        if let Err(e) = crate::stack::write_folded(f, &stacks).and_then(|()| f.flush()) {
+            eprintln!(
+                "probe: error: writing --folded file {}: {e}",
+                path.display()
+            );
+        }
+    }
+    let show_stacks = args.stack;
     let res = if write_err.is_some() {
         Ok(()) // nothing more can be written
     } else if json {
-        crate::latency::write_returns(out, &rets, true).and_then(|()| {
-            writeln!(
-                out,
-                "{}",
-                output::summary_json(session.pid(), outcome, &counts)
-            )
-        })
+        let s = if show_stacks {
+            crate::stack::write_json(out, &stacks)
+        } else {
+            Ok(())
+        };
+        s.and_then(|()| crate::latency::write_returns(out, &rets, true))
+            .and_then(|()| {
+                writeln!(
+                    out,
+                    "{}",
+                    output::summary_json(session.pid(), outcome, &counts)
+                )
+            })
     } else {
-        output::summary_text(out, &counts)
+        let s = if show_stacks {
+            crate::stack::write_text(out, &stacks)
+        } else {
+            Ok(())
+        };
+        s.and_then(|()| output::summary_text(out, &counts))
             .and_then(|()| crate::latency::write_returns(out, &rets, false))
     };
     for r in rets.iter().filter(|r| r.nmissed > 0) {

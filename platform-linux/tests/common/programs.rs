@@ -68,6 +68,19 @@ const PROGRAMS: &[(&str, &str, bool, &[&str])] = &[
         false,
         &["-fPIE", "-pie", "-fomit-frame-pointer"],
     ),
+    // No `.eh_frame` for the chain: the walk must follow the frame pointers.
+    (
+        "stack-fp-nocfi",
+        "stack.c",
+        false,
+        &[
+            "-fPIE",
+            "-pie",
+            "-fno-omit-frame-pointer",
+            "-fno-asynchronous-unwind-tables",
+            "-fno-unwind-tables",
+        ],
+    ),
 ];
 
 /// The directory holding every built test program (built on first use).
