@@ -312,8 +312,17 @@ fn parse_location(spec: &str, loc: &str) -> Result<Location, ResolveError> {
             .ok_or_else(|| syntax(spec, format!("`{loc}` is not a hex offset")));
     }
     if is_glob(loc) {
-        glob::Pattern::new(loc).map_err(|e| syntax(spec, format!("bad glob `{loc}`: {e}")))?;
-        return Ok(Location::Glob(loc.to_owned()));
+        match glob::Pattern::new(loc) {
+            Ok(_) => return Ok(Location::Glob(loc.to_owned())),
+            // A demangled C++ name holds brackets of its own: `operator delete[](void*)`.
+            Err(_) if loc.contains("operator") || loc.contains("::") => {
+                return Ok(Location::Symbol {
+                    name: loc.to_owned(),
+                    offset: 0,
+                })
+            }
+            Err(e) => return Err(syntax(spec, format!("bad glob `{loc}`: {e}"))),
+        }
     }
     if let Some((name, off)) = loc
         .rsplit_once('+')
@@ -726,6 +735,12 @@ pub fn resolve_in(
             Ok(vec![probe_at(image, kind, s, *offset)])
         }
         Location::Glob(pattern) => {
+            // A name that reads as a glob but is a function's exact (demangled) name:
+            // `std::to_string[abi:cxx11](int)`, `operator new[](unsigned long)`.
+            if let Some(s) = image.lookup(pattern).first() {
+                check_site(image, kind, s, 0)?;
+                return Ok(vec![probe_at(image, kind, s, 0)]);
+            }
             let pat = glob::Pattern::new(pattern).map_err(|e| syntax(pattern, e.to_string()))?;
             // One probe per address: aliases (`malloc`, `__libc_malloc`) share an offset.
             // Prefer the global, default-versioned, least-underscored, shortest name.

@@ -146,6 +146,34 @@ fn operator_new_in_libstdcxx_by_glob() {
     assert!(single.0.starts_with("libstdc++.so"), "{stdout}");
     assert_eq!(single.1, 9, "{stdout}");
     assert_eq!(c.len(), 1, "only the plain one is called: {stdout}");
+    // A name with brackets is still a name, not a glob.
+    let out = probe(&[
+        "trace",
+        "libstdc++:operator new[](unsigned long)",
+        "libstdc++:operator delete[](void*)",
+        "--",
+        p,
+        "9",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("attached 2 probes"), "{stderr}");
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        counts(&stdout),
+        [
+            ("libstdc++.so.6.0.30:operator delete[](void*)".to_owned(), 0),
+            (
+                "libstdc++.so.6.0.30:operator new[](unsigned long)".to_owned(),
+                0
+            ),
+        ]
+        .map(|(n, c)| (
+            n.replace("libstdc++.so.6.0.30", single.0.split(':').next().unwrap()),
+            c
+        )),
+        "neither is called: {stdout}"
+    );
     // The other overloads (`operator new[]`, aligned, nothrow) were probed too, uncalled.
     let out = probe(&["list", "libstdc++", "operator new*"]);
     let listed = text(&out.stdout);
