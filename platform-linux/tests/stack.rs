@@ -171,3 +171,9 @@ fn a_folded_file_that_cannot_be_written_is_refused_before_tracing() {
     );
     assert!(!stderr.contains("attached"), "nothing was traced: {stderr}");
 }
+
+#[test]
+fn stacks_are_taken_under_ret_by_insn_too() {
+    // Entry probes then count calls through `--ret-by-insn`'s own consumer.
+    check_chain("stack-nofp", &["--ret-by-insn", "uretprobe:P:b"]);
+}

@@ -330,6 +330,7 @@ impl LinuxConsumer {
                     !insn.calls.take_restart(owner)
                 };
                 if called && self.counts_entries {
+                    self.shared.want_stack(ctx);
                     self.hits.fetch_add(1, Ordering::Relaxed);
                     self.shared.record(
                         i,
