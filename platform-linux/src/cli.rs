@@ -14,13 +14,14 @@
 //! ```text
 //! probe trace SPEC... [-p PID] [--print] [--args N] [--str N]... [--json] [-o FILE]
 //!             [-- CMD ARGS...]
-//!             [--latency] [--maxactive N] [--ret-by-insn]
-//! probe list PATH [PATTERN] [-p PID]
+//!             [--latency] [--maxactive N] [--ret-by-insn] [--stack] [--folded FILE]
+//! probe list PATH [PATTERN] [-p PID] [--mangled]
 //! ```
 //!
 //! `probe list` prints the functions, then (for a file with `.note.stapsdt`) a `# USDT markers`
 //! section: each marker location's file offset, its semaphore's file offset (`-` for none),
-//! `provider:name` and argument specs.
+//! `provider:name` and argument specs. Mangled C++ and Rust functions are listed by their
+//! demangled names; `--mangled` adds the symbol itself after `# `.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -29,6 +30,7 @@ use clap::{Args, Parser, Subcommand};
 
 use std::ffi::OsStr;
 
+use crate::elf::FunctionSymbol;
 use crate::output;
 use crate::resolve::{self, find_module, ResolveError, Resolver};
 use crate::sys::{self, Pid, SysError};
@@ -112,6 +114,16 @@ pub struct TraceArgs {
     /// kept.
     #[arg(long)]
     pub no_cpu_placement: bool,
+    /// Walk the user stack of each hit (call-frame information from `.eh_frame`, frame
+    /// pointers where there is none; through return-probed frames too) and print at the end
+    /// how often each distinct stack was seen, innermost frame first, as bpftrace prints
+    /// `@[ustack] = count()`.
+    #[arg(long)]
+    pub stack: bool,
+    /// Write the stacks (implies `--stack`) to FILE in the folded format flame-graph tools
+    /// read: one `outermost;...;innermost COUNT` line per distinct stack.
+    #[arg(long, value_name = "FILE")]
+    pub folded: Option<std::path::PathBuf>,
     /// Write the hits and the summary to this file instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
@@ -130,6 +142,9 @@ pub struct ListArgs {
     /// `python:*`), or containing this text.
     #[arg(value_name = "PATTERN")]
     pub pattern: Option<String>,
+    /// Also show each demangled function's mangled symbol (after `# `).
+    #[arg(long)]
+    pub mangled: bool,
     /// Look the short name up in this process's mappings first.
     #[arg(short, long, value_name = "PID")]
     pub pid: Option<i32>,
@@ -194,6 +209,13 @@ fn trace(args: &TraceArgs, out: &mut dyn Write) -> Result<i32, CliError> {
         }
         None => out,
     };
+    // Opened before tracing, so a path that cannot be written is refused up front.
+    let mut folded = match &args.folded {
+        Some(path) => Some(std::io::BufWriter::new(output::open_output(path).map_err(
+            |e| CliError::Usage(format!("cannot open --folded file {}: {e}", path.display())),
+        )?)),
+        None => None,
+    };
     sys::install_stop_handlers()?;
     if !args.strings.is_empty() && !args.print {
         return Err(CliError::Usage(
@@ -211,6 +233,7 @@ fn trace(args: &TraceArgs, out: &mut dyn Write) -> Result<i32, CliError> {
             crate::placement::CpuPlacement::Auto
         },
         ret_by_insn: args.ret_by_insn,
+        stack: args.stack || args.folded.is_some(),
         ..SessionOptions::default()
     };
     if !args.ret_by_insn {
@@ -300,18 +323,39 @@ fn trace(args: &TraceArgs, out: &mut dyn Write) -> Result<i32, CliError> {
         .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe);
     let counts = session.summary();
     let rets = session.return_summary();
+    let stacks = session.stacks();
+    if let (Some(f), Some(path)) = (folded.as_mut(), &args.folded) {
+        if let Err(e) = crate::stack::write_folded(f, &stacks).and_then(|()| f.flush()) {
+            eprintln!(
+                "probe: error: writing --folded file {}: {e}",
+                path.display()
+            );
+        }
+    }
+    let show_stacks = args.stack;
     let res = if write_err.is_some() {
         Ok(()) // nothing more can be written
     } else if json {
-        crate::latency::write_returns(out, &rets, true).and_then(|()| {
-            writeln!(
-                out,
-                "{}",
-                output::summary_json(session.pid(), outcome, &counts)
-            )
-        })
+        let s = if show_stacks {
+            crate::stack::write_json(out, &stacks)
+        } else {
+            Ok(())
+        };
+        s.and_then(|()| crate::latency::write_returns(out, &rets, true))
+            .and_then(|()| {
+                writeln!(
+                    out,
+                    "{}",
+                    output::summary_json(session.pid(), outcome, &counts)
+                )
+            })
     } else {
-        output::summary_text(out, &counts)
+        let s = if show_stacks {
+            crate::stack::write_text(out, &stacks)
+        } else {
+            Ok(())
+        };
+        s.and_then(|()| output::summary_text(out, &counts))
             .and_then(|()| crate::latency::write_returns(out, &rets, false))
     };
     for r in rets.iter().filter(|r| r.nmissed > 0) {
@@ -412,22 +456,38 @@ fn list(args: &ListArgs, out: &mut dyn Write) -> Result<(), CliError> {
         .iter()
         .filter(|s| match &matcher {
             None => true,
-            Some(Matcher::Glob(g)) => g.matches(&s.name) || g.matches(&s.versioned_name()),
-            Some(Matcher::Substring(t)) => s.name.contains(t.as_str()),
+            Some(Matcher::Glob(g)) => s.glob_matches(g),
+            Some(Matcher::Substring(t)) => {
+                s.name.contains(t.as_str())
+                    || s.demangled
+                        .as_deref()
+                        .is_some_and(|d| d.contains(t.as_str()))
+            }
         })
         .collect();
-    rows.sort_by(|a, b| a.name.cmp(&b.name).then(a.file_offset.cmp(&b.file_offset)));
+    let key = |s: &FunctionSymbol| {
+        (
+            s.demangled.as_deref().unwrap_or(&s.name).to_owned(),
+            s.file_offset,
+        )
+    };
+    rows.sort_by_cached_key(|s| key(s));
     let result = (|| -> std::io::Result<()> {
         writeln!(out, "# {}", path.display())?;
         writeln!(out, "# {:>16}  {:>8}  FUNCTION", "FILE OFFSET", "SIZE")?;
         for s in &rows {
             let note = if s.ifunc { "  (ifunc resolver)" } else { "" };
+            // A mangled symbol shows its demangled name, then the mangled one after `# `.
+            let mangled = match &s.demangled {
+                Some(_) if args.mangled => format!("  # {}", s.versioned_name()),
+                _ => String::new(),
+            };
             writeln!(
                 out,
-                "{:#018x}  {:>8}  {}{note}",
+                "{:#018x}  {:>8}  {}{note}{mangled}",
                 s.file_offset,
                 s.size,
-                s.versioned_name()
+                s.display_name()
             )?;
         }
         let markers = usdt_rows(&path, matcher.as_ref());

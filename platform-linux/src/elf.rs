@@ -8,6 +8,10 @@
 //! Symbols come from `.symtab` and `.dynsym` together (a stripped binary keeps only the
 //! latter), deduplicated; `.dynsym` symbols carry their GNU version (`malloc@@GLIBC_2.2.5`),
 //! and a name matches with or without its version.
+//!
+//! Mangled C++ (Itanium, `_Z...`) and Rust (v0 `_R...` and legacy `_ZN...17h<hash>E`) names
+//! also get a demangled name (`cpp_demangle`, `rustc-demangle`; Rust's `::h<hash>` suffix is
+//! left out). A name, spec or glob matches either form; output shows the demangled one.
 
 use std::path::{Path, PathBuf};
 
@@ -99,6 +103,10 @@ pub struct FunctionSymbol {
     pub ifunc: bool,
     /// Where the symbol was found.
     pub source: SymbolSource,
+    /// The demangled name (`rp::deep`, `ns::Parser::parse(char const*)`), for a mangled one.
+    pub demangled: Option<String>,
+    /// A demangled C++ name without its parameters (`ns::Parser::parse`), to match by.
+    pub demangled_base: Option<String>,
 }
 
 impl FunctionSymbol {
@@ -109,6 +117,27 @@ impl FunctionSymbol {
             Some(v) => format!("{}@{v}", self.name),
             None => self.name.clone(),
         }
+    }
+
+    /// The name people read: the demangled one if the symbol is mangled, else the versioned
+    /// name.
+    pub fn display_name(&self) -> String {
+        match &self.demangled {
+            Some(d) => d.clone(),
+            None => self.versioned_name(),
+        }
+    }
+
+    /// True if glob `pat` matches any form of the name: mangled, versioned, demangled, or
+    /// demangled without parameters.
+    pub fn glob_matches(&self, pat: &glob::Pattern) -> bool {
+        pat.matches(&self.name)
+            || pat.matches(&self.versioned_name())
+            || self.demangled.as_deref().is_some_and(|d| pat.matches(d))
+            || self
+                .demangled_base
+                .as_deref()
+                .is_some_and(|d| pat.matches(d))
     }
 
     /// Sort key among aliases at one address, best first: global, default-versioned,
@@ -125,7 +154,12 @@ impl FunctionSymbol {
 
     /// True if `query` names this symbol: `malloc`, `malloc@@GLIBC_2.2.5` or
     /// `malloc@GLIBC_2.2.5` (a single `@` accepts the default version too).
+    /// A demangled name (with or without a C++ function's parameters) matches too.
     pub fn matches(&self, query: &str) -> bool {
+        if self.demangled.as_deref() == Some(query) || self.demangled_base.as_deref() == Some(query)
+        {
+            return true;
+        }
         let (base, version, default) = split_version(query);
         if base != self.name {
             return false;
@@ -135,6 +169,46 @@ impl FunctionSymbol {
             Some(v) => self.version.as_deref() == Some(v) && (!default || self.default_version),
         }
     }
+}
+
+/// The demangled name of `name` and, for C++, the same without parameters; `None` for a
+/// name that is not mangled (or does not demangle).
+pub fn demangle(name: &str) -> Option<(String, Option<String>)> {
+    let rust_legacy = name.starts_with("_ZN") && is_rust_hash_suffix(name);
+    if name.starts_with("_R") || rust_legacy {
+        // `{:#}` leaves out the `::h<hash>` suffix (rustc-demangle's alternate form).
+        return rustc_demangle::try_demangle(name)
+            .ok()
+            .map(|d| (format!("{d:#}"), None));
+    }
+    if !name.starts_with("_Z") {
+        return None;
+    }
+    let sym = cpp_demangle::Symbol::new(name.as_bytes()).ok()?;
+    let full = sym
+        .demangle(&cpp_demangle::DemangleOptions::default())
+        .ok()?;
+    let base = sym
+        .demangle(
+            &cpp_demangle::DemangleOptions::new()
+                .no_params()
+                .no_return_type(),
+        )
+        .ok()
+        .filter(|b| *b != full);
+    Some((full, base))
+}
+
+/// True if a legacy-mangled `name` ends with Rust's hash element (`17h` + 16 hex digits + `E`).
+fn is_rust_hash_suffix(name: &str) -> bool {
+    let Some(body) = name.strip_suffix('E') else {
+        return false;
+    };
+    let n = body.len();
+    n >= 19
+        && body.is_char_boundary(n - 19)
+        && body[n - 19..].starts_with("17h")
+        && body[n - 16..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Splits `name@@VER` / `name@VER` into (name, version, is-default).
@@ -273,7 +347,13 @@ impl ElfImage {
                     }
                 }
             }
+            let (demangled, demangled_base) = match demangle(base) {
+                Some((d, b)) => (Some(d), b),
+                None => (None, None),
+            };
             out.push(FunctionSymbol {
+                demangled,
+                demangled_base,
                 name: base.to_owned(),
                 version,
                 default_version: default,
@@ -424,6 +504,24 @@ mod tests {
     use super::*;
 
     const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
+
+    #[test]
+    fn mangled_names_demangle() {
+        // Rust legacy: the hash is left out.
+        let (d, b) = demangle("_ZN2rp4deep17h0123456789abcdefE").unwrap();
+        assert_eq!((d.as_str(), b), ("rp::deep", None));
+        // Rust v0.
+        let (d, _) = demangle("_RNvCs1234_2rp4deep").unwrap();
+        assert_eq!(d, "rp::deep");
+        // C++: with and without parameters.
+        let (d, b) = demangle("_ZN2ns6Parser5parseEPKc").unwrap();
+        assert_eq!(d, "ns::Parser::parse(char const*)");
+        assert_eq!(b.as_deref(), Some("ns::Parser::parse"));
+        let (d, _) = demangle("_Znwm").unwrap();
+        assert_eq!(d, "operator new(unsigned long)");
+        assert_eq!(demangle("malloc"), None);
+        assert_eq!(demangle("_Zgarbage"), None);
+    }
 
     #[test]
     fn versions_split() {

@@ -181,6 +181,8 @@ mod tests {
             global: true,
             ifunc: false,
             source: crate::elf::SymbolSource::Symtab,
+            demangled: None,
+            demangled_base: None,
         }
     }
 

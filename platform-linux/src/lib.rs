@@ -10,6 +10,7 @@
 //! - [`journal`]: what the tracer patched, for the guardian to restore if it dies.
 //! - [`insn`]: whether a probe offset starts an instruction (iced-x86).
 //! - [`resolve`]: probe specs (`uprobe:libc:malloc`, `libc:str*`) into (file, offset)s.
+//! - [`stack`]: `--stack`, user stacks walked (CFI via `gimli`, frame pointers), counted, folded.
 //! - [`usdt`]: SDT markers of a file (offsets, semaphores, arguments) and their decoding.
 //! - [`remote`]: system calls injected into a stopped tracee (remote `mmap` of slot pages).
 //! - [`wait`]: how the tracer waits for the next stop (blocking, spinning, CPU placement).
@@ -32,6 +33,7 @@ pub mod output;
 pub mod placement;
 pub mod remote;
 pub mod resolve;
+pub mod stack;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tracer;

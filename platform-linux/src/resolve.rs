@@ -12,6 +12,9 @@
 //! | `usdt:PATH:PROVIDER:NAME`, `usdt:PATH:NAME` | every location of a USDT marker (globs too) |
 //! | `lib:func` | shorthand for `uprobe:lib:func` |
 //! | `uprobe:SYMBOL` | a function of the traced program's own executable |
+//! | `rp::deep`, `'*::parse*'`, `libstdc++:'operator new*'` | demangled C++ and Rust names (and globs over them); a name with `::` and no file is the program's own |
+//!
+//! A `::` is part of a name, never the colon between file and function.
 //!
 //! `PATH` is a path (anything with a `/`) or a short name: `libc`, `libc.so.6`, `c`,
 //! `python3`. Short names are looked up in the traced process's `/proc/PID/maps` first,
@@ -309,10 +312,23 @@ fn parse_location(spec: &str, loc: &str) -> Result<Location, ResolveError> {
             .ok_or_else(|| syntax(spec, format!("`{loc}` is not a hex offset")));
     }
     if is_glob(loc) {
-        glob::Pattern::new(loc).map_err(|e| syntax(spec, format!("bad glob `{loc}`: {e}")))?;
-        return Ok(Location::Glob(loc.to_owned()));
+        match glob::Pattern::new(loc) {
+            Ok(_) => return Ok(Location::Glob(loc.to_owned())),
+            // A demangled C++ name holds brackets of its own: `operator delete[](void*)`.
+            Err(_) if loc.contains("operator") || loc.contains("::") => {
+                return Ok(Location::Symbol {
+                    name: loc.to_owned(),
+                    offset: 0,
+                })
+            }
+            Err(e) => return Err(syntax(spec, format!("bad glob `{loc}`: {e}"))),
+        }
     }
-    if let Some((name, off)) = loc.rsplit_once('+') {
+    if let Some((name, off)) = loc
+        .rsplit_once('+')
+        // `operator+`, `operator+=(...)`: a C++ operator's name holds a `+` of its own.
+        .filter(|(_, off)| parse_number(off).is_some() || !loc.contains("operator"))
+    {
         let offset = parse_number(off)
             .ok_or_else(|| syntax(spec, format!("`{off}` after `+` is not a number")))?;
         if name.is_empty() {
@@ -362,9 +378,9 @@ pub fn parse_spec(text: &str) -> Result<ProbeSpec, ResolveError> {
         };
         return Ok(mk(kind, module.filter(|m| !m.is_empty()), location));
     }
-    let (module, mut loc) = match rest.split_once(':') {
+    let (module, mut loc) = match split_file(rest) {
         Some((m, l)) => (Some(m), l),
-        None if explicit => (None, rest),
+        None if explicit || rest.contains("::") => (None, rest),
         None => return Err(syntax(spec, "no `:` between file and function")),
     };
     if let Some(l) = loc.strip_suffix("%return") {
@@ -375,6 +391,24 @@ pub fn parse_spec(text: &str) -> Result<ProbeSpec, ResolveError> {
         return Err(syntax(spec, "the file is empty"));
     }
     Ok(mk(kind, module, parse_location(spec, loc)?))
+}
+
+/// Splits `FILE:FUNCTION` at the first `:` that is not half of a `::` (which belongs to a
+/// C++ or Rust name).
+fn split_file(rest: &str) -> Option<(&str, &str)> {
+    let b = rest.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b':' {
+            if b.get(i + 1) == Some(&b':') {
+                i += 2;
+                continue;
+            }
+            return Some((&rest[..i], &rest[i + 1..]));
+        }
+        i += 1;
+    }
+    None
 }
 
 /// True if the file name `file` is what the short name `name` means: `libc` and
@@ -522,7 +556,11 @@ pub fn suggestions(image: &ElfImage, query: &str) -> Vec<String> {
     let mut scored: Vec<(usize, &str)> = image
         .symbols()
         .iter()
-        .map(|s| s.name.as_str())
+        .flat_map(|s| {
+            core::iter::once(s.name.as_str())
+                .chain(s.demangled_base.as_deref())
+                .chain(s.demangled.as_deref())
+        })
         .filter_map(|n| {
             let d = strsim::levenshtein(base, n);
             let near = d <= limit || (base.len() >= 4 && n.contains(base));
@@ -607,7 +645,7 @@ fn probe_at(image: &ElfImage, kind: ProbeKind, s: &FunctionSymbol, off: u64) -> 
     ResolvedProbe {
         kind,
         file: image.path().to_path_buf(),
-        symbol: Some(s.versioned_name()),
+        symbol: Some(s.display_name()),
         symbol_offset: off,
         file_offset: s.file_offset + off,
         ifunc: s.ifunc,
@@ -697,12 +735,18 @@ pub fn resolve_in(
             Ok(vec![probe_at(image, kind, s, *offset)])
         }
         Location::Glob(pattern) => {
+            // A name that reads as a glob but is a function's exact (demangled) name:
+            // `std::to_string[abi:cxx11](int)`, `operator new[](unsigned long)`.
+            if let Some(s) = image.lookup(pattern).first() {
+                check_site(image, kind, s, 0)?;
+                return Ok(vec![probe_at(image, kind, s, 0)]);
+            }
             let pat = glob::Pattern::new(pattern).map_err(|e| syntax(pattern, e.to_string()))?;
             // One probe per address: aliases (`malloc`, `__libc_malloc`) share an offset.
             // Prefer the global, default-versioned, least-underscored, shortest name.
             let mut best: HashMap<u64, &FunctionSymbol> = HashMap::new();
             for s in image.symbols() {
-                if !(pat.matches(&s.name) || pat.matches(&s.versioned_name())) {
+                if !s.glob_matches(&pat) {
                     continue;
                 }
                 best.entry(s.file_offset)
@@ -737,7 +781,7 @@ pub fn resolve_in(
             Ok(vec![ResolvedProbe {
                 kind,
                 file,
-                symbol: sym.map(FunctionSymbol::versioned_name),
+                symbol: sym.map(FunctionSymbol::display_name),
                 symbol_offset: sym.map_or(0, |s| off - s.file_offset),
                 file_offset: *off,
                 ifunc: sym.is_some_and(|s| s.ifunc),
@@ -750,6 +794,39 @@ pub fn resolve_in(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn double_colons_belong_to_names() {
+        let s = parse_spec("rp::deep").unwrap();
+        assert_eq!(s.module, None);
+        assert_eq!(
+            s.location,
+            Location::Symbol {
+                name: "rp::deep".into(),
+                offset: 0
+            }
+        );
+        let s = parse_spec("libstdc++:operator new*").unwrap();
+        assert_eq!(s.module.as_deref(), Some("libstdc++"));
+        assert_eq!(s.location, Location::Glob("operator new*".into()));
+        let s = parse_spec("*::parse*").unwrap();
+        assert_eq!(
+            (s.module, s.location),
+            (None, Location::Glob("*::parse*".into()))
+        );
+        let s = parse_spec("ur:./prog:ns::f+0").unwrap();
+        assert_eq!(s.module.as_deref(), Some("./prog"));
+        assert_eq!(s.kind, ProbeKind::Return);
+        let s = parse_spec("./prog:operator+=(int)").unwrap();
+        assert_eq!(
+            s.location,
+            Location::Symbol {
+                name: "operator+=(int)".into(),
+                offset: 0
+            }
+        );
+        assert!(parse_spec("libc:malloc+x").is_err());
+    }
 
     #[test]
     fn parses_every_form() {

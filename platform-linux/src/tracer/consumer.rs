@@ -64,7 +64,16 @@ pub struct Shared {
     rescan: Mutex<Vec<SpaceId>>,
     /// Unwinder hooks hit: handled by the event loop after the hit.
     unwind: Mutex<Vec<super::returns::UnwindEvent>>,
+    /// `--stack`: the hits whose stack the event loop walks after the hit.
+    stacks: Option<Mutex<Vec<StackRequest>>>,
     start: Instant,
+}
+
+/// A hit whose user stack is to be walked (`--stack`), with the registers at the probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StackRequest {
+    pub(crate) task: probe_core::TaskId,
+    pub(crate) regs: crate::stack::StackRegs,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -80,8 +89,42 @@ impl Shared {
             records: Mutex::new(Vec::new()),
             rescan: Mutex::new(Vec::new()),
             unwind: Mutex::new(Vec::new()),
+            stacks: None,
             start: Instant::now(),
         }
+    }
+
+    /// The same, asking the event loop to walk the user stack of each hit (`--stack`).
+    pub fn with_stacks(mut self, stacks: bool) -> Shared {
+        self.stacks = stacks.then(|| Mutex::new(Vec::new()));
+        self
+    }
+
+    /// Queues the stack of a hit, if `--stack` asked for stacks.
+    fn want_stack(&self, ctx: &HitContext<'_, LinuxPlatform>) {
+        if let Some(q) = &self.stacks {
+            lock(q).push(StackRequest {
+                task: ctx.task,
+                regs: crate::stack::StackRegs {
+                    ip: ctx.addr.0,
+                    sp: ctx.regs.sp(),
+                    bp: ctx.regs.rbp,
+                },
+            });
+        }
+    }
+
+    /// Takes the hits whose stacks are to be walked.
+    pub(crate) fn take_stacks(&self) -> Vec<StackRequest> {
+        self.stacks
+            .as_ref()
+            .map(|q| core::mem::take(&mut *lock(q)))
+            .unwrap_or_default()
+    }
+
+    /// Whether a stack is to be walked.
+    pub(crate) fn stack_pending(&self) -> bool {
+        self.stacks.as_ref().is_some_and(|q| !lock(q).is_empty())
     }
 
     /// A counter for a new probe; returns its index.
@@ -287,6 +330,7 @@ impl LinuxConsumer {
                     !insn.calls.take_restart(owner)
                 };
                 if called && self.counts_entries {
+                    self.shared.want_stack(ctx);
                     self.hits.fetch_add(1, Ordering::Relaxed);
                     self.shared.record(
                         i,
@@ -343,6 +387,7 @@ impl Consumer<LinuxPlatform> for LinuxConsumer {
                 });
             }
             Role::Probe(i) if self.usdt.is_some() => {
+                self.shared.want_stack(ctx);
                 let regs = &*ctx.regs;
                 let mem = ctx.platform.space(ctx.space);
                 self.shared.record_usdt(i, ctx.space, ctx.task.0, || {
@@ -353,6 +398,7 @@ impl Consumer<LinuxPlatform> for LinuxConsumer {
                 });
             }
             Role::Probe(i) => {
+                self.shared.want_stack(ctx);
                 let regs = &*ctx.regs;
                 self.shared.record(
                     i,

@@ -451,6 +451,9 @@ impl Session {
         if self.shared.unwind_pending() {
             self.apply_unwinds();
         }
+        if self.shared.stack_pending() {
+            self.collect_stacks();
+        }
         match hit {
             Hit::Emulated | Hit::Boosted { .. } | Hit::Restart | Hit::Returned { .. } => {
                 match hit {

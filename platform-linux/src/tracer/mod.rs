@@ -13,6 +13,8 @@
 //!   that keep C++ exceptions working through hijacked frames.
 //! - [`ret_insn`]: `--ret-by-insn`, return probes by breakpoints on a function's `ret`
 //!   instructions, for Go programs (which move stacks) and any function.
+//! - `stacks`: `--stack`, the user stack of each hit walked while the thread is stopped
+//!   (the walker itself is [`crate::stack`]).
 //! - [`error`]: the session's error type, [`TraceError`].
 
 pub mod consumer;
@@ -23,6 +25,7 @@ pub mod regs;
 pub mod ret_insn;
 pub mod returns;
 pub mod session;
+mod stacks;
 mod usdt;
 
 pub use consumer::{HitRecord, LinuxConsumer, Role, Shared};

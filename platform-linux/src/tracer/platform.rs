@@ -352,6 +352,13 @@ impl LinuxPlatform {
             .unwrap_or_default()
     }
 
+    /// Calls `f` with the maps lines of `space` as last read (sorted by address), without
+    /// copying them.
+    pub fn with_map_lines<R>(&self, space: SpaceId, f: impl FnOnce(&[MapLine]) -> R) -> R {
+        let st = self.state.borrow();
+        f(st.spaces.get(&space).map_or(&[][..], |s| &s.lines[..]))
+    }
+
     /// The maps lines of `space` as last read.
     pub fn map_lines(&self, space: SpaceId) -> Vec<MapLine> {
         self.state

@@ -232,6 +232,8 @@ pub struct Stats {
     pub dl_events: u64,
     /// Hits the core could not resume (delivered as SIGSEGV).
     pub failed: u64,
+    /// User stacks walked (`--stack`).
+    pub stacks: u64,
 }
 
 /// Options of a session.
@@ -254,6 +256,8 @@ pub struct SessionOptions {
     /// Return probes (and `--latency`) by breakpoints on the function's `ret` instructions
     /// instead of replacing return addresses (`--ret-by-insn`; needed for Go programs).
     pub ret_by_insn: bool,
+    /// Walk the user stack of each hit and count per distinct stack (`--stack`).
+    pub stack: bool,
 }
 
 impl Default for SessionOptions {
@@ -266,6 +270,7 @@ impl Default for SessionOptions {
             string_args: 0,
             placement: CpuPlacement::Auto,
             ret_by_insn: false,
+            stack: false,
         }
     }
 }
@@ -304,6 +309,8 @@ pub struct Session {
     pub(crate) ret_by_insn: bool,
     /// The calls in flight of the functions probed by `--ret-by-insn`.
     pub(crate) insn_calls: Arc<super::ret_insn::InsnCalls>,
+    /// `--stack`: the stacks of the hits, counted.
+    pub(crate) stacks: Option<crate::stack::StackCounts>,
 }
 
 impl Session {
@@ -311,7 +318,8 @@ impl Session {
         Session {
             platform: LinuxPlatform::new(),
             core: new_core(),
-            shared: Arc::new(Shared::new(opts.record_args)),
+            shared: Arc::new(Shared::new(opts.record_args).with_stacks(opts.stack)),
+            stacks: opts.stack.then(crate::stack::StackCounts::new),
             tasks: HashMap::new(),
             orphans: HashMap::new(),
             probes: Vec::new(),

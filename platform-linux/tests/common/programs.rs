@@ -53,6 +53,34 @@ const PROGRAMS: &[(&str, &str, bool, &[&str])] = &[
         true,
         &["-fPIE", "-pie", "-static-libgcc", "-static-libstdc++"],
     ),
+    // Demangled names (issue 13, item 9).
+    ("cxx-names", "names.cc", true, &["-fPIE", "-pie"]),
+    // A known call chain main -> a -> b -> c for `--stack`, with and without frame pointers.
+    (
+        "stack-fp",
+        "stack.c",
+        false,
+        &["-fPIE", "-pie", "-fno-omit-frame-pointer"],
+    ),
+    (
+        "stack-nofp",
+        "stack.c",
+        false,
+        &["-fPIE", "-pie", "-fomit-frame-pointer"],
+    ),
+    // No `.eh_frame` for the chain: the walk must follow the frame pointers.
+    (
+        "stack-fp-nocfi",
+        "stack.c",
+        false,
+        &[
+            "-fPIE",
+            "-pie",
+            "-fno-omit-frame-pointer",
+            "-fno-asynchronous-unwind-tables",
+            "-fno-unwind-tables",
+        ],
+    ),
 ];
 
 /// The directory holding every built test program (built on first use).
