@@ -375,6 +375,18 @@ fn trace(args: &TraceArgs, out: &mut dyn Write) -> Result<i32, CliError> {
     for w in session.warnings() {
         eprintln!("probe: warning: {w}");
     }
+    if !session.left_running().is_empty() {
+        let pids: Vec<String> = session
+            .left_running()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        eprintln!(
+            "probe: the command had exited; its descendants still running were detached \
+             (their code restored) before they ended: process(es) {}",
+            pids.join(", ")
+        );
+    }
     match outcome {
         Outcome::Signaled(sig) => eprintln!(
             "probe: process {} was killed by signal {sig} ({})",

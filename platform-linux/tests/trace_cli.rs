@@ -460,3 +460,97 @@ fn return_probes_count_every_return_of_a_recursion_and_show_return_values() {
     assert_eq!(rets.len(), 3, "{out}");
     assert!(rets[2].contains(" ret=0x5 duration="), "{}", rets[2]);
 }
+
+/// `sh -c 'exec 3<&0; workload lines <&3 & echo main'` under `probe trace W:work`, its stdin
+/// and stdout ours; returns probe (the guardian), its stdout, and once `sh` has exited (the
+/// tracer has no child left: `lines` was reparented, still traced).
+fn command_leaving_a_descendant() -> (std::process::Child, BufReader<std::process::ChildStdout>) {
+    let w = workload();
+    let script = format!("exec 3<&0; {w} lines <&3 & echo main");
+    let mut probe = Command::new(env!("CARGO_BIN_EXE_probe"))
+        .args([
+            "trace",
+            &format!("{w}:work"),
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(probe.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "{seen:?}");
+        seen.push(line);
+    }
+    seen.sort();
+    assert_eq!(seen, ["main\n", "ready\n"]);
+    let tracer = {
+        let c = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", probe.id()));
+        c.unwrap().trim().parse::<u32>().unwrap()
+    };
+    while !std::fs::read_to_string(format!("/proc/{tracer}/task/{tracer}/children"))
+        .unwrap()
+        .trim()
+        .is_empty()
+    {
+        std::thread::yield_now();
+    }
+    (probe, out)
+}
+
+/// Issue 13, item 2: a descendant that outlives the command is followed until it exits
+/// (as `strace -f` does); stopped early, the summary names it.
+#[test]
+fn descendants_outliving_the_command_are_followed_to_their_end() {
+    use std::io::Write;
+    let (mut probe, mut out) = command_leaving_a_descendant();
+    writeln!(probe.stdin.as_mut().unwrap(), "7").unwrap();
+    let mut answer = String::new();
+    out.read_line(&mut answer).unwrap();
+    assert!(answer.starts_with("work calls: 7 "), "{answer}");
+    drop(probe.stdin.take());
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let status = probe.wait().unwrap();
+    let mut err = String::new();
+    probe
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert_eq!(count(&rest, "workload:work"), 7, "{rest}{err}");
+    assert!(!err.contains("still running"), "{err}");
+
+    // Stopped (SIGTERM to probe) while only the descendant is left: it is let go, named.
+    let (mut probe, mut out) = command_leaving_a_descendant();
+    let mut stdin = probe.stdin.take().unwrap(); // kept open across probe's wait
+    send_signal(probe.id(), libc::SIGTERM);
+    let status = probe.wait().unwrap();
+    // It runs on untraced (and holds probe's stderr until it ends).
+    writeln!(stdin, "3").unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let mut err = String::new();
+    probe
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("descendants still running were detached"),
+        "{err}"
+    );
+    assert!(rest.contains("\nwork calls: 3 "), "{rest}");
+    assert_eq!(count(&rest, "workload:work"), 0, "{rest}");
+}

@@ -50,15 +50,18 @@ impl Session {
         self.resume_held();
         loop {
             if let Some(o) = self.outcome {
-                if !self.tasks.is_empty() {
-                    // The traced process is gone; its descendants are let go, untouched.
-                    self.detach()?;
+                // The traced process is gone; its descendants are followed until they are
+                // gone too (as `strace -f` does), unless told to stop following.
+                if !self.tasks.is_empty() && !self.follow_descendants {
+                    self.let_descendants_go()?;
                 }
-                for e in self.placer.restore_all() {
-                    self.warn(e);
+                if self.tasks.is_empty() {
+                    for e in self.placer.restore_all() {
+                        self.warn(e);
+                    }
+                    self.drain(sink);
+                    return Ok(Some(o));
                 }
-                self.drain(sink);
-                return Ok(Some(o));
             }
             if self.tasks.is_empty() {
                 self.drain(sink);
@@ -84,6 +87,12 @@ impl Session {
             let status = match status {
                 Ok(s) => s,
                 Err(SysError::Interrupted(sig)) => {
+                    if let Some(o) = self.outcome {
+                        // Only descendants of the finished command were left.
+                        self.let_descendants_go()?;
+                        self.drain(sink);
+                        return Ok(Some(o));
+                    }
                     self.detach()?;
                     self.drain(sink);
                     return Ok(Some(Outcome::Detached(sig)));
@@ -101,13 +110,28 @@ impl Session {
             if self
                 .detach_request
                 .load(core::sync::atomic::Ordering::Relaxed)
-                && self.outcome.is_none()
             {
+                if let Some(o) = self.outcome {
+                    self.let_descendants_go()?;
+                    self.drain(sink);
+                    return Ok(Some(o));
+                }
                 self.detach()?;
                 self.drain(sink);
                 return Ok(Some(Outcome::Detached(0)));
             }
         }
+    }
+
+    /// The traced command is gone and we stop early: its descendants still traced are
+    /// detached (restored) and listed in [`Session::left_running`].
+    fn let_descendants_go(&mut self) -> Result<(), TraceError> {
+        let mut procs: Vec<Pid> = self.tasks.values().map(|t| t.tgid).collect();
+        procs.sort();
+        procs.dedup();
+        self.left_running.extend(procs);
+        self.detach()?;
+        Ok(())
     }
 
     /// Resumes every held thread with its pending signal.

@@ -294,6 +294,10 @@ pub struct Session {
     pub(crate) spawned: bool,
     pub(crate) outcome: Option<Outcome>,
     pub(crate) detaching: bool,
+    /// Whether descendants of the command are followed after it has exited.
+    pub(crate) follow_descendants: bool,
+    /// Processes still running when the session let them go early (after the command).
+    pub(crate) left_running: Vec<Pid>,
     pub(crate) strategy: WaitStrategy,
     pub(crate) warnings: Vec<String>,
     pub(crate) stats: Stats,
@@ -330,6 +334,8 @@ impl Session {
             spawned,
             outcome: None,
             detaching: false,
+            follow_descendants: true,
+            left_running: Vec::new(),
             strategy: opts.strategy,
             warnings: Vec::new(),
             stats: Stats::default(),
@@ -487,6 +493,12 @@ impl Session {
     /// can no longer write (`probe ... | head`).
     pub fn detach_flag(&self) -> Arc<core::sync::atomic::AtomicBool> {
         self.detach_request.clone()
+    }
+
+    /// Processes (descendants of the command, which had exited) that were still running,
+    /// and were detached, when the session stopped early.
+    pub fn left_running(&self) -> &[Pid] {
+        &self.left_running
     }
 
     /// The CPU the tracer and the (single) traced thread share, if the session placed them.
