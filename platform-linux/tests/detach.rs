@@ -451,7 +451,7 @@ fn detaching_from_threads_mid_hit_leaves_them_running() {
         assert_released(&mut prog);
     }
     // A trap left queued would kill it at its next return to user space.
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    std::thread::sleep(core::time::Duration::from_millis(100));
     assert_released(&mut prog);
     prog.kill().unwrap();
     prog.wait().unwrap();
