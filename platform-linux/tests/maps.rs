@@ -33,12 +33,15 @@ fn anonymous_exec(pid: Pid) -> Vec<String> {
         .collect()
 }
 
-/// Kills a waiting program when a test ends, failed or not (detach lets it run on).
-struct KillOnDrop(Pid);
+/// Kills a waiting program when a test fails before it was killed and reaped (detach lets
+/// it run on; a panic would leave it waiting forever).
+struct KillOnPanic(Pid);
 
-impl Drop for KillOnDrop {
+impl Drop for KillOnPanic {
     fn drop(&mut self) {
-        let _ = sys::kill(self.0, libc::SIGKILL);
+        if std::thread::panicking() {
+            let _ = sys::kill(self.0, libc::SIGKILL);
+        }
     }
 }
 
@@ -116,7 +119,7 @@ fn a_program_that_maps_over_the_slot_area_runs_on_correctly() {
 fn an_mprotect_that_drops_exec_keeps_the_breakpoints() {
     let lib = program("libplugin.so");
     let mut s = spawn("maps", &["mprotect", "20", "30", lib.to_str().unwrap()]);
-    let _kill = KillOnDrop(s.pid());
+    let _kill = KillOnPanic(s.pid());
     for f in ["iso_fn", "done_fn"] {
         assert_eq!(s.add_spec(&spec("maps", f)).unwrap().added, 1);
     }
@@ -137,7 +140,7 @@ fn an_mprotect_that_drops_exec_keeps_the_breakpoints() {
 #[test]
 fn a_loaders_executable_mapping_of_a_probed_file_is_probed() {
     let mut s = spawn("maps", &["loader", "20", "30"]);
-    let _kill = KillOnDrop(s.pid());
+    let _kill = KillOnPanic(s.pid());
     for f in ["iso_fn", "done_fn"] {
         assert_eq!(s.add_spec(&spec("maps", f)).unwrap().added, 1);
     }
@@ -159,6 +162,7 @@ fn detach_unmaps_the_slot_area() {
     use std::process::{Command, Stdio};
     let mut child = common::spin();
     let pid = Pid(child.id() as i32);
+    let _kill = KillOnPanic(pid);
     let work = format!("uprobe:{}:work", program("workload").display());
     for round in 0..2 {
         let mut tracer = Command::new(env!("CARGO_BIN_EXE_probe"))
