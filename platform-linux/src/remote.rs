@@ -39,6 +39,10 @@ pub const REACH: u64 = (1 << 31) - PAGE;
 /// The lowest address `mmap` may use by default (`vm.mmap_min_addr`).
 pub const MIN_ADDR: u64 = 0x10000;
 
+/// Modules ending below this are non-PIE images placed by their link address
+/// ([`find_slot_near`] keeps the slot area away from them).
+pub const LOW_IMAGE: u64 = 1 << 32;
+
 /// One past the highest user address on x86-64 with 4-level paging.
 pub const USER_TOP: u64 = 0x7fff_ffff_f000;
 
@@ -310,7 +314,13 @@ pub fn inject_at_ip(mem: &ProcMem, tid: Pid, nr: i64, args: &[u64]) -> Result<i6
 /// untouched, and an executable's `brk` heap, which grows up from its end, is not in the
 /// way); otherwise the nearest place above it, never right after `[heap]` or the module
 /// itself (where `brk` grows) and never right below `[stack]`.
+///
+/// A module in the low 4 GiB (a non-PIE executable at 0x400000) is different: programs
+/// like that map their own regions at fixed low addresses (`MAP_FIXED` below and around the
+/// image; emulators and loaders do) and their heap grows from the image's end, so the area
+/// goes as far above the module as reach allows, where neither happens.
 pub fn find_slot_near(maps: &[Mapping], module: Range<u64>, len: u64) -> Option<u64> {
+    let low_image = module.end <= LOW_IMAGE;
     let lo = module
         .end
         .saturating_sub(REACH)
@@ -349,6 +359,12 @@ pub fn find_slot_near(maps: &[Mapping], module: Range<u64>, len: u64) -> Option<
             below = Some(below.map_or(at, |b: u64| b.max(at)));
         } else if s >= module.end {
             let after_brk = p.is_some_and(|p| p.path == "[heap]" || p.range.end == module.end);
+            if low_image {
+                // The farthest place within reach: the top of the highest gap that fits.
+                let at = e - len;
+                above = Some(above.map_or(at, |a: u64| a.max(at)));
+                continue;
+            }
             let at = if after_brk {
                 // Leave the heap its room: take the far end of the gap.
                 if e - s < len + (64 << 20) {
@@ -361,7 +377,11 @@ pub fn find_slot_near(maps: &[Mapping], module: Range<u64>, len: u64) -> Option<
             above = Some(above.map_or(at, |a: u64| a.min(at)));
         }
     }
-    below.or(above)
+    if low_image {
+        above.or(below)
+    } else {
+        below.or(above)
+    }
 }
 
 /// Saves a thread's registers; restores them exactly on [`RegsGuard::restore`].
@@ -417,6 +437,27 @@ mod tests {
     }
 
     #[test]
+    fn a_non_pie_image_gets_its_slot_area_far_above_it() {
+        // A static non-PIE program: text at 0x400000, its heap after it. Not just below the
+        // image (0x3ff000, where such programs map their own memory), nor next to the heap.
+        let text = "\
+400000-401000 r--p 00000000 fd:01 7 /static
+401000-480000 r-xp 00001000 fd:01 7 /static
+480000-4a0000 rw-p 00080000 fd:01 7 /static
+4a0000-4c4000 rw-p 00000000 00:00 0 [heap]
+7ffffffde000-7ffffffff000 rw-p 00000000 00:00 0 [stack]
+";
+        let maps = parse_maps(text).unwrap();
+        let m = 0x40_0000..0x4a_0000;
+        let at = find_slot_near(&maps, m.clone(), 4 * PAGE).unwrap();
+        assert_eq!(at, (m.start + REACH) / PAGE * PAGE - 4 * PAGE);
+        assert!(
+            at + 4 * PAGE - m.start <= REACH && at >= 0x4000_0000,
+            "{at:#x}"
+        );
+    }
+
+    #[test]
     fn slot_is_within_reach_or_absent() {
         // A module at the bottom of memory: nothing below, so above it, not after brk.
         let text = "\
@@ -428,6 +469,9 @@ mod tests {
         let m = 0x10000..0x20000;
         let at = find_slot_near(&maps, m.clone(), PAGE).unwrap();
         assert!(at >= 0x7fff_0000 && at + PAGE - m.start <= REACH, "{at:#x}");
+        // As far from it as reach allows: a low image's own fixed mappings and heap are
+        // near it.
+        assert_eq!(at, (m.start + REACH) / PAGE * PAGE - PAGE);
         // Everything within reach is taken.
         let full = "10000-200000000 r-xp 00000000 fd:01 7 /a\n";
         let maps = parse_maps(full).unwrap();

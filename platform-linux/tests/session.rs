@@ -95,8 +95,7 @@ fn attach_run_detach_restores_every_byte() {
     assert!(rep.threads >= 1 && rep.errors.is_empty(), "{rep:?}");
     assert_eq!(s.core().site_count(), 0);
     assert_eq!(text_differences(child.id()), Vec::<String>::new());
-    // The slot area stays mapped (a thread may still be inside a boosted slot); the program
-    // runs on.
+    // The slot area is unmapped (tests/maps.rs checks the maps); the program runs on.
     std::thread::sleep(Duration::from_millis(20));
     assert!(child.try_wait().unwrap().is_none());
     child.kill().unwrap();

@@ -83,6 +83,39 @@ impl<
         }
     }
 
+    /// The slot area of `space` is no longer the platform's (the program mapped over it, or
+    /// unmapped it): no task may be sent there again. Every breakpoint of the space that
+    /// leads into the area (a slot-needing plan, or a return probe's trampoline) is removed
+    /// with its original bytes restored, and the area is forgotten (a later slot-needing
+    /// install asks the platform for a new one). Emulated entry probes stay. Returns how many
+    /// breakpoints were removed and the first error (the rest proceed).
+    pub fn on_xol_lost(&self, p: &P, space: SpaceId) -> (usize, Result<(), Error>) {
+        let _w = self.writer.lock();
+        let Some(sx) = self.spaces.lookup(space.0, 0) else {
+            return (0, Ok(()));
+        };
+        let sp = &self.spaces.at(sx).val;
+        let tramp = sp.trampoline.load(Ordering::Relaxed) != 0;
+        let mut first = Ok(());
+        let mut removed = 0;
+        let mut s = sp.sites.load(Ordering::Relaxed);
+        while s != NIL {
+            let site = self.sites.at(s);
+            let nxt = site.val.next(List::Space);
+            let pi = site.val.probe.load(Ordering::Relaxed);
+            if site.val.slot.load(Ordering::Relaxed) != NIL || (tramp && self.probe_has_ret(pi)) {
+                first = first.and(self.remove_site(p, s, true));
+                removed += 1;
+            }
+            s = nxt;
+        }
+        // Readers load the trampoline under a pin: from the next grace period on, none sees
+        // the old one. The area's slots stay retired or used; the new area starts afresh.
+        sp.trampoline.store(0, Ordering::Release);
+        sp.xol.base.store(0, Ordering::Relaxed);
+        (removed, first)
+    }
+
     /// Space `child` was forked from `parent`: the child's memory is a copy of the parent's,
     /// breakpoints and slot area included (at the same addresses). The core records the
     /// inherited breakpoints, then re-evaluates the filters for the child (removing those no

@@ -478,6 +478,22 @@ impl Session {
         if self.shared.stack_pending() {
             self.collect_stacks();
         }
+        if self.platform.maps_may_have_changed(space) {
+            // A mapping made without the dynamic linker (a loader's mmap, an unmap): probe
+            // new executable mappings of probed files now, forget removed ones.
+            self.stats.map_changes += 1;
+            self.rescan(space, tid);
+        }
+        if let Hit::Boosted { slot } | Hit::SingleStep { slot } = hit {
+            // Never resume a thread into memory that is no longer ours.
+            if !self.platform.slot_intact(space, slot.0) {
+                self.slot_area_lost(tid, space, &before, &mut regs);
+                if self.set_regs(tid, &before, &regs) {
+                    self.resume(tid, 0);
+                }
+                return;
+            }
+        }
         match hit {
             Hit::Emulated | Hit::Boosted { .. } | Hit::Restart | Hit::Returned { .. } => {
                 match hit {

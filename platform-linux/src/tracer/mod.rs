@@ -7,6 +7,7 @@
 //!   recording hits, the dynamic linker's hook), and the state it shares with the loop.
 //! - [`session`]: [`Session`], spawn or attach, add probes, run, detach; the core's sizes.
 //! - `event_loop`: what each ptrace stop means and how the thread is resumed.
+//! - `slots`: the slot areas from the session's side (a lost area, unmapping at detach).
 //! - `usdt`: [`Session`]'s registration of USDT markers (every location, with semaphores).
 //! - [`regs`]: register-file conversions.
 //! - [`returns`]: return probes' durations, `--latency`, `nmissed`, and the unwinder hooks
@@ -25,6 +26,7 @@ pub mod regs;
 pub mod ret_insn;
 pub mod returns;
 pub mod session;
+mod slots;
 mod stacks;
 mod usdt;
 

@@ -99,10 +99,86 @@ struct SpaceState {
     lines: Vec<MapLine>,
     /// Its file mappings, as the core sees them.
     files: Vec<Mapping>,
-    /// The slot area, once mapped.
-    xol: Option<u64>,
+    /// The slot area, once mapped (shared with the [`LinuxSpace`]s handed out, which record
+    /// the core's writes into it).
+    xol: XolCell,
+    /// Its `/proc/PID/statm`, read at every hit: a cheap sign that the mappings changed.
+    statm: Option<File>,
+    /// What [`vm_signature`] read before the maps were last read.
+    vm_sig: Option<u64>,
     /// Why no slot area can be mapped in it (seccomp), once found: not asked again.
     xol_refused: Option<String>,
+}
+
+/// Pages mapped, less private writable ones (`size - data` of `statm`): an `mmap` or
+/// `munmap` of a file, an executable or a `PROT_NONE` range changes it; `malloc`'s anonymous
+/// read-write mappings, the common churn, do not.
+fn vm_signature(statm: &File) -> Option<u64> {
+    let mut buf = [0u8; 128];
+    let n = statm.read_at(&mut buf, 0).ok()?;
+    let text = core::str::from_utf8(&buf[..n]).ok()?;
+    let f: Vec<u64> = text
+        .split_ascii_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    Some(f.first()?.wrapping_sub(*f.get(5)?))
+}
+
+/// A space's slot area, if mapped.
+type XolCell = Rc<RefCell<Option<XolMap>>>;
+
+/// A slot area we mapped, and a copy of every byte the core wrote into it: a slot is still
+/// ours while its bytes are (a program that maps over the area with `MAP_FIXED` replaces
+/// them, and no maps notification tells us).
+#[derive(Debug, Clone)]
+struct XolMap {
+    base: u64,
+    len: u64,
+    shadow: Rc<RefCell<Vec<u8>>>,
+}
+
+impl XolMap {
+    fn new(base: u64, len: u64) -> XolMap {
+        XolMap {
+            base,
+            len,
+            shadow: Rc::new(RefCell::new(Vec::new())),
+        }
+    }
+
+    /// The same area in a forked child: its own copy of the bytes.
+    fn fork(&self) -> XolMap {
+        XolMap {
+            shadow: Rc::new(RefCell::new(self.shadow.borrow().clone())),
+            ..*self
+        }
+    }
+
+    /// Records a write of the core, if it falls in the area.
+    fn record(&self, addr: u64, data: &[u8]) {
+        let Some(off) = addr.checked_sub(self.base) else {
+            return;
+        };
+        let mut shadow = self.shadow.borrow_mut();
+        let off = off as usize;
+        // Grown a whole slot at a time as slots are written (from the area's start up), not
+        // the whole area: a process's copy costs what it uses. Unwritten bytes are zero, as
+        // in the freshly mapped area.
+        let end = off
+            .saturating_add(data.len())
+            .div_ceil(SLOT_SIZE)
+            .saturating_mul(SLOT_SIZE)
+            .min(self.len as usize);
+        if end > shadow.len() {
+            shadow.resize(end, 0);
+        }
+        if let Some(dst) = off
+            .checked_add(data.len())
+            .and_then(|end| shadow.get_mut(off..end))
+        {
+            dst.copy_from_slice(data);
+        }
+    }
 }
 
 /// One traced thread, as the platform needs it.
@@ -138,9 +214,10 @@ pub struct MapsDiff {
 pub struct LinuxSpace {
     id: SpaceId,
     mem: Rc<ProcMem>,
-    /// The slot area (start, end), once mapped: an eight-byte write of an address inside it
-    /// is a return address taken over (pointed at the trampoline).
-    xol: Option<(u64, u64)>,
+    /// The slot area, once mapped: the core's writes into it are recorded, and an
+    /// eight-byte write of an address inside it is a return address taken over (pointed at
+    /// the trampoline).
+    xol: XolCell,
 }
 
 fn mem_error(addr: Addr, e: &crate::mem::MemError) -> MemError {
@@ -180,8 +257,11 @@ impl AddressSpace for LinuxSpace {
                 if self.mem.read(addr.0, &mut old).is_ok() {
                     crate::journal::record_data(self.mem.pid(), addr.0, &old, data);
                 }
-            } else if let (Ok(v), Some((lo, hi))) = (<[u8; 8]>::try_from(data), self.xol) {
-                if (lo..hi).contains(&u64::from_le_bytes(v)) {
+            } else if let Ok(v) = <[u8; 8]>::try_from(data) {
+                let ours = self.xol.borrow().as_ref().is_some_and(|x| {
+                    (x.base..x.base.saturating_add(x.len)).contains(&u64::from_le_bytes(v))
+                });
+                if ours {
                     let mut old = [0u8; 8];
                     if self.mem.read(addr.0, &mut old).is_ok() {
                         crate::journal::record_return(self.mem.pid(), addr.0, &old, data);
@@ -203,7 +283,11 @@ impl AddressSpace for LinuxSpace {
         }
         self.mem
             .write(addr.0, data)
-            .map_err(|e| mem_error(addr, &e))
+            .map_err(|e| mem_error(addr, &e))?;
+        if let Some(x) = &*self.xol.borrow() {
+            x.record(addr.0, data);
+        }
+        Ok(())
     }
 }
 
@@ -254,7 +338,9 @@ impl LinuxPlatform {
                 mem,
                 lines: Vec::new(),
                 files: Vec::new(),
-                xol: None,
+                xol: XolCell::default(),
+                statm: File::open(format!("/proc/{pid}/statm")).ok(),
+                vm_sig: None,
                 xol_refused: None,
             },
         );
@@ -275,10 +361,10 @@ impl LinuxPlatform {
             Some(p) => (
                 p.lines.clone(),
                 p.files.clone(),
-                p.xol,
+                Rc::new(RefCell::new(p.xol.borrow().as_ref().map(XolMap::fork))),
                 p.xol_refused.clone(),
             ),
-            None => (Vec::new(), Vec::new(), None, None),
+            None => (Vec::new(), Vec::new(), XolCell::default(), None),
         };
         let files = files
             .into_iter()
@@ -292,6 +378,8 @@ impl LinuxPlatform {
                 lines,
                 files,
                 xol,
+                statm: File::open(format!("/proc/{pid}/statm")).ok(),
+                vm_sig: None,
                 xol_refused,
             },
         );
@@ -324,6 +412,11 @@ impl LinuxPlatform {
             Some(p) => p,
             None => return Ok(MapsDiff::default()),
         };
+        // The signature first: a change after it is seen at the next look.
+        let sig = self.state.borrow().spaces.get(&space).and_then(|s| {
+            let f = s.statm.as_ref()?;
+            vm_signature(f)
+        });
         let lines = maps::read_maps(pid)?;
         let mut st = self.state.borrow_mut();
         let st = &mut *st;
@@ -337,9 +430,46 @@ impl LinuxPlatform {
             return Ok(MapsDiff::default());
         };
         let diff = diff_mappings(&sp.files, &files);
+        sp.vm_sig = sig;
         sp.lines = lines;
         sp.files = files;
         Ok(diff)
+    }
+
+    /// Whether the mappings of `space` may have changed since they were last read (one read
+    /// of its `statm`; see [`vm_signature`]). An `mprotect` alone is not seen.
+    pub fn maps_may_have_changed(&self, space: SpaceId) -> bool {
+        let st = self.state.borrow();
+        let Some(sp) = st.spaces.get(&space) else {
+            return false;
+        };
+        match sp.statm.as_ref().and_then(vm_signature) {
+            Some(sig) => sp.vm_sig != Some(sig),
+            None => false,
+        }
+    }
+
+    /// Whether the maps of `space`, as last read, still show its slot area as ours: one
+    /// private anonymous `r-x` mapping covering it.
+    pub fn xol_in_maps(&self, space: SpaceId) -> bool {
+        let st = self.state.borrow();
+        let Some(sp) = st.spaces.get(&space) else {
+            return true;
+        };
+        let xol = sp.xol.borrow();
+        let Some(x) = xol.as_ref() else {
+            return true;
+        };
+        sp.lines.iter().any(|l| {
+            l.range.start <= x.base
+                && x.base + x.len <= l.range.end
+                && l.inode == 0
+                && l.path.is_empty()
+                && l.perms.read
+                && l.perms.exec
+                && !l.perms.write
+                && !l.perms.shared
+        })
     }
 
     /// The file mappings of `space` as last read.
@@ -371,7 +501,65 @@ impl LinuxPlatform {
 
     /// The slot area of `space`, if mapped.
     pub fn xol_base(&self, space: SpaceId) -> Option<u64> {
-        self.state.borrow().spaces.get(&space).and_then(|s| s.xol)
+        self.xol_range(space).map(|r| r.start)
+    }
+
+    /// The address range of the slot area of `space`, if mapped.
+    pub fn xol_range(&self, space: SpaceId) -> Option<core::ops::Range<u64>> {
+        let st = self.state.borrow();
+        let x = st.spaces.get(&space)?.xol.borrow().clone()?;
+        Some(x.base..x.base + x.len)
+    }
+
+    /// Whether the slot at `slot` of `space` still holds what the core wrote there: false
+    /// once the program mapped something else over the area (or unmapped it).
+    pub fn slot_intact(&self, space: SpaceId, slot: u64) -> bool {
+        let (mem, want) = {
+            let st = self.state.borrow();
+            let Some(sp) = st.spaces.get(&space) else {
+                return false;
+            };
+            let xol = sp.xol.borrow();
+            let Some(x) = xol.as_ref() else {
+                return false;
+            };
+            let Some(off) = slot.checked_sub(x.base).map(|o| o as usize) else {
+                return false;
+            };
+            let shadow = x.shadow.borrow();
+            let Some(want) = shadow.get(off..off + SLOT_SIZE) else {
+                return false;
+            };
+            let mut w = [0u8; SLOT_SIZE];
+            w.copy_from_slice(want);
+            (sp.mem.clone(), w)
+        };
+        let mut have = [0u8; SLOT_SIZE];
+        mem.read(slot, &mut have).is_ok() && have == want
+    }
+
+    /// Forgets the slot area of `space` (it is no longer ours, or was unmapped); returns its
+    /// range. The next slot-needing install maps a new one.
+    pub fn forget_xol(&self, space: SpaceId) -> Option<core::ops::Range<u64>> {
+        let st = self.state.borrow();
+        let x = st.spaces.get(&space)?.xol.borrow_mut().take()?;
+        Some(x.base..x.base + x.len)
+    }
+
+    /// Unmaps the slot area of `space` through thread `tid` (held in a stop of ours) and
+    /// forgets it.
+    pub fn unmap_xol(&self, space: SpaceId, tid: Pid) -> Result<(), String> {
+        let (mem, lines, range) = {
+            let st = self.state.borrow();
+            let sp = st.spaces.get(&space).ok_or("the space is not traced")?;
+            let x = sp.xol.borrow().clone().ok_or("no slot area")?;
+            (sp.mem.clone(), sp.lines.clone(), x.base..x.base + x.len)
+        };
+        let inj = Injector::new(&mem, &lines).map_err(|e| e.to_string())?;
+        inj.munmap(tid, range.start, range.end - range.start)
+            .map_err(|e| e.to_string())?;
+        self.forget_xol(space);
+        Ok(())
     }
 
     /// Why the last slot area could not be mapped, if one could not.
@@ -451,7 +639,7 @@ impl LinuxPlatform {
         v.first().copied()
     }
 
-    fn map_xol(&self, space: SpaceId, near: Addr, count: usize) -> Result<u64, String> {
+    fn map_xol(&self, space: SpaceId, near: Addr, count: usize) -> Result<XolMap, String> {
         {
             let mut st = self.state.borrow_mut();
             let sp = st.spaces.get_mut(&space).ok_or("the space is not traced")?;
@@ -492,7 +680,7 @@ impl LinuxPlatform {
             (tid, sp.pid, sp.mem.clone(), sp.lines.clone(), lo..hi)
         };
         let inj = Injector::new(&mem, &lines).map_err(|e| e.to_string())?;
-        let len = (count * SLOT_SIZE) as u64;
+        let len = ((count * SLOT_SIZE) as u64).div_ceil(crate::remote::PAGE) * crate::remote::PAGE;
         let _ = pid;
         inj.map_near(
             Pid(tid.0 as i32),
@@ -500,6 +688,7 @@ impl LinuxPlatform {
             len,
             libc::PROT_READ | libc::PROT_EXEC,
         )
+        .map(|base| XolMap::new(base, len))
         .map_err(|e| match e {
             crate::remote::RemoteError::Syscall { errno, .. }
                 if errno.0 == libc::EACCES || errno.0 == libc::EPERM =>
@@ -516,14 +705,15 @@ impl LinuxPlatform {
 }
 
 /// The changes from `old` to `new` file mappings of one space. A range stays unreported
-/// while it maps the same file at the same offset (an `mprotect` that split a mapping must
-/// not make the core forget breakpoints that are still in memory).
+/// while it maps the same file at the same offset, whatever its permissions: an `mprotect`
+/// that split a mapping or dropped `PROT_EXEC` left our breakpoint bytes in memory, and the
+/// core must not forget them (detach restores them; when exec comes back the mapping is
+/// reported as added and the core finds its sites still there).
 pub fn diff_mappings(old: &[Mapping], new: &[Mapping]) -> MapsDiff {
     let same_file_at = |m: &Mapping, a: u64| -> bool {
         new.iter().any(|n| {
             n.file == m.file
                 && n.range.contains(Addr(a))
-                && n.exec == m.exec
                 && n.range.start.0.wrapping_sub(n.file_offset)
                     == m.range.start.0.wrapping_sub(m.file_offset)
         })
@@ -565,9 +755,7 @@ impl Platform for LinuxPlatform {
         st.spaces.get(&id).map(|s| LinuxSpace {
             id,
             mem: s.mem.clone(),
-            xol: s
-                .xol
-                .map(|b| (b, b + (super::session::XOL * SLOT_SIZE) as u64)),
+            xol: s.xol.clone(),
         })
     }
 
@@ -625,10 +813,11 @@ impl Platform for LinuxPlatform {
             return Some(Addr(x));
         }
         match self.map_xol(space, near, count) {
-            Ok(base) => {
+            Ok(x) => {
+                let base = x.base;
                 let mut st = self.state.borrow_mut();
                 if let Some(sp) = st.spaces.get_mut(&space) {
-                    sp.xol = Some(base);
+                    *sp.xol.borrow_mut() = Some(x);
                 }
                 Some(Addr(base))
             }
@@ -684,5 +873,22 @@ mod tests {
         let new = [m(0x1000, 0x2000, 0, 1, true), m(0x2000, 0x5000, 0, 2, true)];
         let d = diff_mappings(&old, &new);
         assert_eq!(d.removed, vec![Range::new(Addr(0x2000), Addr(0x5000))]);
+    }
+
+    #[test]
+    fn dropping_exec_is_not_an_unmap() {
+        // mprotect(PROT_READ) over part of the text: the bytes (and our breakpoints) are
+        // still there. Not removed; exec coming back is a new executable mapping.
+        let old = [m(0x1000, 0x5000, 0, 1, true)];
+        let ro = [
+            m(0x1000, 0x2000, 0, 1, true),
+            m(0x2000, 0x3000, 0x1000, 1, false),
+            m(0x3000, 0x5000, 0x2000, 1, true),
+        ];
+        let d = diff_mappings(&old, &ro);
+        assert!(d.removed.is_empty(), "{d:?}");
+        let d = diff_mappings(&ro, &old);
+        assert!(d.removed.is_empty(), "{d:?}");
+        assert_eq!(d.added, vec![old[0]]);
     }
 }

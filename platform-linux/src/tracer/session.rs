@@ -200,6 +200,8 @@ pub struct DetachReport {
     pub threads: usize,
     /// Problems met (each named; the rest proceeded).
     pub errors: Vec<String>,
+    /// Slot areas left mapped in a process, and why (a thread was inside one).
+    pub slot_areas_left: Vec<String>,
 }
 
 /// Counters of what the event loop saw.
@@ -234,6 +236,10 @@ pub struct Stats {
     pub failed: u64,
     /// User stacks walked (`--stack`).
     pub stacks: u64,
+    /// Slot areas found replaced or unmapped by the program (their probes removed).
+    pub slot_areas_lost: u64,
+    /// Maps re-read at a hit because the program mapped or unmapped memory itself.
+    pub map_changes: u64,
 }
 
 /// Options of a session.
@@ -727,7 +733,8 @@ impl Session {
         Ok(())
     }
 
-    /// Reads the maps of `space` again after the dynamic linker changed them.
+    /// Reads the maps of `space` again after the dynamic linker changed them, or the
+    /// program mapped or unmapped memory itself (`slots.rs`).
     pub(crate) fn rescan(&mut self, space: SpaceId, tid: Pid) {
         self.platform.set_current(Some(TaskId(tid.0 as u64)));
         let diff = match self.platform.refresh_maps(space) {
@@ -737,6 +744,9 @@ impl Session {
                 return;
             }
         };
+        if !self.platform.xol_in_maps(space) {
+            self.drop_slot_area(space);
+        }
         for r in diff.removed {
             self.core.on_munmap(&self.platform, space, r);
         }
@@ -871,8 +881,8 @@ impl Session {
         report.errors.extend(self.placer.restore_all());
         let mut tids: Vec<Pid> = self.tasks.keys().copied().collect();
         tids.sort();
-        for tid in tids {
-            let Some(mut t) = self.tasks.remove(&tid) else {
+        for tid in &tids {
+            let Some(t) = self.tasks.get_mut(tid) else {
                 continue;
             };
             if let Err(e) = self
@@ -883,6 +893,13 @@ impl Session {
                     .errors
                     .push(format!("restoring return addresses of thread {tid}: {e}"));
             }
+        }
+        // Nothing leads into the slot areas any more: unmap them (while threads are held).
+        report.slot_areas_left = self.unmap_slot_areas();
+        for tid in tids {
+            let Some(mut t) = self.tasks.remove(&tid) else {
+                continue;
+            };
             let sig = match t.run {
                 Run::Held(s) => s,
                 _ => 0,
@@ -903,7 +920,7 @@ impl Session {
             let _ = sys::detach(tid, 0);
         }
         self.detaching = false;
-        for e in &report.errors {
+        for e in report.errors.iter().chain(&report.slot_areas_left) {
             if self.warnings.len() < 100 {
                 self.warnings.push(e.clone());
             }

@@ -38,6 +38,8 @@ const PROGRAMS: &[(&str, &str, bool, &[&str])] = &[
         false,
         &["-fPIE", "-pie", "-pthread"],
     ),
+    ("maps", "maps.c", false, &["-fPIE", "-pie", "-ldl"]),
+    ("maps-static", "maps.c", false, &["-static", "-no-pie"]),
     ("usdt-demo", "usdt_demo.c", false, &["-fPIE", "-pie"]),
     (
         "usdt-demo-nopie",
