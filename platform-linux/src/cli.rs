@@ -78,8 +78,10 @@ pub struct TraceArgs {
     /// With `--print`, show the first N integer arguments (0 to 6).
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=6))]
     pub args: u8,
-    /// With `--print`, show USDT argument N (from 0) as a NUL-terminated string (at most
-    /// 256 bytes) instead of a number, where it is pointer-sized (`8@`, unsigned); repeatable.
+    /// With `--print`, show argument N (from 0) as a NUL-terminated string (at most 256
+    /// bytes) read at the address it holds: a function's N-th integer argument (`uprobe:`
+    /// specs, N below 6), or a USDT marker's argument N where it is pointer-sized (`8@`,
+    /// unsigned); repeatable.
     #[arg(long = "str", value_name = "N", value_parser = clap::value_parser!(u8).range(0..12))]
     pub strings: Vec<u8>,
     /// Write JSON lines instead of text: one object per hit with `--print`, and a final

@@ -554,3 +554,35 @@ fn descendants_outliving_the_command_are_followed_to_their_end() {
     assert!(rest.contains("\nwork calls: 3 "), "{rest}");
     assert_eq!(count(&rest, "workload:work"), 0, "{rest}");
 }
+
+/// Issue 13, item 6: `--str N` on a function's argument reads the C string it points to.
+#[test]
+fn str_shows_a_function_argument_as_a_string() {
+    // `ls` looks up its locale: setlocale(LC_ALL, "") asks getenv("LC_ALL") first.
+    let o = probe(&[
+        "trace",
+        "libc:getenv",
+        "--print",
+        "--str",
+        "0",
+        "--",
+        "/bin/ls",
+        "/",
+    ]);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let hits: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("libc.so.6:getenv arg0="))
+        .collect();
+    assert!(!hits.is_empty(), "{out}");
+    assert!(
+        hits.iter().all(|l| l.trim_end().ends_with('"')),
+        "every argument shown as a string: {out}"
+    );
+    assert!(
+        hits.iter()
+            .any(|l| l.trim_end().ends_with("arg0=\"LC_ALL\"")),
+        "{out}"
+    );
+}

@@ -67,6 +67,8 @@ pub struct Shared {
     /// `--stack`: the hits whose stack the event loop walks after the hit.
     stacks: Option<Mutex<Vec<StackRequest>>>,
     start: Instant,
+    /// Arguments of recorded hits shown as strings (bit `i`: argument `i`).
+    string_args: u16,
 }
 
 /// A hit whose user stack is to be walked (`--stack`), with the registers at the probe.
@@ -90,8 +92,16 @@ impl Shared {
             rescan: Mutex::new(Vec::new()),
             unwind: Mutex::new(Vec::new()),
             stacks: None,
+            string_args: 0,
             start: Instant::now(),
         }
+    }
+
+    /// The same, showing argument `i` of recorded hits as a C string where bit `i` of
+    /// `strings` is set (`--str`): read from the traced memory at the hit.
+    pub fn with_strings(mut self, strings: u16) -> Shared {
+        self.string_args = strings;
+        self
     }
 
     /// The same, asking the event loop to walk the user stack of each hit (`--stack`).
@@ -400,13 +410,36 @@ impl Consumer<LinuxPlatform> for LinuxConsumer {
             Role::Probe(i) => {
                 self.shared.want_stack(ctx);
                 let regs = &*ctx.regs;
-                self.shared.record(
-                    i,
-                    ctx.space,
-                    ctx.task.0,
-                    |n| (0..n).map(|k| regs.arg(k).unwrap_or(0)).collect(),
-                    None,
-                );
+                if self.shared.string_args != 0 {
+                    let n = self.shared.record_args.unwrap_or(0);
+                    let strings = self.shared.string_args;
+                    let mem = ctx.platform.space(ctx.space);
+                    self.shared.record_usdt(i, ctx.space, ctx.task.0, || {
+                        (0..n.max(usize::from(16 - strings.leading_zeros() as u8)))
+                            .map(|k| {
+                                let v = regs.arg(k).unwrap_or(0);
+                                match &mem {
+                                    Some(m) if strings & (1 << k) != 0 => {
+                                        crate::usdt::read_string(m, v)
+                                    }
+                                    _ => UsdtValue::Int {
+                                        value: v,
+                                        signed: false,
+                                        width: 8,
+                                    },
+                                }
+                            })
+                            .collect()
+                    });
+                } else {
+                    self.shared.record(
+                        i,
+                        ctx.space,
+                        ctx.task.0,
+                        |n| (0..n).map(|k| regs.arg(k).unwrap_or(0)).collect(),
+                        None,
+                    );
+                }
             }
         }
         HandlerAction::Keep

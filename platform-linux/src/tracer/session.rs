@@ -255,7 +255,8 @@ pub struct SessionOptions {
     /// Keep a latency histogram per probe (`--latency`); entry probes become return
     /// consumers.
     pub latency: bool,
-    /// USDT arguments to show as strings (`--str N`): bit `i` for argument `i`.
+    /// Arguments to show as strings (`--str N`): bit `i` for argument `i` (of a USDT marker
+    /// where it is pointer-sized; of a function, its `i`-th integer argument register).
     pub string_args: u16,
     /// Whether the session chooses CPUs for the tracer and a single-threaded program.
     pub placement: CpuPlacement,
@@ -328,7 +329,11 @@ impl Session {
         Session {
             platform: LinuxPlatform::new(),
             core: new_core(),
-            shared: Arc::new(Shared::new(opts.record_args).with_stacks(opts.stack)),
+            shared: Arc::new(
+                Shared::new(opts.record_args)
+                    .with_stacks(opts.stack)
+                    .with_strings(opts.string_args),
+            ),
             stacks: opts.stack.then(crate::stack::StackCounts::new),
             tasks: HashMap::new(),
             orphans: HashMap::new(),
