@@ -289,15 +289,25 @@ impl Session {
         if !t.trap.stepping() {
             return;
         }
-        let Ok(raw) = sys::get_regs(tid) else {
-            return;
-        };
-        let before = to_core(&raw);
-        let mut regs = before;
-        if self.core.abort_single_step(&mut t.trap, &mut regs) {
-            self.stats.aborted_steps += 1;
-            self.set_regs(tid, &before, &regs);
+        if let Ok(raw) = sys::get_regs(tid) {
+            self.abort_step(tid, &raw);
         }
+    }
+
+    /// Abandons the pending single step of stopped thread `tid` (registers `raw`): it is put
+    /// back at the probed instruction. Returns whether its registers could be written (false:
+    /// it is gone).
+    fn abort_step(&mut self, tid: Pid, raw: &sys::Regs) -> bool {
+        let before = to_core(raw);
+        let mut regs = before;
+        let aborted = self
+            .tasks
+            .get_mut(&tid)
+            .is_some_and(|t| self.core.abort_single_step(&mut t.trap, &mut regs));
+        if aborted {
+            self.stats.aborted_steps += 1;
+        }
+        self.set_regs(tid, &before, &regs)
     }
 
     /// Reports the task's IP to the core if it may be inside a slot.
@@ -629,13 +639,7 @@ impl Session {
                     return;
                 }
             }
-            let before = to_core(&raw);
-            let mut regs = before;
-            if let Some(t) = self.tasks.get_mut(&tid) {
-                self.core.abort_single_step(&mut t.trap, &mut regs);
-            }
-            self.stats.aborted_steps += 1;
-            if !self.set_regs(tid, &before, &regs) {
+            if !self.abort_step(tid, &raw) {
                 return;
             }
         } else {
