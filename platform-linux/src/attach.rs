@@ -153,17 +153,14 @@ pub fn not_attachable(pid: Pid) -> Option<NotAttachable> {
     if pid.0 == me {
         return Some(NotAttachable::Ourselves);
     }
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    let Some(fields) = sys::stat_fields(pid) else {
         return Some(NotAttachable::NoSuchProcess);
     };
-    // After the command name (which may hold spaces and parentheses): state, ppid, ...
-    let rest = stat.get(stat.rfind(')')? + 1..)?;
-    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
     let state = fields.first()?;
     // Field 9 of the whole line (`flags`) is the 7th after the name.
     let flags: u64 = fields.get(6)?.parse().ok()?;
     const PF_KTHREAD: u64 = 0x0020_0000;
-    if *state == "Z" || *state == "X" {
+    if state == "Z" || state == "X" {
         return Some(NotAttachable::Zombie);
     }
     if flags & PF_KTHREAD != 0 {
@@ -173,7 +170,8 @@ pub fn not_attachable(pid: Pid) -> Option<NotAttachable> {
     let parent = std::os::unix::process::parent_id() as i32;
     if pid.0 == parent {
         let exe = |p: i32| std::fs::read_link(format!("/proc/{p}/exe")).ok();
-        if exe(parent).is_some() && exe(parent) == exe(me) {
+        let parent_exe = exe(parent);
+        if parent_exe.is_some() && parent_exe == exe(me) {
             return Some(NotAttachable::Ourselves);
         }
     }

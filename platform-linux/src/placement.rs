@@ -236,10 +236,7 @@ impl Placer {
 
 /// The CPU thread `tid` last ran on (field 39 of `/proc/TID/stat`).
 pub fn cpu_of(tid: Pid) -> Option<usize> {
-    let stat = std::fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count after the last `)`.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_ascii_whitespace().nth(36)?.parse().ok()
+    sys::stat_fields(tid)?.get(36)?.parse().ok()
 }
 
 #[cfg(test)]

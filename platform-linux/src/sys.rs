@@ -1267,6 +1267,15 @@ pub fn threads(pid: Pid) -> Result<Vec<Pid>, SysError> {
     Ok(tids)
 }
 
+/// The fields of `/proc/PID/stat` after the command name: field 3 (the state) first. The
+/// name (field 2) may hold spaces and parentheses, so they start after its last `)`. `None`
+/// if there is no such process.
+pub fn stat_fields(pid: Pid) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    Some(rest.split_ascii_whitespace().map(str::to_owned).collect())
+}
+
 /// The seccomp mode of process `pid` (`Seccomp:` in `/proc/PID/status`: 0 none, 1 strict,
 /// 2 filter), if it can be read.
 pub fn seccomp_mode(pid: Pid) -> Option<u32> {
