@@ -218,6 +218,10 @@ pub struct LinuxSpace {
     /// eight-byte write of an address inside it is a return address taken over (pointed at
     /// the trampoline).
     xol: XolCell,
+    /// The last eight bytes read, with their address: the return address the core read just
+    /// before it takes it over, so that journalling the original costs no second read.
+    /// Cleared by every write.
+    last_word: core::cell::Cell<Option<(u64, [u8; 8])>>,
 }
 
 fn mem_error(addr: Addr, e: &crate::mem::MemError) -> MemError {
@@ -240,7 +244,11 @@ impl AddressSpace for LinuxSpace {
     }
 
     fn read(&self, addr: Addr, buf: &mut [u8]) -> Result<usize, MemError> {
-        match self.mem.read_partial(addr.0, buf) {
+        let got = self.mem.read_partial(addr.0, buf);
+        if let (Ok(8), Ok(word)) = (&got, <[u8; 8]>::try_from(&*buf)) {
+            self.last_word.set(Some((addr.0, word)));
+        }
+        match got {
             Ok(0) if !buf.is_empty() => Err(MemError::new(addr, MemErrorKind::Unmapped)),
             Ok(n) => Ok(n),
             Err(e) => Err(mem_error(addr, &e)),
@@ -262,19 +270,27 @@ impl AddressSpace for LinuxSpace {
                     (x.base..x.base.saturating_add(x.len)).contains(&u64::from_le_bytes(v))
                 });
                 if ours {
-                    let mut old = [0u8; 8];
-                    if self.mem.read(addr.0, &mut old).is_ok() {
+                    let old = match self.last_word.get() {
+                        Some((a, w)) if a == addr.0 => Some(w),
+                        _ => {
+                            let mut w = [0u8; 8];
+                            self.mem.read(addr.0, &mut w).is_ok().then_some(w)
+                        }
+                    };
+                    if let Some(old) = old {
                         crate::journal::record_return(self.mem.pid(), addr.0, &old, data);
                     }
                 }
             }
         }
+        self.last_word.set(None);
         self.mem
             .write(addr.0, data)
             .map_err(|e| mem_error(addr, &e))
     }
 
     fn patch_code(&self, addr: Addr, data: &[u8]) -> Result<(), MemError> {
+        self.last_word.set(None);
         if crate::journal::active() {
             let mut old = vec![0u8; data.len()];
             if self.mem.read(addr.0, &mut old).is_ok() {
@@ -756,6 +772,7 @@ impl Platform for LinuxPlatform {
             id,
             mem: s.mem.clone(),
             xol: s.xol.clone(),
+            last_word: core::cell::Cell::new(None),
         })
     }
 
