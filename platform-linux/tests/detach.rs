@@ -9,7 +9,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 
-use common::{assert_text_matches_disk, program, spin};
+use common::{assert_text_matches_disk, attach, program, spin, stderr_of};
 
 fn work() -> String {
     format!("uprobe:{}:work", program("workload").display())
@@ -46,17 +46,6 @@ fn attach_printing(pid: u32) -> (Child, BufReader<ChildStdout>) {
     out.read_line(&mut hit).unwrap();
     assert!(hit.contains("workload:work"), "{hit}");
     (tracer, out)
-}
-
-fn stderr_of(tracer: &mut Child) -> String {
-    let mut err = String::new();
-    tracer
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    err
 }
 
 /// The process was let go with its text as on disk, and runs on.
@@ -204,25 +193,14 @@ fn feed(prog: &mut Child, out: &mut BufReader<ChildStdout>, n: u32) -> String {
     line
 }
 
-/// `probe trace -p PID SPECS...`, past its first stderr line, which must contain `attached`.
-fn attach(pid: u32, specs: &[&str], attached: &str) -> (Child, BufReader<ChildStderr>) {
-    let mut tracer = Command::new(env!("CARGO_BIN_EXE_probe"))
-        .args(["trace", "-p", &pid.to_string()])
-        .args(specs)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(tracer.stderr.take().unwrap());
-    let mut first = String::new();
-    err.read_line(&mut first).unwrap();
-    assert!(first.contains(attached), "{first}");
-    (tracer, err)
+fn lines_program() -> (Child, BufReader<ChildStdout>) {
+    ready("lines")
 }
 
-fn lines_program() -> (Child, BufReader<ChildStdout>) {
+/// `workload MODE` with its stdin and stdout ours, past the `ready` it prints.
+fn ready(mode: &str) -> (Child, BufReader<ChildStdout>) {
     let mut prog = Command::new(program("workload"))
-        .arg("lines")
+        .arg(mode)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -431,17 +409,8 @@ fn detaching_from_threads_mid_hit_leaves_them_running() {
         format!("{}:kind_boosted", exe.display()),
     ];
     for round in 0..10 {
-        let mut tracer = Command::new(env!("CARGO_BIN_EXE_probe"))
-            .args(["trace", "--print", "-p", &prog.id().to_string()])
-            .args(&specs)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut err = BufReader::new(tracer.stderr.take().unwrap());
-        let mut first = String::new();
-        err.read_line(&mut first).unwrap();
-        assert!(first.contains("attached"), "round {round}: {first}");
+        let (mut tracer, mut err) =
+            attach(prog.id(), &["--print", &specs[0], &specs[1]], "attached");
         let mut out = BufReader::new(tracer.stdout.take().unwrap());
         if round % 2 == 1 {
             // Past the first hits: the slot area is mapped by then.
@@ -455,13 +424,13 @@ fn detaching_from_threads_mid_hit_leaves_them_running() {
         let status = tracer.wait().unwrap();
         let mut rest = String::new();
         err.read_to_string(&mut rest).unwrap();
-        assert_eq!(status.code(), Some(0), "round {round}: {first}{rest}");
+        assert_eq!(status.code(), Some(0), "round {round}: {rest}");
         assert!(
             rest.contains("detached from process"),
             "round {round}: {rest}"
         );
         if let Some(st) = prog.try_wait().unwrap() {
-            panic!("round {round}: the tracee died: {st:?}; probe said: {first}{rest}");
+            panic!("round {round}: the tracee died: {st:?}; probe said: {rest}");
         }
         assert_released(&mut prog);
     }
@@ -477,16 +446,7 @@ fn detaching_from_threads_mid_hit_leaves_them_running() {
 /// one that probe emulates is traced; the process runs on as untraced throughout.
 #[test]
 fn a_process_under_seccomp_is_never_sent_an_injected_system_call() {
-    let mut prog = Command::new(program("workload"))
-        .arg("seccomp")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(prog.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
+    let (mut prog, mut out) = ready("seccomp");
     let pid = prog.id().to_string();
     let exe = program("workload");
     let step = format!("{}:kind_step", exe.display());

@@ -320,19 +320,9 @@ fn python_under_malloc_and_free_behaves_as_untraced() {
 /// the workload's `work`, sends `sig` to probe, and checks the tracee's text afterwards.
 fn attach_then_signal(sig: i32) {
     let mut spin = common::spin();
-    let pid = spin.id().to_string();
     let w = format!("{}:work", workload());
-    let mut tracer = Command::new(env!("CARGO_BIN_EXE_probe"))
-        .args(["trace", "--print", "-p", &pid, &w, "libc:*"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // Wait until it attached and hits of both kinds were printed (no timing assumed).
-    let mut err = BufReader::new(tracer.stderr.take().unwrap());
-    let mut first = String::new();
-    err.read_line(&mut first).unwrap();
-    assert!(first.contains("attached"), "{first}");
+    let (mut tracer, mut err) = common::attach(spin.id(), &["--print", &w, "libc:*"], "attached");
     let mut hits = BufReader::new(tracer.stdout.take().unwrap());
     let (mut seen_work, mut seen_usleep) = (false, false);
     while !(seen_work && seen_usleep) {
@@ -347,14 +337,14 @@ fn attach_then_signal(sig: i32) {
     hits.read_to_string(&mut out).unwrap();
     let mut rest = String::new();
     err.read_to_string(&mut rest).unwrap();
-    assert_eq!(status.code(), Some(0), "{first}{rest}");
+    assert_eq!(status.code(), Some(0), "{rest}");
     assert!(rest.contains("detached from process"), "{rest}");
     assert!(count(&out, "workload:work") >= 1, "{out}");
     assert!(count(&out, "libc.so.6:usleep") >= 1, "{out}");
     // The tracee runs on, with every byte of its text as on disk.
     std::thread::sleep(Duration::from_millis(50));
     if let Some(st) = spin.try_wait().unwrap() {
-        panic!("the tracee died: {st:?}; probe said: {first}{rest}");
+        panic!("the tracee died: {st:?}; probe said: {rest}");
     }
     assert_text_matches_disk(spin.id());
     spin.kill().unwrap();
@@ -518,13 +508,7 @@ fn descendants_outliving_the_command_are_followed_to_their_end() {
     let mut rest = String::new();
     out.read_to_string(&mut rest).unwrap();
     let status = probe.wait().unwrap();
-    let mut err = String::new();
-    probe
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = common::stderr_of(&mut probe);
     assert_eq!(status.code(), Some(0), "{err}");
     assert_eq!(count(&rest, "workload:work"), 7, "{rest}{err}");
     assert!(!err.contains("still running"), "{err}");
@@ -539,13 +523,7 @@ fn descendants_outliving_the_command_are_followed_to_their_end() {
     drop(stdin);
     let mut rest = String::new();
     out.read_to_string(&mut rest).unwrap();
-    let mut err = String::new();
-    probe
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = common::stderr_of(&mut probe);
     assert_eq!(status.code(), Some(0), "{err}");
     assert!(
         err.contains("descendants still running were detached"),

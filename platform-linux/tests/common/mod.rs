@@ -3,9 +3,9 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::fs::OpenOptions;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStderr, Command, Output, Stdio};
 
 pub mod programs;
 pub use programs::program;
@@ -25,6 +25,34 @@ pub fn spin() -> Child {
     .unwrap();
     assert_eq!(line, "ready\n");
     child
+}
+
+/// `probe trace -p PID SPECS...`, past its first stderr line, which must contain `attached`.
+pub fn attach(pid: u32, specs: &[&str], attached: &str) -> (Child, BufReader<ChildStderr>) {
+    let mut tracer = Command::new(env!("CARGO_BIN_EXE_probe"))
+        .args(["trace", "-p", &pid.to_string()])
+        .args(specs)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(tracer.stderr.take().unwrap());
+    let mut first = String::new();
+    err.read_line(&mut first).unwrap();
+    assert!(first.contains(attached), "{first}");
+    (tracer, err)
+}
+
+/// What `tracer` wrote to its stderr, to its end.
+pub fn stderr_of(tracer: &mut Child) -> String {
+    let mut err = String::new();
+    tracer
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    err
 }
 
 /// Run the `probe` binary with `args` (no stdin).
