@@ -726,6 +726,12 @@ extern "C" fn on_sigchld(_: libc::c_int) {}
 /// thread, and `ppoll` unblocks them atomically while it sleeps. SIGCHLD (sent to the tracer
 /// at every tracee stop) gets a handler that does nothing, so that it wakes `ppoll`; a
 /// timeout of 100 ms bounds the wait should a signal go to another thread.
+///
+/// SIGCHLD stays blocked on the waiting thread afterwards: delivered, it would run that
+/// handler (a signal frame and an `rt_sigreturn`, about a microsecond) at every tracee stop,
+/// a hit's included, while the tracer polls with `WNOHANG`; blocked, it only stays pending
+/// until the next `ppoll` takes it. Programs the tracer starts get an empty mask
+/// ([`spawn_traced`] and `std::process::Command` both set it before `exec`).
 fn wait_blocking_interruptible(pid: i32, flags: i32) -> Result<WaitStatus, SysError> {
     static SIGCHLD_HANDLER: std::sync::Once = std::sync::Once::new();
     SIGCHLD_HANDLER.call_once(|| {
@@ -752,6 +758,11 @@ fn wait_blocking_interruptible(pid: i32, flags: i32) -> Result<WaitStatus, SysEr
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut old);
     }
+    // What `ppoll` sleeps with: the mask from before, SIGCHLD unblocked (it may have been
+    // left blocked by an earlier wait, see above).
+    let mut sleep_mask = old;
+    // SAFETY: sleep_mask is a valid sigset_t (a copy of one pthread_sigmask filled in).
+    unsafe { libc::sigdelset(&mut sleep_mask, libc::SIGCHLD) };
     let result = loop {
         if let Some(sig) = stop_requested() {
             break Err(SysError::Interrupted(sig));
@@ -766,10 +777,15 @@ fn wait_blocking_interruptible(pid: i32, flags: i32) -> Result<WaitStatus, SysEr
         };
         // SAFETY: no fds (null, 0); ts and old are valid for the call. It returns on a
         // signal (EINTR), which is the point, or on the timeout.
-        unsafe { libc::ppoll(ptr::null_mut(), 0, &ts, &old) };
+        unsafe { libc::ppoll(ptr::null_mut(), 0, &ts, &sleep_mask) };
     };
-    // SAFETY: old is the mask read above.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut()) };
+    let mut after = old;
+    // SAFETY: `after` is a valid sigset_t (a copy of `old`); SIGCHLD is a valid signal; the
+    // mask set is the one from before with SIGCHLD kept blocked (see above).
+    unsafe {
+        libc::sigaddset(&mut after, libc::SIGCHLD);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &after, ptr::null_mut());
+    }
     result
 }
 
