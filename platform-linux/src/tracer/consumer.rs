@@ -31,6 +31,8 @@ pub enum Role {
     /// `__cxa_begin_catch`: an exception was caught; the return addresses of the frames
     /// that survived are hijacked again.
     UnwindCatch,
+    /// libc's `ptrace`: the program's own tracing, which fails while we trace it.
+    PtraceCall,
 }
 
 /// One hit (or return) as `--print` shows it.
@@ -64,6 +66,8 @@ pub struct Shared {
     rescan: Mutex<Vec<SpaceId>>,
     /// Unwinder hooks hit: handled by the event loop after the hit.
     unwind: Mutex<Vec<super::returns::UnwindEvent>>,
+    /// Calls of libc's `ptrace` seen by its hook.
+    ptrace: Mutex<Vec<super::ptrace_hook::PtraceCall>>,
     /// `--stack`: the hits whose stack the event loop walks after the hit.
     stacks: Option<Mutex<Vec<StackRequest>>>,
     start: Instant,
@@ -91,6 +95,7 @@ impl Shared {
             records: Mutex::new(Vec::new()),
             rescan: Mutex::new(Vec::new()),
             unwind: Mutex::new(Vec::new()),
+            ptrace: Mutex::new(Vec::new()),
             stacks: None,
             string_args: 0,
             start: Instant::now(),
@@ -256,6 +261,16 @@ impl Shared {
         core::mem::take(&mut *lock(&self.unwind))
     }
 
+    /// Takes the `ptrace` calls queued by the hook.
+    pub(crate) fn take_ptrace_calls(&self) -> Vec<super::ptrace_hook::PtraceCall> {
+        core::mem::take(&mut *lock(&self.ptrace))
+    }
+
+    /// Whether the `ptrace` hook was hit.
+    pub(crate) fn ptrace_pending(&self) -> bool {
+        !lock(&self.ptrace).is_empty()
+    }
+
     /// Whether an unwinder hook was hit.
     pub(crate) fn unwind_pending(&self) -> bool {
         !lock(&self.unwind).is_empty()
@@ -389,6 +404,13 @@ impl Consumer<LinuxPlatform> for LinuxConsumer {
         self.hits.fetch_add(1, Ordering::Relaxed);
         match self.role {
             Role::DlHook => lock(&self.shared.rescan).push(ctx.space),
+            Role::PtraceCall => {
+                lock(&self.shared.ptrace).push(super::ptrace_hook::PtraceCall {
+                    space: ctx.space,
+                    request: ctx.regs.arg(0).unwrap_or(u64::MAX),
+                    target: ctx.regs.arg(1).unwrap_or(u64::MAX),
+                });
+            }
             Role::UnwindStart | Role::UnwindCatch => {
                 lock(&self.shared.unwind).push(super::returns::UnwindEvent {
                     task: ctx.task,

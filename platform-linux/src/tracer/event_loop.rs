@@ -485,6 +485,9 @@ impl Session {
         if self.shared.unwind_pending() {
             self.apply_unwinds();
         }
+        if self.shared.ptrace_pending() {
+            self.report_ptrace_calls();
+        }
         if self.shared.stack_pending() {
             self.collect_stacks();
         }

@@ -22,6 +22,7 @@ pub mod consumer;
 pub mod error;
 mod event_loop;
 pub mod platform;
+mod ptrace_hook;
 pub mod regs;
 pub mod ret_insn;
 pub mod returns;

@@ -322,6 +322,8 @@ pub struct Session {
     pub(crate) insn_calls: Arc<super::ret_insn::InsnCalls>,
     /// `--stack`: the stacks of the hits, counted.
     pub(crate) stacks: Option<crate::stack::StackCounts>,
+    /// The hooks on libc's `ptrace`.
+    pub(crate) ptrace_hooks: super::ptrace_hook::PtraceHooks,
 }
 
 impl Session {
@@ -340,6 +342,7 @@ impl Session {
             probes: Vec::new(),
             points: HashSet::new(),
             hooks: HashMap::new(),
+            ptrace_hooks: Default::default(),
             resolver: Resolver::new(Some(root)),
             root,
             spawned,
@@ -735,6 +738,7 @@ impl Session {
             }
         }
         self.ensure_unwind_hooks(space);
+        self.ensure_ptrace_hook(space);
         Ok(())
     }
 
@@ -762,6 +766,7 @@ impl Session {
             }
         }
         self.ensure_unwind_hooks(space);
+        self.ensure_ptrace_hook(space);
     }
 
     pub(crate) fn warn(&mut self, w: String) {
@@ -863,6 +868,7 @@ impl Session {
         self.stop_all(&mut report.errors);
         self.snapshot_missed();
         self.remove_unwind_hooks(&mut report.errors);
+        self.remove_ptrace_hooks(&mut report.errors);
         // Every thread is stopped: take every probe out.
         for i in 0..self.probes.len() {
             let extra = core::mem::take(&mut self.probes[i].extra);
