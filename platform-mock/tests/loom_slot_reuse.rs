@@ -55,7 +55,6 @@ fn loom_slot_reuse_races_task_in_slot() {
                 &mut ts,
                 &mut regs,
             );
-            eprintln!("hit {hit:?}");
             if let Hit::Boosted { slot } = hit {
                 assert_eq!(slot.0, XOL_BASE);
                 assert_eq!(regs.pc, XOL_BASE);
@@ -83,7 +82,6 @@ fn loom_slot_reuse_races_task_in_slot() {
         );
         task.join().unwrap();
         ticker.join().unwrap();
-        eprintln!("hy ok={}", hy.is_ok());
         match hy {
             Ok(h) => {
                 assert_eq!(p.peek(XOL_BASE, 4), slot_code(SUB_AT)[..4].to_vec());
