@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use probe_core::arch::x86_64::jump::{entry_patch_offset, jump_patch, JumpRefusal};
 use probe_core::arch::x86_64::X86_64;
 use probe_core::{Arch, PlanKind};
-use probe_tests::x86::elf::{function_sites, Site};
+use probe_tests::x86::elf::{function_sites, functions, Site};
 
 const BINARIES: [&str; 2] = ["/lib/x86_64-linux-gnu/libc.so.6", "/usr/bin/python3.11"];
 
@@ -89,5 +90,57 @@ fn function_entry_plan_shares() {
             "instructions among the first 6 of each function",
             &first,
         );
+    }
+}
+
+/// The refusal's kind, for counting.
+fn refusal_name(r: &JumpRefusal) -> &'static str {
+    match r {
+        JumpRefusal::TooShort { .. } => "too short",
+        JumpRefusal::Branch { .. } => "branch, call or ret in the displaced bytes",
+        JumpRefusal::NotRelocatable { .. } => "displaced instruction not relocatable",
+        JumpRefusal::BranchIntoDisplaced { .. } => "branch into the displaced bytes",
+        JumpRefusal::IndirectJump { .. } => "indirect jump in the function",
+        JumpRefusal::Undecodable { .. } => "undecodable bytes in the function",
+    }
+}
+
+/// The share of function entries a 5-byte jump could replace (issue 11: optprobes in the
+/// traced process), and why the others cannot take one.
+#[test]
+fn function_entry_jump_patch_shares() {
+    for bin in BINARIES {
+        let Ok(funcs) = functions(bin) else {
+            println!("{bin}: not readable, skipped");
+            continue;
+        };
+        let mut ok = 0usize;
+        let mut rip = 0usize;
+        let mut why: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, body) in &funcs {
+            match jump_patch(body, entry_patch_offset(body)) {
+                Ok(p) => {
+                    ok += 1;
+                    rip += usize::from(p.rip_relative);
+                    assert!(p.displaced >= 5 && p.at + p.displaced <= body.len());
+                }
+                Err(r) => *why.entry(refusal_name(&r)).or_default() += 1,
+            }
+        }
+        let total = funcs.len();
+        assert!(total > 100, "{bin}: too few functions found ({total})");
+        println!(
+            "{bin}: {total} functions, {ok} can be jump-patched ({:.1}%; {rip} with a \
+             RIP-relative displaced instruction)",
+            pct(ok, total)
+        );
+        let mut top: Vec<_> = why.into_iter().collect();
+        top.sort_by_key(|e| core::cmp::Reverse(e.1));
+        for (w, n) in top {
+            println!("  {w:<45} {n:>6}  {:5.1}%", pct(n, total));
+        }
+        // Most of a C library's functions are plain enough; fewer than a third would mean
+        // the analysis refuses what it should not.
+        assert!(pct(ok, total) > 33.0, "{bin}: only {ok} of {total}");
     }
 }

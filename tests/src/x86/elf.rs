@@ -75,6 +75,25 @@ pub fn function_sites(path: &str, per_function: usize) -> std::io::Result<Vec<Si
     Ok(out)
 }
 
+/// Every function (text symbol with a size) of the ELF file at `path`, whole: its address
+/// and its bytes, deduplicated by address.
+pub fn functions(path: &str) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
+    let data = std::fs::read(path)?;
+    let file = object::File::parse(&*data).map_err(std::io::Error::other)?;
+    let mut starts = BTreeSet::new();
+    for sym in file.symbols().chain(file.dynamic_symbols()) {
+        if sym.kind() == SymbolKind::Text && sym.size() > 0 && sym.address() != 0 {
+            starts.insert((sym.address(), sym.size()));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    Ok(starts
+        .into_iter()
+        .filter(|(addr, _)| seen.insert(*addr))
+        .filter_map(|(addr, size)| Some((addr, bytes_at(&file, addr, size)?)))
+        .collect())
+}
+
 fn bytes_at(file: &object::File<'_>, addr: u64, len: u64) -> Option<Vec<u8>> {
     for sec in file.sections() {
         let (start, size) = (sec.address(), sec.size());

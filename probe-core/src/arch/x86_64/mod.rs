@@ -4,6 +4,7 @@
 //! - [`plan`]: the analysed instruction ([`Plan`]) and its compact classification.
 //! - `analyze`: bytes to a plan (iced-x86 decoder; registration time, may allocate).
 //! - `slot`: the out-of-line slot encoder (boost, single-step, scratch-register rewrite).
+//! - [`jump`]: whether a function entry can be jump-patched (optprobes) instead of trapping.
 //! - `emulate`: the emulator of the commonest instructions (hit path, no allocation).
 //! - `step`: single-step set-up and fix-up ([`StepState`]).
 //! - `arch_impl`: the [`Arch`](crate::arch::Arch) implementation tying them together.
@@ -11,6 +12,7 @@
 mod analyze;
 mod arch_impl;
 mod emulate;
+pub mod jump;
 pub mod plan;
 pub mod regs;
 mod slot;

@@ -1,0 +1,302 @@
+//! Whether a function entry can be probed by jump patching instead of a breakpoint: the
+//! idea of the kernel's optprobes (`arch/x86/kernel/kprobes/opt.c`). A 5-byte `jmp rel32`
+//! replaces the first instructions; they run, relocated, from a trampoline that jumps back
+//! after them. That is only sound when
+//!
+//! - the displaced instructions (those the 5 bytes overlap, whole) lie inside the function
+//!   and each runs the same from another address: no branch, call or return among them, no
+//!   instruction the core would single-step or refuse, RIP-relative operands relocated;
+//! - no instruction of the function branches into the displaced bytes past their first
+//!   (a thread sent there would land in the middle of the `jmp`), found by decoding the whole
+//!   function from its entry;
+//! - the function has no indirect jump (a jump table could reach the displaced bytes; the
+//!   kernel refuses these functions too). Indirect calls are fine: they leave the function.
+//!
+//! Code outside the function that jumps into its displaced bytes other than at the entry is
+//! not seen, as in the kernel. A function whose first instruction is `endbr64` is patched
+//! after it ([`entry_patch_offset`]), so that an indirect call still lands on an `endbr64`.
+//!
+//! This module only decides; registration time, no allocation.
+
+use iced_x86::{Decoder, DecoderOptions, FlowControl, OpKind};
+
+use super::analyze::analyze;
+use super::plan::Op;
+use crate::arch::Reject;
+
+/// Length of the patched jump (`jmp rel32`).
+pub const JUMP_LEN: usize = 5;
+
+/// How a function entry can be jump-patched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JumpPatch {
+    /// Offset in the function where the jump goes.
+    pub at: usize,
+    /// Bytes the jump displaces (whole instructions, at least [`JUMP_LEN`]).
+    pub displaced: usize,
+    /// How many instructions those bytes hold.
+    pub insns: usize,
+    /// Whether one of them has a RIP-relative operand (the trampoline must be within
+    /// +/-2 GiB of its target, as a slot must).
+    pub rip_relative: bool,
+}
+
+/// Why a function entry cannot be jump-patched (it can still take a breakpoint).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JumpRefusal {
+    /// The function ends before the displaced instructions do.
+    TooShort {
+        /// The function's length.
+        len: usize,
+    },
+    /// A displaced instruction is a branch, call or return (at this offset).
+    Branch {
+        /// Offset of the instruction in the function.
+        offset: usize,
+    },
+    /// A displaced instruction cannot run from another address as it is (the core
+    /// single-steps it, or refuses it: the reason is given).
+    NotRelocatable {
+        /// Offset of the instruction in the function.
+        offset: usize,
+        /// Why the core's analysis refuses it, if it does (`None`: it is single-stepped).
+        reject: Option<Reject>,
+    },
+    /// An instruction of the function branches into the displaced bytes.
+    BranchIntoDisplaced {
+        /// Offset of the branching instruction.
+        from: usize,
+        /// Offset of its target.
+        to: usize,
+    },
+    /// The function has an indirect jump (a jump table may reach the displaced bytes).
+    IndirectJump {
+        /// Offset of the jump.
+        offset: usize,
+    },
+    /// Part of the function does not decode (data in the text, or a wrong size).
+    Undecodable {
+        /// Offset of the first byte that does not decode.
+        offset: usize,
+    },
+}
+
+/// `endbr64`.
+const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
+
+/// Where a function's entry jump goes: after an `endbr64`, else at the entry.
+pub fn entry_patch_offset(func: &[u8]) -> usize {
+    if func.starts_with(&ENDBR64) {
+        ENDBR64.len()
+    } else {
+        0
+    }
+}
+
+/// Whether the function `func` (its whole body, from its entry) can take a jump at offset
+/// `at` (see the module docs).
+pub fn jump_patch(func: &[u8], at: usize) -> Result<JumpPatch, JumpRefusal> {
+    // The displaced instructions.
+    let mut off = at;
+    let mut insns = 0;
+    let mut rip_relative = false;
+    while off < at + JUMP_LEN {
+        if off >= func.len() {
+            return Err(JumpRefusal::TooShort { len: func.len() });
+        }
+        let plan = match analyze(&func[off..], false) {
+            Ok(p) => p,
+            Err(Reject::Truncated { .. }) => {
+                return Err(JumpRefusal::TooShort { len: func.len() });
+            }
+            Err(r) => {
+                return Err(JumpRefusal::NotRelocatable {
+                    offset: off,
+                    reject: Some(r),
+                });
+            }
+        };
+        match plan.op {
+            Op::Nop | Op::Push { .. } | Op::PushImm { .. } | Op::Pop { .. } | Op::MovRR { .. } => {}
+            Op::Boost { rip } => rip_relative |= rip.is_some(),
+            Op::LeaRip { .. } => rip_relative = true,
+            Op::Jmp { .. }
+            | Op::Call { .. }
+            | Op::Jcc { .. }
+            | Op::Ret { .. }
+            | Op::JmpReg { .. }
+            | Op::CallReg { .. }
+            | Op::JmpMem { .. }
+            | Op::CallMem { .. } => return Err(JumpRefusal::Branch { offset: off }),
+            Op::StepLoop { .. }
+            | Op::StepRipRel { .. }
+            | Op::StepCall
+            | Op::StepPrivileged
+            | Op::Cli
+            | Op::Sti => {
+                return Err(JumpRefusal::NotRelocatable {
+                    offset: off,
+                    reject: None,
+                })
+            }
+        }
+        off += plan.len();
+        insns += 1;
+    }
+    let displaced = off - at;
+    check_branches(func, at, displaced)?;
+    Ok(JumpPatch {
+        at,
+        displaced,
+        insns,
+        rip_relative,
+    })
+}
+
+/// Decodes all of `func` and refuses a branch into `(at, at + displaced)` or an indirect
+/// jump anywhere.
+fn check_branches(func: &[u8], at: usize, displaced: usize) -> Result<(), JumpRefusal> {
+    let Ok(mut dec) = Decoder::try_with_ip(64, func, 0, DecoderOptions::NONE) else {
+        return Err(JumpRefusal::Undecodable { offset: 0 });
+    };
+    while dec.can_decode() {
+        let pos = dec.position();
+        let ins = dec.decode();
+        if ins.is_invalid() {
+            return Err(JumpRefusal::Undecodable { offset: pos });
+        }
+        match ins.flow_control() {
+            FlowControl::IndirectBranch => return Err(JumpRefusal::IndirectJump { offset: pos }),
+            FlowControl::UnconditionalBranch
+            | FlowControl::ConditionalBranch
+            | FlowControl::Call
+            | FlowControl::XbeginXabortXend => {
+                if matches!(
+                    ins.op0_kind(),
+                    OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+                ) {
+                    let to = ins.near_branch_target();
+                    if to > at as u64 && to < (at + displaced) as u64 {
+                        return Err(JumpRefusal::BranchIntoDisplaced {
+                            from: pos,
+                            to: to as usize,
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_prologue_is_patched_over_whole_instructions() {
+        // push rbp; mov rbp,rsp; sub rsp,0x10; xor eax,eax; leave; ret
+        let f = [
+            0x55, 0x48, 0x89, 0xe5, 0x48, 0x83, 0xec, 0x10, 0x31, 0xc0, 0xc9, 0xc3,
+        ];
+        let p = jump_patch(&f, 0).unwrap();
+        assert_eq!(
+            p,
+            JumpPatch {
+                at: 0,
+                displaced: 8,
+                insns: 3,
+                rip_relative: false
+            }
+        );
+    }
+
+    #[test]
+    fn endbr64_stays_and_the_jump_goes_after_it() {
+        // endbr64; push rbp; mov rbp,rsp; pop rbp; ret
+        let f = [0xf3, 0x0f, 0x1e, 0xfa, 0x55, 0x48, 0x89, 0xe5, 0x5d, 0xc3];
+        assert_eq!(entry_patch_offset(&f), 4);
+        let p = jump_patch(&f, 4).unwrap();
+        assert_eq!((p.at, p.displaced, p.insns), (4, 5, 3));
+    }
+
+    #[test]
+    fn a_rip_relative_load_is_displaced_and_marked() {
+        // mov rax,[rip+0x100]; ret
+        let f = [0x48, 0x8b, 0x05, 0x00, 0x01, 0x00, 0x00, 0xc3];
+        let p = jump_patch(&f, 0).unwrap();
+        assert!(p.rip_relative);
+        assert_eq!(p.displaced, 7);
+    }
+
+    #[test]
+    fn short_functions_branches_and_calls_are_refused() {
+        // xor eax,eax; ret
+        assert_eq!(
+            jump_patch(&[0x31, 0xc0, 0xc3], 0),
+            Err(JumpRefusal::Branch { offset: 2 })
+        );
+        // xor eax,eax; inc eax (4 bytes, function ends)
+        assert_eq!(
+            jump_patch(&[0x31, 0xc0, 0xff, 0xc0], 0),
+            Err(JumpRefusal::TooShort { len: 4 })
+        );
+        // push rbp; call rel32 ...
+        let f = [0x55, 0xe8, 0, 0, 0, 0, 0x5d, 0xc3];
+        assert_eq!(jump_patch(&f, 0), Err(JumpRefusal::Branch { offset: 1 }));
+        // test edi,edi; je +0 (jcc in the displaced bytes)
+        let f = [0x85, 0xff, 0x74, 0x00, 0x90, 0x90, 0xc3];
+        assert_eq!(jump_patch(&f, 0), Err(JumpRefusal::Branch { offset: 2 }));
+    }
+
+    #[test]
+    fn a_branch_back_into_the_displaced_bytes_is_refused() {
+        // 0: push rbp; 1: mov rbp,rsp; 4: push rbx; 5: dec edi; 7: jne 1; 9: pop rbx; pop rbp; ret
+        let f = [
+            0x55, 0x48, 0x89, 0xe5, 0x53, 0xff, 0xcf, 0x75, 0xf8, 0x5b, 0x5d, 0xc3,
+        ];
+        assert_eq!(
+            jump_patch(&f, 0),
+            Err(JumpRefusal::BranchIntoDisplaced { from: 7, to: 1 })
+        );
+        // The same loop back to the entry itself is fine: the entry is the jump.
+        let f = [
+            0x55, 0x48, 0x89, 0xe5, 0x53, 0xff, 0xcf, 0x75, 0xf7, 0x5b, 0x5d, 0xc3,
+        ];
+        assert!(jump_patch(&f, 0).is_ok());
+    }
+
+    #[test]
+    fn indirect_jumps_and_undecodable_bytes_are_refused() {
+        // push rbp; mov rbp,rsp; push rbx; jmp rax
+        let f = [0x55, 0x48, 0x89, 0xe5, 0x53, 0xff, 0xe0];
+        assert_eq!(
+            jump_patch(&f, 0),
+            Err(JumpRefusal::IndirectJump { offset: 5 })
+        );
+        // push rbp; mov rbp,rsp; push rbx; then 0x06 (`push es`), invalid in 64-bit mode.
+        let f = [0x55, 0x48, 0x89, 0xe5, 0x53, 0x06];
+        assert_eq!(
+            jump_patch(&f, 0),
+            Err(JumpRefusal::Undecodable { offset: 5 })
+        );
+    }
+
+    #[test]
+    fn a_syscall_in_the_displaced_bytes_is_not_relocatable() {
+        // mov eax,60; syscall
+        let f = [0xb8, 0x3c, 0, 0, 0, 0x0f, 0x05, 0xc3];
+        // mov eax,imm32 is 5 bytes: the jump covers only it.
+        assert!(jump_patch(&f, 0).is_ok());
+        // xor eax,eax; syscall: the syscall is displaced.
+        let f = [0x31, 0xc0, 0x0f, 0x05, 0x90, 0xc3];
+        assert_eq!(
+            jump_patch(&f, 0),
+            Err(JumpRefusal::NotRelocatable {
+                offset: 2,
+                reject: Some(Reject::SystemCall)
+            })
+        );
+    }
+}
