@@ -16,12 +16,14 @@
 //! not seen, as in the kernel. A function whose first instruction is `endbr64` is patched
 //! after it ([`entry_patch_offset`]), so that an indirect call still lands on an `endbr64`.
 //!
-//! This module only decides; registration time, no allocation.
+//! [`jump_patch`] decides; [`encode_displaced`] writes the displaced instructions, relocated,
+//! and the jump back, for the trampoline. Registration time, no allocation.
 
 use iced_x86::{Decoder, DecoderOptions, FlowControl, OpKind};
 
 use super::analyze::analyze;
 use super::plan::Op;
+use crate::addr::Addr;
 use crate::arch::Reject;
 
 /// Length of the patched jump (`jmp rel32`).
@@ -153,6 +155,32 @@ pub fn jump_patch(func: &[u8], at: usize) -> Result<JumpPatch, JumpRefusal> {
     })
 }
 
+/// Writes into `out`, for a trampoline at `tramp`, the instructions `patch` displaces from
+/// the function `func` loaded at `func_addr`, each relocated to where it lands in the
+/// trampoline, then a jump back to the instruction after them; returns the bytes written.
+/// RIP-relative operands must stay within reach (+/-2 GiB of the trampoline): otherwise
+/// [`Reject::RipRelativeOutOfRange`]. `out` too small: [`Reject::SlotTooSmall`].
+pub fn encode_displaced(
+    func: &[u8],
+    patch: &JumpPatch,
+    func_addr: Addr,
+    tramp: Addr,
+    out: &mut [u8],
+) -> Result<usize, Reject> {
+    super::slot::encode_displaced(func, patch.at, patch.displaced, func_addr, tramp, out)
+}
+
+/// The `jmp rel32` written at `func_addr + patch.at` to reach `target`, if in reach.
+pub fn jump_bytes(patch: &JumpPatch, func_addr: Addr, target: Addr) -> Option<[u8; JUMP_LEN]> {
+    let from = func_addr
+        .raw()
+        .wrapping_add(patch.at as u64)
+        .wrapping_add(JUMP_LEN as u64);
+    let rel = i32::try_from(target.raw().wrapping_sub(from) as i64).ok()?;
+    let r = rel.to_le_bytes();
+    Some([0xe9, r[0], r[1], r[2], r[3]])
+}
+
 /// Decodes all of `func` and refuses a branch into `(at, at + displaced)` or an indirect
 /// jump anywhere.
 fn check_branches(func: &[u8], at: usize, displaced: usize) -> Result<(), JumpRefusal> {
@@ -281,6 +309,41 @@ mod tests {
             jump_patch(&f, 0),
             Err(JumpRefusal::Undecodable { offset: 5 })
         );
+    }
+
+    #[test]
+    fn displaced_instructions_are_relocated_into_the_trampoline() {
+        // push rbp; mov rax,[rip+0x100]; lea rcx,[rip-0x20]; ret   at 0x1000
+        let f = [
+            0x55, 0x48, 0x8b, 0x05, 0x00, 0x01, 0x00, 0x00, 0x48, 0x8d, 0x0d, 0xe0, 0xff, 0xff,
+            0xff, 0xc3,
+        ];
+        let p = jump_patch(&f, 0).unwrap();
+        assert_eq!((p.displaced, p.insns), (8, 2));
+        let (func, tramp) = (Addr(0x1000), Addr(0x9000));
+        let mut out = [0u8; 64];
+        let n = encode_displaced(&f, &p, func, tramp, &mut out).unwrap();
+        // push rbp; mov rax,[rip+d] aimed at 0x1108 from 0x9008; jmp 0x1008.
+        let d = (0x1108i64 - 0x9008) as i32;
+        let mut want = [0u8; 13];
+        want[..4].copy_from_slice(&[0x55, 0x48, 0x8b, 0x05]);
+        want[4..8].copy_from_slice(&d.to_le_bytes());
+        want[8] = 0xe9;
+        want[9..].copy_from_slice(&((0x1008i64 - 0x900d) as i32).to_le_bytes());
+        assert_eq!(&out[..n], &want[..]);
+        assert_eq!(
+            jump_bytes(&p, func, tramp),
+            Some([0xe9, 0xfb, 0x7f, 0x00, 0x00])
+        );
+        // Out of reach: refused, not mis-encoded.
+        assert!(matches!(
+            encode_displaced(&f, &p, func, Addr(0x1_0000_0000), &mut out),
+            Err(Reject::RipRelativeOutOfRange { .. })
+        ));
+        assert!(matches!(
+            encode_displaced(&f, &p, func, tramp, &mut [0u8; 8]),
+            Err(Reject::SlotTooSmall { .. })
+        ));
     }
 
     #[test]

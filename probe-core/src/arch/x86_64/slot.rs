@@ -182,3 +182,63 @@ pub(crate) fn encode_slot(
     }
     w.done()
 }
+
+/// Encode into `out`, for a trampoline at `tramp`, the instructions a jump patch displaces:
+/// the `displaced` bytes at offset `at` of the function `func` (loaded at `func_addr`), each
+/// relocated to where it lands (RIP-relative operands re-aimed, which must stay in reach:
+/// the trampoline goes within +/-2 GiB of the function, as slots do), then a jump back to
+/// the first instruction after them. The caller checked them with `jump::jump_patch`.
+pub(crate) fn encode_displaced(
+    func: &[u8],
+    at: usize,
+    displaced: usize,
+    func_addr: Addr,
+    tramp: Addr,
+    out: &mut [u8],
+) -> Result<usize, Reject> {
+    let mut w = Writer { out, n: 0 };
+    let mut off = at;
+    let end = at.checked_add(displaced).ok_or(Reject::Invalid)?;
+    while off < end {
+        let code = func.get(off..).ok_or(Reject::Truncated { have: 0 })?;
+        let plan = super::analyze::analyze(code, false)?;
+        let len = plan.len();
+        let insn = Addr(func_addr.raw().wrapping_add(off as u64));
+        let here = Addr(tramp.raw().wrapping_add(w.n as u64));
+        match plan.op {
+            Op::Nop | Op::Push { .. } | Op::PushImm { .. } | Op::Pop { .. } | Op::MovRR { .. } => {
+                w.put(plan.bytes())
+            }
+            Op::Boost { rip: None } => w.put(plan.bytes()),
+            Op::Boost { rip: Some(r) } => match relocated(&plan, &r, insn, here) {
+                Some(b) => w.put(&b[..len]),
+                None => return Err(out_of_range(&r, insn, here, len)),
+            },
+            Op::LeaRip { disp, .. } => {
+                // `lea r, [rip+disp32]`: the displacement is the last four bytes.
+                let target = insn
+                    .raw()
+                    .wrapping_add(len as u64)
+                    .wrapping_add_signed(i64::from(disp));
+                let new = rel32(here.raw().wrapping_add(len as u64), target).ok_or(
+                    Reject::RipRelativeOutOfRange {
+                        distance: target.wrapping_sub(here.raw()) as i64,
+                    },
+                )?;
+                let mut b = plan.bytes;
+                b.get_mut(len - 4..len)
+                    .ok_or(Reject::Invalid)?
+                    .copy_from_slice(&new.to_le_bytes());
+                w.put(&b[..len]);
+            }
+            _ => return Err(Reject::Unsupported),
+        }
+        off += len;
+    }
+    if off != end {
+        // The displaced length does not end on an instruction boundary.
+        return Err(Reject::Invalid);
+    }
+    jump_back(&mut w, tramp, func_addr.raw().wrapping_add(end as u64));
+    w.done()
+}
