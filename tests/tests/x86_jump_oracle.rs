@@ -6,14 +6,12 @@
 //! the original bytes back, nothing more is counted.
 
 use core::ffi::{c_void, CStr};
-use std::ffi::CString;
+use core::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
 use std::io::Read;
 
-use probe_core::arch::x86_64::jump::{
-    encode_displaced, entry_patch_offset, jump_bytes, jump_patch,
-};
-use probe_core::Addr;
-use probe_tests::x86::elf::functions;
+use probe_core::arch::x86_64::X86Regs;
+use probe_tests::x86::jump::{dlsym, libc_functions, patch_entry, Tramp};
 
 /// A function under test: its name and calls of it with fixed inputs, giving one number each.
 struct Case {
@@ -174,6 +172,30 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            name: "ldexp",
+            calls: |f| {
+                type Ldexp = extern "C" fn(f64, i32) -> f64;
+                // SAFETY: `f` is dlsym's `ldexp`, of this C signature.
+                let ldexp: Ldexp = unsafe { core::mem::transmute(f) };
+                [(1.5, 3), (-0.75, -2), (3.0, 0)]
+                    .iter()
+                    .map(|&(x, n)| ldexp(x, n).to_bits() as i64)
+                    .collect()
+            },
+        },
+        Case {
+            name: "copysign",
+            calls: |f| {
+                type Copysign = extern "C" fn(f64, f64) -> f64;
+                // SAFETY: `f` is dlsym's `copysign`, of this C signature.
+                let copysign: Copysign = unsafe { core::mem::transmute(f) };
+                [(1.5, -1.0), (-2.0, 3.0)]
+                    .iter()
+                    .map(|&(x, y)| copysign(x, y).to_bits() as i64)
+                    .collect()
+            },
+        },
+        Case {
             name: "getenv",
             calls: |f| {
                 let p = call!(f, fn(*const i8) -> *const i8, c"PROBE_JUMP_ORACLE".as_ptr());
@@ -188,68 +210,36 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// Where libc is and which file it is: (load bias, path), from `dladdr` of `abs`.
-fn libc_of(sym: *const c_void) -> (u64, String) {
-    // SAFETY: all-zero is a valid Dl_info to fill; sym is a valid address in libc.
-    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
-    // SAFETY: as above.
-    assert_ne!(unsafe { libc::dladdr(sym, &mut info) }, 0);
-    // SAFETY: dladdr filled dli_fname with a NUL-terminated path.
-    let path = unsafe { CStr::from_ptr(info.dli_fname) }
-        .to_string_lossy()
-        .into_owned();
-    (info.dli_fbase as u64, path)
-}
+static HANDLER_SAW: AtomicU64 = AtomicU64::new(0);
+static WRONG_IP: AtomicU64 = AtomicU64::new(0);
+static EXPECT_IP: AtomicU64 = AtomicU64::new(0);
 
-fn dlsym(name: &str) -> *const c_void {
-    let c = CString::new(name).unwrap();
-    // SAFETY: RTLD_DEFAULT and a NUL-terminated name.
-    unsafe { libc::dlsym(libc::RTLD_DEFAULT, c.as_ptr()) as *const c_void }
-}
-
-/// An RWX page within +/-2 GiB of `near` (below it first), or `None`.
-fn page_near(near: u64) -> Option<u64> {
-    for k in 1..2048u64 {
-        let hint = (near & !0xfff).checked_sub(k << 20)?;
-        // SAFETY: an anonymous mapping at a free address (MAP_FIXED_NOREPLACE never replaces).
-        let p = unsafe {
-            libc::mmap(
-                hint as *mut c_void,
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                -1,
-                0,
-            )
-        };
-        if p != libc::MAP_FAILED && p as u64 == hint {
-            return Some(hint);
-        }
+/// The probe handler the full trampolines call: counts the call in the page's counter (its
+/// `ctx`), checks the register file's `rip`, and wipes the vector registers that carry
+/// arguments (the trampoline must keep the probed function's vector arguments).
+extern "C" fn on_hit(regs: *mut X86Regs, ctx: u64) {
+    // SAFETY: the trampoline passes its saved register file, valid for the call.
+    let regs = unsafe { &mut *regs };
+    if regs.rip != EXPECT_IP.load(Ordering::SeqCst) || regs.rsp & 7 != 0 {
+        WRONG_IP.fetch_add(1, Ordering::SeqCst);
     }
-    None
-}
-
-/// Writes `bytes` over code at `at` (made writable for the copy).
-fn poke_code(at: u64, bytes: &[u8]) {
-    let start = at & !0xfff;
-    let end = (at + bytes.len() as u64 + 0xfff) & !0xfff;
-    // SAFETY: the pages hold libc's text in this (forked, single-threaded) child; they stay
-    // executable, and only the bytes of one entry are changed while no thread runs them.
+    HANDLER_SAW.fetch_add(1, Ordering::SeqCst);
+    // SAFETY: ctx is the trampoline page, whose first word is the counter.
+    unsafe { (*(ctx as *const AtomicU64)).fetch_add(1, Ordering::SeqCst) };
+    // SAFETY: only clobbers vector registers, which the asm declares.
     unsafe {
-        assert_eq!(
-            libc::mprotect(
-                start as *mut c_void,
-                (end - start) as usize,
-                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC
-            ),
-            0
+        core::arch::asm!(
+            "pcmpeqd xmm0, xmm0", "pcmpeqd xmm1, xmm1", "pcmpeqd xmm2, xmm2",
+            "pcmpeqd xmm3, xmm3", "pcmpeqd xmm4, xmm4", "pcmpeqd xmm5, xmm5",
+            "pcmpeqd xmm6, xmm6", "pcmpeqd xmm7, xmm7",
+            out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _,
+            out("xmm4") _, out("xmm5") _, out("xmm6") _, out("xmm7") _,
         );
-        core::ptr::copy_nonoverlapping(bytes.as_ptr(), at as *mut u8, bytes.len());
     }
 }
 
 /// The child's work: patch, call, compare, count, restore. One line per function.
-fn child(bodies: &std::collections::HashMap<u64, Vec<u8>>, bias: u64) -> String {
+fn child(bodies: &HashMap<u64, Vec<u8>>, with_handler: bool) -> String {
     let mut report = String::new();
     for case in cases() {
         let f = dlsym(case.name);
@@ -257,59 +247,30 @@ fn child(bodies: &std::collections::HashMap<u64, Vec<u8>>, bias: u64) -> String 
             report += &format!("{} missing\n", case.name);
             continue;
         }
-        let Some(body) = bodies.get(&(f as u64 - bias)) else {
-            report += &format!("{} no-symbol\n", case.name);
-            continue;
-        };
         let want = (case.calls)(f);
-        let patch = match jump_patch(body, entry_patch_offset(body)) {
+        let tramp = if with_handler {
+            Tramp::Handler {
+                handler: on_hit as *const () as u64,
+            }
+        } else {
+            Tramp::Count
+        };
+        let p = match patch_entry(f, bodies, tramp) {
             Ok(p) => p,
-            Err(r) => {
-                report += &format!("{} refused {r:?}\n", case.name);
+            Err(e) => {
+                report += &format!("{} not patched: {e:?}\n", case.name);
                 continue;
             }
         };
-        let Some(page) = page_near(f as u64) else {
-            report += &format!("{} no-page\n", case.name);
-            continue;
-        };
-        // The trampoline: counter at +0, code at +64.
-        let code = page + 64;
-        let mut t = vec![0x9c]; // pushfq
-                                // lock inc qword [rip+d]: 7 + 1 bytes; d from the end of the instruction.
-        let end = code + 1 + 8;
-        let d = (page as i64 - end as i64) as i32;
-        t.extend_from_slice(&[0xf0, 0x48, 0xff, 0x05]);
-        t.extend_from_slice(&d.to_le_bytes());
-        t.push(0x9d); // popfq
-        let mut out = [0u8; 128];
-        let n = encode_displaced(
-            body,
-            &patch,
-            Addr(f as u64),
-            Addr(code + t.len() as u64),
-            &mut out,
-        )
-        .unwrap();
-        t.extend_from_slice(&out[..n]);
-        // SAFETY: the page is ours, RWX, 4096 bytes; the trampoline is under 256.
-        unsafe { core::ptr::copy_nonoverlapping(t.as_ptr(), code as *mut u8, t.len()) };
-        let entry = f as u64 + patch.at as u64;
-        // SAFETY: reading the entry's bytes of a mapped function.
-        let original: Vec<u8> =
-            unsafe { core::slice::from_raw_parts(entry as *const u8, 5) }.to_vec();
-        poke_code(
-            entry,
-            &jump_bytes(&patch, Addr(f as u64), Addr(code)).unwrap(),
-        );
+        HANDLER_SAW.store(0, Ordering::SeqCst);
+        WRONG_IP.store(0, Ordering::SeqCst);
+        EXPECT_IP.store(f as u64 + p.patch.at as u64, Ordering::SeqCst);
         let got = (case.calls)(f);
         let got2 = (case.calls)(f);
-        // SAFETY: the counter is the page's first word, written only by the trampoline.
-        let counted = unsafe { core::ptr::read_volatile(page as *const u64) };
-        poke_code(entry, &original);
+        let counted = p.count();
+        p.restore();
         let _ = (case.calls)(f);
-        // SAFETY: as above.
-        let after = unsafe { core::ptr::read_volatile(page as *const u64) };
+        let after = p.count();
         // Two runs of the case's calls (qsort's one call gives all of the sorted array).
         let per_run = if case.name == "qsort" {
             1
@@ -317,14 +278,21 @@ fn child(bodies: &std::collections::HashMap<u64, Vec<u8>>, bias: u64) -> String 
             want.len() as u64
         };
         let expected_count = 2 * per_run;
-        let ok = got == want && got2 == want && counted == expected_count && after == counted;
+        let handler_ok = !with_handler
+            || (HANDLER_SAW.load(Ordering::SeqCst) == expected_count
+                && WRONG_IP.load(Ordering::SeqCst) == 0);
+        let ok = got == want
+            && got2 == want
+            && counted == expected_count
+            && after == counted
+            && handler_ok;
         report += &format!(
             "{} {} displaced={} insns={} rip={} counted={counted} want={expected_count} after={after} results={:?}/{:?}\n",
             case.name,
             if ok { "ok" } else { "WRONG" },
-            patch.displaced,
-            patch.insns,
-            patch.rip_relative,
+            p.patch.displaced,
+            p.patch.insns,
+            p.patch.rip_relative,
             want,
             got
         );
@@ -332,12 +300,10 @@ fn child(bodies: &std::collections::HashMap<u64, Vec<u8>>, bias: u64) -> String 
     report
 }
 
-#[test]
-fn jump_patched_libc_functions_run_exactly_as_before_and_count_every_call() {
+/// Forks, runs [`child`] there, returns its report (asserting it exited cleanly).
+fn in_child(with_handler: bool) -> String {
     std::env::set_var("PROBE_JUMP_ORACLE", "yes");
-    let (bias, path) = libc_of(dlsym("abs"));
-    let bodies: std::collections::HashMap<u64, Vec<u8>> =
-        functions(&path).unwrap().into_iter().collect();
+    let bodies = libc_functions();
     let mut fds = [0; 2];
     // SAFETY: fds is a valid array of two ints.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
@@ -346,7 +312,7 @@ fn jump_patched_libc_functions_run_exactly_as_before_and_count_every_call() {
     // little it allocates comes from a heap nobody else uses in it), then _exits.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
-        let report = child(&bodies, bias);
+        let report = child(&bodies, with_handler);
         // SAFETY: writing our report to the pipe and leaving without unwinding.
         unsafe {
             libc::write(fds[1], report.as_ptr().cast(), report.len());
@@ -370,7 +336,22 @@ fn jump_patched_libc_functions_run_exactly_as_before_and_count_every_call() {
     assert!(!report.contains("WRONG"), "{report}");
     let patched = report.lines().filter(|l| l.contains(" ok ")).count();
     assert!(
-        patched >= 8,
+        patched >= 10,
         "only {patched} functions patched and checked:\n{report}"
     );
+    report
+}
+
+#[test]
+fn jump_patched_libc_functions_run_exactly_as_before_and_count_every_call() {
+    in_child(false);
+}
+
+/// The whole trampoline: registers and vector state saved, a Rust handler called with the
+/// register file (it sees the probed address and wipes xmm0-7), everything restored. The
+/// float functions' arguments arrive in xmm registers, which the handler's wipe would
+/// change if the trampoline did not keep them.
+#[test]
+fn full_trampolines_call_a_handler_and_keep_every_register() {
+    in_child(true);
 }

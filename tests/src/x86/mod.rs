@@ -5,6 +5,7 @@
 pub mod corpus;
 pub mod elf;
 pub mod fuzz;
+pub mod jump;
 pub mod oracle;
 pub mod procmem;
 pub mod ptrace;

@@ -155,6 +155,196 @@ pub fn jump_patch(func: &[u8], at: usize) -> Result<JumpPatch, JumpRefusal> {
     })
 }
 
+/// What a trampoline calls: `handler(regs, ctx)`, a C-ABI function given the register file
+/// at the probe (an [`X86Regs`](super::X86Regs), `rip` the probed address) and a word of the
+/// embedder's; it may change the general registers (not `rip`, `rsp` or `eflags`: those
+/// are not taken back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HandlerCall {
+    /// The handler's address.
+    pub handler: u64,
+    /// Its second argument (the probe's identity, say).
+    pub ctx: u64,
+    /// How the vector and x87 state is kept across the handler: the handler may use any
+    /// vector register, and at a function's entry the vector arguments are live.
+    pub state: ExtendedState,
+}
+
+/// How a trampoline saves the extended (x87, SSE, AVX, AVX-512) state around its handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExtendedState {
+    /// `fxsave64`/`fxrstor64` (512 bytes: x87 and SSE only), for CPUs without `xsave`.
+    Fxsave,
+    /// `xsave64` of every component XCR0 enables; the size is CPUID leaf 0xD, sub-leaf 0,
+    /// EBX.
+    Xsave(u32),
+    /// `xsavec64` (compacted, components in their initial state skipped: much cheaper when
+    /// the upper AVX/AVX-512 state is clean, as it is between most calls); the size is
+    /// CPUID leaf 0xD, sub-leaf 1, EBX; CPUID.(0xD,1):EAX bit 1 says it exists.
+    Xsavec(u32),
+}
+
+/// Words of the register file saved on the stack.
+const FRAME: i64 = 27 * 8;
+/// The red zone below the interrupted stack pointer, stepped over first.
+const RED_ZONE: i64 = 128;
+
+/// Writes into `out`, for a trampoline at `tramp`, the whole trampoline of a jump-patched
+/// probe: step over the red zone, save the register file (as an `X86Regs`) and the
+/// extended state, call `call.handler(regs, call.ctx)` on a 64-byte aligned stack, restore
+/// everything (general registers as the handler left them), then the displaced instructions
+/// relocated and the jump back ([`encode_displaced`]). Returns the bytes written. Registration
+/// time: it allocates (iced-x86's encoder).
+pub fn encode_trampoline(
+    func: &[u8],
+    patch: &JumpPatch,
+    func_addr: Addr,
+    tramp: Addr,
+    call: &HandlerCall,
+    out: &mut [u8],
+) -> Result<usize, Reject> {
+    let head = trampoline_head(func_addr.raw().wrapping_add(patch.at as u64), call)
+        .ok_or(Reject::Unsupported)?;
+    let dst = out.get_mut(..head.len()).ok_or(Reject::SlotTooSmall {
+        need: u16::try_from(head.len()).unwrap_or(u16::MAX),
+    })?;
+    dst.copy_from_slice(&head);
+    let rest = &mut out[head.len()..];
+    let tail = encode_displaced(
+        func,
+        patch,
+        func_addr,
+        Addr(tramp.raw().wrapping_add(head.len() as u64)),
+        rest,
+    )?;
+    Ok(head.len() + tail)
+}
+
+/// The trampoline up to the displaced instructions (position-independent).
+fn trampoline_head(probed: u64, call: &HandlerCall) -> Option<alloc::vec::Vec<u8>> {
+    use iced_x86::{Code as C, Encoder, Instruction as I, MemoryOperand, Register as R};
+    // The general registers in `X86Regs` order, by word index.
+    const GPRS: [(R, i64); 15] = [
+        (R::R15, 0),
+        (R::R14, 1),
+        (R::R13, 2),
+        (R::R12, 3),
+        (R::RBP, 4),
+        (R::RBX, 5),
+        (R::R11, 6),
+        (R::R10, 7),
+        (R::R9, 8),
+        (R::R8, 9),
+        (R::RAX, 10),
+        (R::RCX, 11),
+        (R::RDX, 12),
+        (R::RSI, 13),
+        (R::RDI, 14),
+    ];
+    const ORIG_RAX: i64 = 15;
+    const RIP: i64 = 16;
+    const EFLAGS: i64 = 18;
+    const RSP: i64 = 19;
+    let at = |word: i64| MemoryOperand::with_base_displ(R::RSP, word * 8);
+    let mut v: alloc::vec::Vec<I> = alloc::vec::Vec::new();
+    v.push(
+        I::with2(
+            C::Lea_r64_m,
+            R::RSP,
+            MemoryOperand::with_base_displ(R::RSP, -RED_ZONE),
+        )
+        .ok()?,
+    );
+    v.push(
+        I::with2(
+            C::Lea_r64_m,
+            R::RSP,
+            MemoryOperand::with_base_displ(R::RSP, -FRAME),
+        )
+        .ok()?,
+    );
+    for (r, w) in GPRS {
+        v.push(I::with2(C::Mov_rm64_r64, at(w), r).ok()?);
+    }
+    v.push(I::with(C::Pushfq));
+    v.push(I::with1(C::Pop_rm64, at(EFLAGS)).ok()?);
+    v.push(
+        I::with2(
+            C::Lea_r64_m,
+            R::RAX,
+            MemoryOperand::with_base_displ(R::RSP, FRAME + RED_ZONE),
+        )
+        .ok()?,
+    );
+    v.push(I::with2(C::Mov_rm64_r64, at(RSP), R::RAX).ok()?);
+    v.push(I::with2(C::Mov_r64_imm64, R::RAX, probed).ok()?);
+    v.push(I::with2(C::Mov_rm64_r64, at(RIP), R::RAX).ok()?);
+    for w in 15..27 {
+        if w == RIP || w == EFLAGS || w == RSP {
+            continue;
+        }
+        let val: i32 = if w == ORIG_RAX { -1 } else { 0 };
+        v.push(I::with2(C::Mov_rm64_imm32, at(w), val).ok()?);
+    }
+    // rbx holds the frame across the call (callee-saved, and saved above).
+    v.push(I::with2(C::Mov_rm64_r64, R::RBX, R::RSP).ok()?);
+    let (save, restore, size, xsave) = match call.state {
+        ExtendedState::Fxsave => (C::Fxsave64_m512byte, C::Fxrstor64_m512byte, 512, false),
+        ExtendedState::Xsave(n) => (C::Xsave64_mem, C::Xrstor64_mem, i64::from(n), true),
+        ExtendedState::Xsavec(n) => (C::Xsavec64_mem, C::Xrstor64_mem, i64::from(n), true),
+    };
+    let area = MemoryOperand::with_base(R::RSP);
+    v.push(
+        I::with2(
+            C::Lea_r64_m,
+            R::RSP,
+            MemoryOperand::with_base_displ(R::RSP, -size),
+        )
+        .ok()?,
+    );
+    v.push(I::with2(C::And_rm64_imm8, R::RSP, -64i32).ok()?);
+    if xsave {
+        // XRSTOR faults on a header (bytes 512-575) with reserved bits set, and XSAVE
+        // leaves most of it as it was: zero it first.
+        for k in 0..8 {
+            let m = MemoryOperand::with_base_displ(R::RSP, 512 + 8 * k);
+            v.push(I::with2(C::Mov_rm64_imm32, m, 0i32).ok()?);
+        }
+        v.push(I::with2(C::Mov_r32_imm32, R::EAX, u32::MAX).ok()?);
+        v.push(I::with2(C::Mov_r32_imm32, R::EDX, u32::MAX).ok()?);
+    }
+    v.push(I::with1(save, area).ok()?);
+    v.push(I::with2(C::Mov_rm64_r64, R::RDI, R::RBX).ok()?);
+    v.push(I::with2(C::Mov_r64_imm64, R::RSI, call.ctx).ok()?);
+    v.push(I::with2(C::Mov_r64_imm64, R::RAX, call.handler).ok()?);
+    v.push(I::with1(C::Call_rm64, R::RAX).ok()?);
+    if xsave {
+        v.push(I::with2(C::Mov_r32_imm32, R::EAX, u32::MAX).ok()?);
+        v.push(I::with2(C::Mov_r32_imm32, R::EDX, u32::MAX).ok()?);
+    }
+    v.push(I::with1(restore, area).ok()?);
+    v.push(I::with2(C::Mov_rm64_r64, R::RSP, R::RBX).ok()?);
+    // The status flags are not put back: at a function's entry they carry nothing (the
+    // SysV ABI passes nothing in them and has DF clear), and `popfq` would cost more than
+    // the rest of the way back.
+    for (r, w) in GPRS {
+        v.push(I::with2(C::Mov_r64_rm64, r, at(w)).ok()?);
+    }
+    v.push(
+        I::with2(
+            C::Lea_r64_m,
+            R::RSP,
+            MemoryOperand::with_base_displ(R::RSP, FRAME + RED_ZONE),
+        )
+        .ok()?,
+    );
+    let mut enc = Encoder::new(64);
+    for i in &v {
+        enc.encode(i, 0).ok()?;
+    }
+    Some(enc.take_buffer())
+}
+
 /// Writes into `out`, for a trampoline at `tramp`, the instructions `patch` displaces from
 /// the function `func` loaded at `func_addr`, each relocated to where it lands in the
 /// trampoline, then a jump back to the instruction after them; returns the bytes written.
