@@ -4,8 +4,8 @@
 //! handler (what an in-process probe's hit does before the core runs). Patches this very
 //! process's libc (single-threaded here). `cargo bench -p probe-tests --bench jump_hit [N]`.
 
+use core::hint::black_box;
 use core::sync::atomic::{AtomicU64, Ordering};
-use std::hint::black_box;
 use std::time::Instant;
 
 use probe_core::arch::x86_64::X86Regs;
