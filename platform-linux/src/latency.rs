@@ -214,13 +214,16 @@ pub struct ReturnSummary {
     pub name: String,
     /// Calls not tracked (`maxactive` instances in use, or the thread's chain full).
     pub nmissed: u64,
+    /// Of those, the calls nested deeper than a thread's chain holds (`--max-ret-depth`).
+    pub nesting: u64,
     /// The durations (`--latency`).
     pub latency: Option<LatencySnapshot>,
 }
 
 /// Writes the histograms (`@latency_ns[...]`, each followed by an empty line) and the
-/// nonzero missed counts (`@nmissed[NAME]: N`) as text, or as JSON lines
-/// (`{"type":"latency",...}`, `{"type":"nmissed","probe":..,"nmissed":N}`).
+/// nonzero missed counts (`@nmissed[NAME]: N`, then `@nmissed_nesting[NAME]: M` for those
+/// of them nested too deep) as text, or as JSON lines (`{"type":"latency",...}`,
+/// `{"type":"nmissed","probe":..,"nmissed":N,"nesting":M}`).
 pub fn write_returns(
     out: &mut dyn std::io::Write,
     rets: &[ReturnSummary],
@@ -244,12 +247,16 @@ pub fn write_returns(
         if json {
             writeln!(
                 out,
-                "{{\"type\":\"nmissed\",\"probe\":{},\"nmissed\":{}}}",
+                "{{\"type\":\"nmissed\",\"probe\":{},\"nmissed\":{},\"nesting\":{}}}",
                 crate::output::json_string(&r.name),
-                r.nmissed
+                r.nmissed,
+                r.nesting
             )?;
         } else {
             writeln!(out, "@nmissed[{}]: {}", r.name, r.nmissed)?;
+            if r.nesting > 0 {
+                writeln!(out, "@nmissed_nesting[{}]: {}", r.name, r.nesting)?;
+            }
         }
     }
     Ok(())

@@ -109,6 +109,60 @@ fn maxactive_bounds_tracked_calls_and_the_rest_is_reported_missed() {
 }
 
 #[test]
+fn a_ten_thousand_deep_recursion_is_tracked_in_full_by_default() {
+    let out = same_as_untraced(
+        "ret-prog",
+        &["uretprobe:P:deep", "uprobe:P:deep"],
+        &["deep", "10000"],
+    );
+    assert_eq!(count(&out, "ret-prog:deep"), 10000);
+    assert_eq!(count(&out, "uretprobe:ret-prog:deep"), 10000);
+    assert!(
+        value(&out, "nmissed", "uretprobe:ret-prog:deep").is_none(),
+        "{out}"
+    );
+}
+
+#[test]
+fn calls_nested_deeper_than_max_ret_depth_are_reported_missed_by_nesting() {
+    let o = trace(
+        "ret-prog",
+        &[
+            "uretprobe:P:deep",
+            "uprobe:P:deep",
+            "--latency",
+            "--max-ret-depth",
+            "100",
+        ],
+        &["deep", "10000"],
+    );
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    let u = untraced("ret-prog", &["deep", "10000"]);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(program_output(&out), text(&u.stdout), "{err}");
+    // Every entry is counted. Each of the 100 outermost calls takes two instances (the
+    // return probe and the entry probe --latency times) and both are tracked: the chain
+    // holds 100 calls, so only the outermost 50 frames are tracked.
+    assert_eq!(count(&out, "ret-prog:deep"), 10000);
+    for name in ["uretprobe:ret-prog:deep", "ret-prog:deep"] {
+        let returns = latency_count(&out, name);
+        let missed = value(&out, "nmissed", name).expect("nmissed line");
+        let nesting = value(&out, "nmissed_nesting", name).expect("nmissed_nesting line");
+        assert_eq!(returns, 50, "{name}: {out}");
+        assert_eq!(missed, 9950, "{name}: {out}");
+        assert_eq!(nesting, missed, "{name}: {out}");
+        assert!(
+            err.contains(&format!(
+                "9950 calls of {name} were not tracked (their returns are not counted): 9950 \
+                 nested deeper than --max-ret-depth 100 in a thread"
+            )),
+            "{err}"
+        );
+    }
+    assert_eq!(count(&out, "uretprobe:ret-prog:deep"), 50);
+}
+
+#[test]
 fn longjmp_out_of_probed_frames_loses_only_their_returns() {
     let out = same_as_untraced(
         "ret-prog",

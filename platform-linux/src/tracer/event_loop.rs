@@ -465,6 +465,7 @@ impl Session {
             return;
         };
         let space = t.space;
+        t.ts.make_room();
         self.platform.set_current(Some(tid_of(tid)));
         let hit = self.core.on_breakpoint(
             &self.platform,
@@ -743,7 +744,7 @@ impl Session {
         } else {
             (child, SpaceId(child.0 as u64))
         };
-        let mut task = Task::new(tgid, space, Run::Unborn);
+        let mut task = Task::new(tgid, space, Run::Unborn, self.rets.max_depth);
         self.platform.add_task(tid_of(child), space, false);
         if !vm {
             match self.platform.fork_space(pspace, space, child) {
@@ -753,6 +754,7 @@ impl Session {
                         self.warn(format!("following fork of process {child}: {why}"));
                     }
                     if let Some(p) = self.tasks.get(&parent) {
+                        task.ts.reserve(p.ts.len());
                         self.core.on_task_fork(&p.ts, &mut task.ts);
                     }
                 }
@@ -763,6 +765,7 @@ impl Session {
             // return address (glibc's vfork keeps it in a register across the system call):
             // it needs the parent's instances too. They are dropped at its exec or exit.
             if let Some(p) = self.tasks.get(&parent) {
+                task.ts.reserve(p.ts.len());
                 self.core.on_task_fork(&p.ts, &mut task.ts);
             }
         }

@@ -38,7 +38,8 @@ use std::sync::Arc;
 
 use probe_core::arch::x86_64::X86_64;
 use probe_core::{
-    Arch, ConsumerHandle, ConsumerOptions, FileId, Platform, ProbeKey, SpaceId, TaskId,
+    Arch, ConsumerHandle, ConsumerOptions, FileId, Platform, ProbeKey, RetInstance, SpaceId,
+    TaskId, TaskReturns, MAX_RETURNS_PER_HIT,
 };
 
 use super::consumer::{LinuxConsumer, Role};
@@ -59,8 +60,86 @@ pub const UNWIND_START: [&str; 4] = [
 /// The start of a C++ catch block: the surviving frames are hijacked again.
 pub const UNWIND_CATCH: &str = "__cxa_begin_catch";
 
-/// Default `maxactive` of a return probe: calls of one function tracked at once.
-pub const DEFAULT_MAXACTIVE: u32 = 4096;
+/// Default `maxactive` of a return probe: calls of one function tracked at once over all
+/// threads. An instance is a count here (a call's memory is in its thread's [`CallStack`]),
+/// so the default is generous: a deep recursion in each of many threads is tracked in full.
+pub const DEFAULT_MAXACTIVE: u32 = 1 << 20;
+
+/// Default `--max-ret-depth`: return-probed calls one thread has in flight at once (its
+/// nesting, as a recursion's depth), each about 120 bytes, taken as the thread nests: a
+/// 10 000-deep recursion is tracked in full, and a thread that never nests costs nothing.
+pub const DEFAULT_MAX_DEPTH: usize = 65536;
+
+/// A thread's tracked calls (return-probe instances), innermost last: grown as the thread
+/// nests, up to `limit` (`--max-ret-depth`), never reserved up front, so thousands of
+/// threads cost memory only in proportion to how deep each one goes. Grown between calls
+/// into the core ([`make_room`](Self::make_room) before each breakpoint trap), never during
+/// one: the core's push never allocates.
+#[derive(Debug)]
+pub(crate) struct CallStack {
+    calls: Vec<RetInstance>,
+    limit: usize,
+}
+
+impl CallStack {
+    pub(crate) fn new(limit: usize) -> CallStack {
+        CallStack {
+            calls: Vec::new(),
+            limit,
+        }
+    }
+
+    /// Before a breakpoint trap: room for the calls one hit tracks, up to the limit
+    /// (capacity doubles, as a `Vec`'s does).
+    pub(crate) fn make_room(&mut self) {
+        self.reserve(MAX_RETURNS_PER_HIT);
+    }
+
+    /// The tracked calls as unwinders need to see them.
+    pub(crate) fn returns(&self) -> probe_core::ReturnChain<'_> {
+        self.chain()
+    }
+
+    /// Calls tracked now.
+    pub(crate) fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Room for `n` more calls, up to the limit.
+    pub(crate) fn reserve(&mut self, n: usize) {
+        let len = self.calls.len();
+        let want = (len + n).min(self.limit);
+        let cap = self.calls.capacity();
+        if want > cap {
+            let grown = (cap * 2).max(want).max(16).min(self.limit);
+            self.calls.reserve_exact(grown - len);
+        }
+    }
+}
+
+impl TaskReturns for CallStack {
+    fn calls(&self) -> &[RetInstance] {
+        &self.calls
+    }
+
+    fn push_call(&mut self, call: RetInstance) -> Result<(), RetInstance> {
+        // Never grows here: the core calls this on its hit path.
+        if self.calls.len() < self.calls.capacity().min(self.limit) {
+            self.calls.push(call);
+            Ok(())
+        } else {
+            Err(call)
+        }
+    }
+
+    fn pop_call(&mut self) -> Option<RetInstance> {
+        self.calls.pop()
+    }
+
+    fn room(&self) -> usize {
+        self.calls.capacity().min(self.limit) - self.calls.len()
+    }
+}
 
 /// An unwinder hook hit, queued by the consumer and handled after the hit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +169,8 @@ pub struct UnwindStats {
 pub(crate) struct RetState {
     /// `maxactive` of every return consumer.
     pub(crate) maxactive: u32,
+    /// Most return-probed calls a thread has in flight (`--max-ret-depth`).
+    pub(crate) max_depth: usize,
     /// `--latency`: entry probes are registered as return consumers too, and durations
     /// are kept per probe.
     pub(crate) latency: bool,
@@ -99,8 +180,9 @@ pub(crate) struct RetState {
     hists: HashMap<usize, Arc<LatencyHist>>,
     /// Entry probes registered as return consumers: their count adds the missed calls.
     entry_returns: HashSet<usize>,
-    /// `nmissed` per probe index, read before the consumers were unregistered.
-    missed: HashMap<usize, u64>,
+    /// `nmissed` and, of it, the calls nested too deep, per probe index, read before the
+    /// consumers were unregistered.
+    missed: HashMap<usize, (u64, u64)>,
     /// Files already searched for unwinder symbols.
     searched: HashSet<FileId>,
     /// The unwinder hooks registered.
@@ -109,9 +191,10 @@ pub(crate) struct RetState {
 }
 
 impl RetState {
-    pub(crate) fn new(maxactive: u32, latency: bool) -> RetState {
+    pub(crate) fn new(maxactive: u32, max_depth: usize, latency: bool) -> RetState {
         RetState {
             maxactive: maxactive.max(1),
+            max_depth: max_depth.max(1),
             latency,
             any_return: false,
             hists: HashMap::new(),
@@ -185,14 +268,28 @@ impl Session {
     /// use (or the thread's chain of tracked calls was full): their returns are not
     /// reported. 0 for an entry probe that is not a return consumer.
     pub fn nmissed(&self, i: usize) -> u64 {
+        self.missed_counts(i).0
+    }
+
+    /// Of [`nmissed`](Self::nmissed), the calls nested deeper than a thread's chain of
+    /// tracked calls holds (`--max-ret-depth`).
+    pub fn nmissed_nesting(&self, i: usize) -> u64 {
+        self.missed_counts(i).1
+    }
+
+    /// (`nmissed`, of it nested too deep) of probe point `i`.
+    fn missed_counts(&self, i: usize) -> (u64, u64) {
         if let Some(&m) = self.rets.missed.get(&i) {
             return m;
         }
         self.probes
             .get(i)
             .and_then(|p| p.handle)
-            .and_then(|h| self.core.nmissed(h).ok())
-            .unwrap_or(0)
+            .and_then(|h| {
+                let all = self.core.nmissed(h).ok()?;
+                Some((all, self.core.nmissed_nesting(h).unwrap_or(0)))
+            })
+            .unwrap_or((0, 0))
     }
 
     /// Hits of an entry probe registered as a return consumer that no entry handler saw
@@ -221,6 +318,7 @@ impl Session {
             .map(|(i, p)| ReturnSummary {
                 name: p.name.clone(),
                 nmissed: self.nmissed(i),
+                nesting: self.nmissed_nesting(i),
                 latency: self.latency(i),
             })
             .filter(|r| r.nmissed > 0 || r.latency.as_ref().is_some_and(|l| l.count > 0))
@@ -238,7 +336,11 @@ impl Session {
     pub(crate) fn snapshot_missed(&mut self) {
         for (i, p) in self.probes.iter().enumerate() {
             if let Some(m) = p.handle.and_then(|h| self.core.nmissed(h).ok()) {
-                self.rets.missed.insert(i, m);
+                let nested = p
+                    .handle
+                    .and_then(|h| self.core.nmissed_nesting(h).ok())
+                    .unwrap_or(0);
+                self.rets.missed.insert(i, (m, nested));
             }
         }
     }

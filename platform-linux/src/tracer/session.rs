@@ -16,8 +16,7 @@ use std::sync::Arc;
 
 use probe_core::arch::x86_64::X86_64;
 use probe_core::{
-    ConsumerHandle, ConsumerOptions, FileId, ProbeCore, ProbeKey, SpaceId, TaskId, TaskState,
-    TrapState,
+    ConsumerHandle, ConsumerOptions, FileId, ProbeCore, ProbeKey, SpaceId, TaskId, TrapState,
 };
 
 use super::consumer::{HitRecord, LinuxConsumer, Role, Shared};
@@ -77,15 +76,11 @@ pub(crate) enum Run {
     Unborn,
 }
 
-/// Tracked calls (return-probe instances) per thread: deep enough for real recursion; a call
-/// deeper than this is counted as missed (about 120 bytes each).
-pub const RETURN_DEPTH: usize = 256;
-
 /// One traced thread.
 #[derive(Debug)]
 pub(crate) struct Task {
     /// Its tracked calls (return-probe instances).
-    pub(crate) ts: TaskState<RETURN_DEPTH>,
+    pub(crate) ts: super::returns::CallStack,
     /// Its trap in flight (a slot, a single step).
     pub(crate) trap: TrapState<X86_64>,
     /// Its thread group (process).
@@ -113,9 +108,10 @@ pub(crate) struct Task {
 }
 
 impl Task {
-    pub(crate) fn new(tgid: Pid, space: SpaceId, run: Run) -> Task {
+    /// `depth`: most return-probed calls it has in flight (`--max-ret-depth`).
+    pub(crate) fn new(tgid: Pid, space: SpaceId, run: Run, depth: usize) -> Task {
         Task {
-            ts: TaskState::new(),
+            ts: super::returns::CallStack::new(depth),
             trap: TrapState::new(),
             tgid,
             space,
@@ -252,6 +248,9 @@ pub struct SessionOptions {
     /// Calls of one return-probed function tracked at once (`--maxactive`); more are
     /// counted as missed.
     pub maxactive: u32,
+    /// Return-probed calls one thread has in flight at once, its nesting (`--max-ret-depth`);
+    /// deeper calls are counted as missed.
+    pub max_ret_depth: usize,
     /// Keep a latency histogram per probe (`--latency`); entry probes become return
     /// consumers.
     pub latency: bool,
@@ -273,6 +272,7 @@ impl Default for SessionOptions {
             record_args: None,
             strategy: WaitStrategy::DEFAULT,
             maxactive: RET_MAXACTIVE,
+            max_ret_depth: super::returns::DEFAULT_MAX_DEPTH,
             latency: false,
             string_args: 0,
             placement: CpuPlacement::Auto,
@@ -350,7 +350,7 @@ impl Session {
             strategy: opts.strategy,
             warnings: Vec::new(),
             stats: Stats::default(),
-            rets: super::returns::RetState::new(opts.maxactive, opts.latency),
+            rets: super::returns::RetState::new(opts.maxactive, opts.max_ret_depth, opts.latency),
             string_args: opts.string_args,
             placer: Placer::new(opts.placement),
             detach_request: Arc::new(core::sync::atomic::AtomicBool::new(false)),
@@ -369,7 +369,8 @@ impl Session {
         let pid = sys::spawn_traced(program, args, Options::SPAWNED, None)?;
         let mut s = Session::new(pid, true, opts);
         let space = SpaceId(pid.0 as u64);
-        s.tasks.insert(pid, Task::new(pid, space, Run::Held(0)));
+        s.tasks
+            .insert(pid, Task::new(pid, space, Run::Held(0), s.rets.max_depth));
         s.platform.add_task(TaskId(pid.0 as u64), space, true);
         if let Err(e) = s.platform.add_space(space, pid) {
             let _ = sys::kill(pid, libc::SIGKILL);
@@ -389,7 +390,8 @@ impl Session {
         let mut s = Session::new(pid, false, opts);
         let space = SpaceId(pid.0 as u64);
         for t in &threads {
-            let mut task = Task::new(pid, space, Run::Held(t.pending_signal.unwrap_or(0)));
+            let run = Run::Held(t.pending_signal.unwrap_or(0));
+            let mut task = Task::new(pid, space, run, s.rets.max_depth);
             task.group_stopped = t.group_stop.is_some();
             s.tasks.insert(t.tid, task);
             s.platform.add_task(TaskId(t.tid.0 as u64), space, true);

@@ -12,6 +12,8 @@ pub(crate) struct Instances {
     active: AtomicU64,
     /// Calls that found no free instance.
     pub(crate) nmissed: AtomicU64,
+    /// Of those, calls that found the task's chain of tracked calls full (nested too deep).
+    pub(crate) nested: AtomicU64,
 }
 
 impl Instances {
@@ -20,6 +22,7 @@ impl Instances {
             Instances {
                 active: AtomicU64::new(0),
                 nmissed: AtomicU64::new(0),
+                nested: AtomicU64::new(0),
             }
         }
     }
@@ -28,6 +31,7 @@ impl Instances {
     pub(crate) fn reset(&self, g: u32) {
         self.active.store((g as u64) << 32, Ordering::Relaxed);
         self.nmissed.store(0, Ordering::Relaxed);
+        self.nested.store(0, Ordering::Relaxed);
     }
 
     /// Take one of `max` instances for generation `g`; counts a miss when none is free.
