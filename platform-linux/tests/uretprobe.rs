@@ -230,15 +230,53 @@ fn the_unwinder_hooks_restore_and_rehijack_return_addresses() {
     let o = s.run(&mut |_, _| {}).unwrap();
     assert_eq!(o, Outcome::Exited(7));
     let u = s.unwind_stats();
-    // Each throw: _Unwind_RaiseException puts back the four hijacked frames, the cleanup in
-    // mid() calls _Unwind_Resume (nothing left to put back), and the catch hijacks
-    // catcher() and outer() again.
+    // Each throw: _Unwind_RaiseException puts back the four hijacked frames; its jump to
+    // the cleanup in mid() hijacks the three that survive there (mid, catcher, outer); the
+    // cleanup's _Unwind_Resume puts those back, and its jump to the catch in catcher()
+    // hijacks catcher() and outer() again; __cxa_begin_catch finds nothing left to do.
+    assert_eq!(u.starts, 40, "{u:?}");
+    assert_eq!(u.landings, 40, "{u:?}");
     assert_eq!(u.catches, 20, "{u:?}");
-    assert_eq!(u.restored, 80, "{u:?}");
-    assert_eq!(u.rehijacked, 40, "{u:?}");
+    assert_eq!(u.restored, 20 * (4 + 3), "{u:?}");
+    assert_eq!(u.rehijacked, 20 * (3 + 2), "{u:?}");
     assert_eq!(s.count_of("uretprobe:ret-exc:outer"), 20);
     assert_eq!(s.count_of("uretprobe:ret-exc:mid"), 0);
     assert!(s.warnings().is_empty(), "{:?}", s.warnings());
+}
+
+/// `tests/programs/panics.rs`: each round, `descend(6)` recurses to `descend(0)`, which
+/// panics; `descend(3)` catches it with `catch_unwind`. Frames 0 to 2 are unwound (through
+/// cleanup landing pads, their guards' drops), frames 3 to 6 survive and must return.
+#[test]
+fn rust_panics_caught_by_catch_unwind_leave_the_surviving_frames_returns_reported() {
+    let flags = ["--crate-name", "panics", "-C", "opt-level=1"];
+    let prog = common::programs::rust_program("panics", "panics.rs", &flags);
+    let p = prog.display().to_string();
+    let run = |traced: bool| {
+        let mut c = if traced {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_probe"));
+            c.args([
+                "trace",
+                &format!("uretprobe:{p}:panics::descend"),
+                &format!("uprobe:{p}:panics::descend"),
+                "--",
+                &p,
+            ]);
+            c
+        } else {
+            Command::new(&prog)
+        };
+        c.arg("500").stdin(Stdio::null()).output().unwrap()
+    };
+    let (o, u) = (run(true), run(false));
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(text(&u.stdout), "sum 52000 drops 3500\n");
+    assert_eq!(program_output(&out), text(&u.stdout), "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    assert_eq!(count(&out, "panics:panics::descend"), 500 * 7);
+    assert_eq!(count(&out, "uretprobe:panics:panics::descend"), 500 * 4);
+    assert!(value(&out, "nmissed", "uretprobe:panics:panics::descend").is_none());
 }
 
 #[test]

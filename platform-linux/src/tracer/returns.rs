@@ -13,22 +13,28 @@
 //! When return probes are registered, the session therefore puts internal breakpoints on
 //! the unwinder's entry points, `_Unwind_RaiseException`, `_Unwind_Resume`,
 //! `_Unwind_Resume_or_Rethrow` and `_Unwind_ForcedUnwind` (libgcc_s, LLVM's libunwind, or an
-//! executable that links them statically), and on `__cxa_begin_catch` (libstdc++,
-//! libc++abi), the way it puts one on the dynamic linker's `_dl_debug_state`:
+//! executable that links them statically), on their exits, and on `__cxa_begin_catch`
+//! (libstdc++, libc++abi), the way it puts one on the dynamic linker's `_dl_debug_state`:
 //!
 //! - at an unwinder entry, every hijacked return address of the throwing thread that is
 //!   above its stack pointer gets its real value back (the slot is written only if it still
 //!   holds the trampoline); the core keeps the instances. The unwinder then sees a normal
-//!   stack, in both of its phases and in every cleanup (`_Unwind_Resume`).
-//! - at `__cxa_begin_catch` (the start of every C++ `catch` block), the unwinding is over:
-//!   the frames strictly above the stack pointer survived, and those whose slot still holds
-//!   its real return address are hijacked again, so their returns are reported. The frames
-//!   that were unwound never return; the core drops their instances at the thread's next
-//!   return-probe event, as for `longjmp`.
+//!   stack, in both of its phases.
+//! - at an exit of an unwinder entry, the thread stops walking its stack: libgcc ends each
+//!   entry with `jmp *%rcx` to the landing pad (`uw_install_context`), the stack pointer
+//!   already the landing frame's, and returns with `ret` where it gives up. The exits are
+//!   found by decoding the entry (its `ret`s and indirect jumps). There the frames strictly
+//!   above the stack pointer survived, and those whose slot still holds its real return
+//!   address are hijacked again, so their returns are reported, whatever language catches:
+//!   a C++ `catch`, a Rust `catch_unwind` (its landing pad never calls `__cxa_begin_catch`),
+//!   or a cleanup pad, whose `_Unwind_Resume` puts them back again. The frames that were
+//!   unwound never return; the core drops their instances at the thread's next return-probe
+//!   event, as for `longjmp`.
+//! - `__cxa_begin_catch` (the start of every C++ `catch` block) does the same, for an
+//!   unwinder whose exits cannot be found (LLVM's libunwind jumps to the landing pad from
+//!   another function); then only C++ catches re-arm the surviving frames, and the session
+//!   warns that frames surviving another catch (a Rust `catch_unwind`) lose their returns.
 //!
-//! Limits: an exception caught by something other than `__cxa_begin_catch` (a Rust
-//! `catch_unwind`, a C `_Unwind_RaiseException` caller) leaves the surviving frames with
-//! their real return addresses: no crash, but their returns are not reported.
 //! `_Unwind_Backtrace` (glibc's `backtrace()`) is not hooked: a backtrace stops at the first
 //! hijacked frame.
 
@@ -141,14 +147,24 @@ impl TaskReturns for CallStack {
     }
 }
 
+/// Which unwinder hook was hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum UnwindKind {
+    /// An unwinder entry: put the return addresses back.
+    Start,
+    /// An exit of an unwinder entry (its landing-pad jump or its `ret`): hijack again.
+    Leave,
+    /// `__cxa_begin_catch`: hijack again.
+    Catch,
+}
+
 /// An unwinder hook hit, queued by the consumer and handled after the hit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct UnwindEvent {
     pub(crate) task: TaskId,
-    /// The stack pointer at the hooked function's first instruction.
+    /// The stack pointer at the hooked instruction.
     pub(crate) sp: u64,
-    /// `__cxa_begin_catch` (re-hijack) rather than an unwinder entry (restore).
-    pub(crate) catch: bool,
+    pub(crate) kind: UnwindKind,
 }
 
 /// What the unwinder hooks did.
@@ -158,9 +174,12 @@ pub struct UnwindStats {
     pub starts: u64,
     /// Return addresses put back at those.
     pub restored: u64,
+    /// Unwinder exits seen: jumps to a landing pad (a catch, a cleanup, a Rust
+    /// `catch_unwind`) or returns.
+    pub landings: u64,
     /// Catch blocks entered (`__cxa_begin_catch`).
     pub catches: u64,
-    /// Return addresses hijacked again at those.
+    /// Return addresses hijacked again at the exits and catches.
     pub rehijacked: u64,
 }
 
@@ -205,6 +224,23 @@ impl RetState {
             stats: UnwindStats::default(),
         }
     }
+}
+
+/// Where unwinder entry `sym` of `path` leaves (offsets from its start): its `ret`s, and its
+/// indirect jumps, which are the jump to the landing pad (libgcc's `uw_install_context`
+/// ends every entry with `jmp *%rcx`, the stack pointer already the landing pad's). Each is
+/// a point where the thread stops walking its stack. (Its direct jumps out of the function
+/// go to its `.cold` part, which aborts.) `Err` says why they are not known.
+fn unwinder_exits(path: &Path, sym: &crate::elf::FunctionSymbol) -> Result<Vec<u64>, String> {
+    let exits = crate::insn::function_branches(path, sym)
+        .map_err(|e| format!("reading it: {e}"))?
+        .map_err(|e| format!("decoding it: {e:?}"))?;
+    if exits.indirect_jumps.is_empty() {
+        return Err("it holds no jump to a landing pad".into());
+    }
+    let mut v = exits.rets;
+    v.extend(exits.indirect_jumps);
+    Ok(v)
 }
 
 /// Whether `path` may hold the unwinder or the C++ runtime's catch entry.
@@ -398,6 +434,20 @@ impl Session {
             for name in UNWIND_START {
                 if let Some(s) = img.lookup(name).first() {
                     points.push((s.file_offset, Role::UnwindStart));
+                    match unwinder_exits(&path, s) {
+                        Ok(exits) => points.extend(
+                            exits
+                                .into_iter()
+                                .map(|o| (s.file_offset + o, Role::UnwindLeave)),
+                        ),
+                        Err(why) => self.warn(format!(
+                            "returns of return-probed frames that survive an exception or \
+                             panic caught other than by a C++ catch (a Rust catch_unwind) \
+                             are not reported: the exits of {name} in {} were not found \
+                             ({why})",
+                            path.display()
+                        )),
+                    }
                 }
             }
             if let Some(s) = img.lookup(UNWIND_CATCH).first() {
@@ -427,17 +477,40 @@ impl Session {
 
     /// Handles the unwinder hooks hit: puts back or hijacks again the return addresses of
     /// the thread's tracked frames above the stack pointer.
+    ///
+    /// A thread may unwind inside an unwinder (an exception thrown and caught in a
+    /// personality routine or a forced unwind's stop function): the return addresses go back
+    /// to the trampoline only when it has left the outermost unwinder call, found by the
+    /// stack pointers of the entries it is inside ([`Task::unwinding`]).
     pub(crate) fn apply_unwinds(&mut self) {
         for ev in self.shared.take_unwinds() {
             let tid = Pid(ev.task.0 as i32);
-            let Some(t) = self.tasks.get(&tid) else {
+            let Some(t) = self.tasks.get_mut(&tid) else {
                 continue;
             };
-            if ev.catch {
-                self.rets.stats.catches += 1;
-            } else {
-                self.rets.stats.starts += 1;
+            // Entries at or below the stack pointer were left (by this exit, or by a
+            // landing we did not see).
+            t.unwinding.retain(|&sp| sp > ev.sp);
+            let catch = match ev.kind {
+                UnwindKind::Start => {
+                    self.rets.stats.starts += 1;
+                    t.unwinding.push(ev.sp);
+                    false
+                }
+                UnwindKind::Leave => {
+                    self.rets.stats.landings += 1;
+                    true
+                }
+                UnwindKind::Catch => {
+                    self.rets.stats.catches += 1;
+                    true
+                }
+            };
+            if catch && !t.unwinding.is_empty() {
+                // An outer unwinder is still walking this stack.
+                continue;
             }
+            let t = &self.tasks[&tid];
             if t.ts.returns().is_empty() {
                 continue;
             }
@@ -454,7 +527,7 @@ impl Session {
                     // Below the stack pointer: a frame already abandoned.
                     continue;
                 }
-                let r = if ev.catch {
+                let r = if catch {
                     // The same check-and-write, the other way round.
                     X86_64::restore_return_address(frame, &mem, ret, tramp)
                 } else {
@@ -466,7 +539,7 @@ impl Session {
                     Err(e) => failed = Some(e),
                 }
             }
-            if ev.catch {
+            if catch {
                 self.rets.stats.rehijacked += done;
             } else {
                 self.rets.stats.restored += done;

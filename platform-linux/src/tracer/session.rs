@@ -81,6 +81,9 @@ pub(crate) enum Run {
 pub(crate) struct Task {
     /// Its tracked calls (return-probe instances).
     pub(crate) ts: super::returns::CallStack,
+    /// The stack pointers at the entries of the unwinder calls it is inside (innermost
+    /// last): while it unwinds, its stack shows real return addresses.
+    pub(crate) unwinding: Vec<u64>,
     /// Its trap in flight (a slot, a single step).
     pub(crate) trap: TrapState<X86_64>,
     /// Its thread group (process).
@@ -112,6 +115,7 @@ impl Task {
     pub(crate) fn new(tgid: Pid, space: SpaceId, run: Run, depth: usize) -> Task {
         Task {
             ts: super::returns::CallStack::new(depth),
+            unwinding: Vec::new(),
             trap: TrapState::new(),
             tgid,
             space,

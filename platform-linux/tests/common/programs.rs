@@ -158,6 +158,36 @@ fn compiler(cpp: bool) -> Command {
         .to_command()
 }
 
+/// The path of Rust test program `name`, built on first use from `tests/programs/SOURCE`
+/// with the `rustc` that builds the tests (`RUSTC`, else the one on `PATH`) and `flags`, into
+/// the directory of the C programs; rebuilt only when the source or the command changed.
+pub fn rust_program(name: &str, source: &str, flags: &[&str]) -> PathBuf {
+    let out = programs_dir();
+    let lock = File::create(out.join(".lock")).expect("create the lock file");
+    platform_linux::sys::lock_exclusive(&lock).expect("lock the test programs' directory");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/programs")
+        .join(source);
+    let dst = out.join(name);
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    let mut cmd = Command::new(rustc);
+    cmd.args(flags);
+    let stamp = out.join(format!(".{name}.cmd"));
+    let line = format!("{cmd:?} {}", src.display());
+    if !up_to_date(&dst, &src, &stamp, &line) {
+        let tmp = out.join(format!(".{name}.tmp"));
+        cmd.arg("-o").arg(&tmp).arg(&src);
+        let status = cmd
+            .status()
+            .unwrap_or_else(|e| panic!("running rustc for {source}: {e}: {cmd:?}"));
+        assert!(status.success(), "compiling {source} failed: {cmd:?}");
+        std::fs::rename(&tmp, &dst).expect("move the built program into place");
+        std::fs::write(&stamp, &line).expect("write the command stamp");
+    }
+    drop(lock);
+    dst
+}
+
 /// (output name, source) of the Go test programs, built with `go build` when `go` is there.
 const GO_PROGRAMS: &[(&str, &str)] = &[("gorec", "gorec.go")];
 
