@@ -135,6 +135,14 @@ pub struct TraceArgs {
     /// read: one `outermost;...;innermost COUNT` line per distinct stack.
     #[arg(long, value_name = "FILE")]
     pub folded: Option<std::path::PathBuf>,
+    /// Trace only the process itself (all its threads), not the processes it starts, as
+    /// `strace` without `-f`: for programs that use ptrace themselves (gdb, strace, a
+    /// sanitizer's or crash handler's PTRACE_TRACEME or attach to its own child), which fail
+    /// when their child is traced already. A fork child is let go before it runs, with the
+    /// breakpoints it inherited taken out; a vfork child (it runs in its parent's memory)
+    /// at its exec. Their calls are not counted.
+    #[arg(long)]
+    pub no_follow: bool,
     /// Write the hits and the summary to this file instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
@@ -246,6 +254,7 @@ fn trace(args: &TraceArgs, out: &mut dyn Write) -> Result<i32, CliError> {
         },
         ret_by_insn: args.ret_by_insn,
         stack: args.stack || args.folded.is_some(),
+        no_follow: args.no_follow,
         ..SessionOptions::default()
     };
     if !args.ret_by_insn {
@@ -258,6 +267,9 @@ fn trace(args: &TraceArgs, out: &mut dyn Write) -> Result<i32, CliError> {
             Session::spawn(&args.command[0], &argv, opts)?
         }
     };
+    if let Some(w) = session.setid_warning() {
+        eprintln!("probe: warning: {w}");
+    }
     let mut total = 0;
     for spec in &args.specs {
         match session.add_spec(spec) {
@@ -401,6 +413,13 @@ fn trace(args: &TraceArgs, out: &mut dyn Write) -> Result<i32, CliError> {
             .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe);
     for w in session.warnings() {
         eprintln!("probe: warning: {w}");
+    }
+    if !session.released().is_empty() {
+        let pids: Vec<String> = session.released().iter().map(|p| p.to_string()).collect();
+        eprintln!(
+            "probe: --no-follow: process(es) {} started by the traced process ran untraced",
+            pids.join(", ")
+        );
     }
     if !session.left_running().is_empty() {
         let pids: Vec<String> = session

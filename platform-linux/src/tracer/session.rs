@@ -268,6 +268,9 @@ pub struct SessionOptions {
     pub ret_by_insn: bool,
     /// Walk the user stack of each hit and count per distinct stack (`--stack`).
     pub stack: bool,
+    /// Trace only the process itself, not the processes it starts (`--no-follow`): see
+    /// [`Session::released`].
+    pub no_follow: bool,
 }
 
 impl Default for SessionOptions {
@@ -282,6 +285,7 @@ impl Default for SessionOptions {
             placement: CpuPlacement::Auto,
             ret_by_insn: false,
             stack: false,
+            no_follow: false,
         }
     }
 }
@@ -309,6 +313,14 @@ pub struct Session {
     pub(crate) follow_descendants: bool,
     /// Processes still running when the session let them go early (after the command).
     pub(crate) left_running: Vec<Pid>,
+    /// `--no-follow`: processes the traced one starts are let go.
+    pub(crate) no_follow: bool,
+    /// The processes let go at their start or exec (`--no-follow`).
+    pub(crate) released: Vec<Pid>,
+    /// The spawned program runs without its set-user/group-ID privileges: why.
+    pub(crate) setid_warning: Option<String>,
+    /// A program that lost its set-ID privileges was warned about (once a session).
+    pub(crate) setid_warned: bool,
     pub(crate) strategy: WaitStrategy,
     pub(crate) warnings: Vec<String>,
     pub(crate) stats: Stats,
@@ -351,6 +363,10 @@ impl Session {
             detaching: false,
             follow_descendants: true,
             left_running: Vec::new(),
+            no_follow: opts.no_follow,
+            released: Vec::new(),
+            setid_warning: None,
+            setid_warned: false,
             strategy: opts.strategy,
             warnings: Vec::new(),
             stats: Stats::default(),
@@ -381,7 +397,18 @@ impl Session {
             return Err(e.into());
         }
         s.setup_space(space, pid)?;
+        if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+            s.setid_warning = crate::setid::lost_privileges(&exe);
+            s.setid_warned = s.setid_warning.is_some();
+        }
         Ok(s)
+    }
+
+    /// Why the spawned program runs without the privileges of its set-user-ID or
+    /// set-group-ID bit, if it does (see [`crate::setid`]). A program a traced process
+    /// executes later is warned about in [`warnings`](Self::warnings) (once a session).
+    pub fn setid_warning(&self) -> Option<&str> {
+        self.setid_warning.as_deref()
     }
 
     /// Attaches to every thread of running process `pid` (`PTRACE_SEIZE`) and holds them
@@ -423,6 +450,16 @@ impl Session {
     /// Whether the session started the process (rather than attached to it).
     pub fn is_spawned(&self) -> bool {
         self.spawned
+    }
+
+    /// With `--no-follow`, the processes the traced one started that were let go: a fork
+    /// child at its first stop, before it runs (the breakpoints and hijacked return
+    /// addresses it inherited taken out of its copy of memory, its CPU mask put back), and a
+    /// vfork child (it runs in its parent's memory, breakpoints and all, so it is followed
+    /// until then, and its hits count) at its `exec`, before the new program runs. Threads
+    /// of the traced process are traced as ever.
+    pub fn released(&self) -> &[Pid] {
+        &self.released
     }
 
     /// The probe points of the session, in the order added.

@@ -24,6 +24,8 @@ const PROGRAMS: &[(&str, &str, bool, &[&str])] = &[
     ),
     ("int3-loop", "int3_loop.c", false, &["-pthread"]),
     ("forker", "forker.c", false, &["-pthread"]),
+    // A program that uses ptrace itself, for --no-follow.
+    ("selftrace", "selftrace.c", false, &["-fPIE", "-pie"]),
     ("threads", "threads.c", false, &["-pthread"]),
     (
         "workload",
