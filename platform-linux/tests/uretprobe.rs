@@ -160,6 +160,11 @@ fn calls_nested_deeper_than_max_ret_depth_are_reported_missed_by_nesting() {
         );
     }
     assert_eq!(count(&out, "uretprobe:ret-prog:deep"), 50);
+    assert_eq!(
+        value(&out, "abandoned", "uretprobe:ret-prog:deep"),
+        None,
+        "{out}"
+    );
 }
 
 #[test]
@@ -179,6 +184,15 @@ fn longjmp_out_of_probed_frames_loses_only_their_returns() {
     assert_eq!(count(&out, "ret-prog:jumper"), 300);
     assert_eq!(count(&out, "uretprobe:ret-prog:inner"), 300);
     assert_eq!(count(&out, "uretprobe:ret-prog:jumper"), 0);
+    // The calls left by longjmp are said to have never returned.
+    assert_eq!(
+        value(&out, "abandoned", "uretprobe:ret-prog:inner"),
+        Some(300)
+    );
+    assert_eq!(
+        value(&out, "abandoned", "uretprobe:ret-prog:jumper"),
+        Some(300)
+    );
 }
 
 /// outer() -> catcher() -> mid() -> thrower() throws; catcher() catches. mid() and thrower()
@@ -202,6 +216,12 @@ fn exceptions(prog: &str, args: &[&str]) {
     assert_eq!(count(&out, &name("leaf")), n);
     assert_eq!(count(&out, &name("mid")), 0);
     assert_eq!(count(&out, &name("thrower")), 0);
+    // The unwound calls never returned, and are said so; the others all returned.
+    assert_eq!(value(&out, "abandoned", &name("mid")), Some(n));
+    assert_eq!(value(&out, "abandoned", &name("thrower")), Some(n));
+    for f in ["outer", "catcher", "leaf"] {
+        assert_eq!(value(&out, "abandoned", &name(f)), None, "{out}");
+    }
 }
 
 #[test]
@@ -274,9 +294,13 @@ fn rust_panics_caught_by_catch_unwind_leave_the_surviving_frames_returns_reporte
     assert_eq!(text(&u.stdout), "sum 52000 drops 3500\n");
     assert_eq!(program_output(&out), text(&u.stdout), "{err}");
     assert!(!err.contains("warning"), "{err}");
+    // Every entry's return is reported (frames 3 to 6) or said to have never come (frames
+    // 0 to 2, unwound); none was missed.
+    let name = "uretprobe:panics:panics::descend";
     assert_eq!(count(&out, "panics:panics::descend"), 500 * 7);
-    assert_eq!(count(&out, "uretprobe:panics:panics::descend"), 500 * 4);
-    assert!(value(&out, "nmissed", "uretprobe:panics:panics::descend").is_none());
+    assert_eq!(count(&out, name), 500 * 4);
+    assert_eq!(value(&out, "abandoned", name), Some(500 * 3), "{out}");
+    assert!(value(&out, "nmissed", name).is_none(), "{out}");
 }
 
 #[test]
@@ -395,4 +419,10 @@ fn a_vfork_child_returns_through_its_parents_hijacked_return_address() {
     // the parent's stack), execs itself as `calls 40`, then the parent returns.
     let out = same_as_untraced("workload", &["uretprobe:libc:vfork"], &["vfork", "40"]);
     assert_eq!(count(&out, "uretprobe:libc.so.6:vfork"), 2);
+    // The child's copy of the parent's call is not a call of its own: none abandoned.
+    assert_eq!(
+        value(&out, "abandoned", "uretprobe:libc.so.6:vfork"),
+        None,
+        "{out}"
+    );
 }

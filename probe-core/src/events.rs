@@ -219,7 +219,7 @@ impl<
     /// state goes with [`clear_trap`](Self::clear_trap)). The platform then reports the new
     /// image's mappings with [`on_mmap`](Self::on_mmap).
     pub fn on_exec<T: TaskReturns + ?Sized>(&self, p: &P, space: SpaceId, task: &mut T) {
-        self.forget_task(task);
+        self.forget_task(task, true);
         self.on_space_exit(p, space);
     }
 
@@ -239,15 +239,28 @@ impl<
         self.spaces.remove(sx, &self.epochs);
     }
 
-    /// A task exited: release its return instances. (A context that exits with it clears
-    /// its trap state with [`clear_trap`](Self::clear_trap).)
+    /// A task exited: release its return instances; its tracked calls never returned
+    /// ([`abandoned`](Self::abandoned)). (A context that exits with it clears its trap state
+    /// with [`clear_trap`](Self::clear_trap).)
     pub fn on_task_exit<T: TaskReturns + ?Sized>(&self, task: &mut T) {
-        self.forget_task(task);
+        self.forget_task(task, true);
     }
 
-    pub(crate) fn forget_task<T: TaskReturns + ?Sized>(&self, task: &mut T) {
+    /// A task's tracked calls are copies of calls that return elsewhere (a vfork child's,
+    /// whose parent returns through them): release its instances without counting them as
+    /// abandoned.
+    pub fn forget_returns<T: TaskReturns + ?Sized>(&self, task: &mut T) {
+        self.forget_task(task, false);
+    }
+
+    /// Releases every instance of `task`, counting them as abandoned if `abandoned`.
+    pub(crate) fn forget_task<T: TaskReturns + ?Sized>(&self, task: &mut T, abandoned: bool) {
         while let Some(i) = task.pop_call() {
-            self.put_instance(i.consumer, i.generation);
+            if abandoned {
+                self.abandon_instance(i.consumer, i.generation);
+            } else {
+                self.put_instance(i.consumer, i.generation);
+            }
         }
     }
 
@@ -260,7 +273,7 @@ impl<
         parent: &T,
         child: &mut U,
     ) {
-        self.forget_task(child);
+        self.forget_task(child, false);
         for i in parent.calls() {
             if child.push_call(*i).is_ok() {
                 if let Some(slot) = self.consumers.get(i.consumer as usize) {

@@ -660,7 +660,7 @@ impl Session {
             Event::Exit => {
                 if let Some(t) = self.tasks.get_mut(&tid) {
                     t.exiting = true;
-                    self.core.on_task_exit(&mut t.ts);
+                    super::returns::task_gone(&self.core, t);
                     self.core.clear_trap(&mut t.trap);
                 }
                 self.platform.set_stopped(tid_of(tid), false);
@@ -788,7 +788,7 @@ impl Session {
         if former != tid {
             // A non-leader thread exec'd: it takes the leader's id; the old leader is gone.
             if let Some(mut old) = self.tasks.remove(&tid) {
-                self.core.on_task_exit(&mut old.ts);
+                super::returns::task_gone(&self.core, &mut old);
                 self.core.clear_trap(&mut old.trap);
             }
             if let Some(t) = self.tasks.remove(&former) {
@@ -810,7 +810,7 @@ impl Session {
             .collect();
         for p in others {
             if let Some(mut o) = self.tasks.remove(&p) {
-                self.core.on_task_exit(&mut o.ts);
+                super::returns::task_gone(&self.core, &mut o);
                 self.core.clear_trap(&mut o.trap);
             }
             self.placer.forget(p);
@@ -843,7 +843,7 @@ impl Session {
                 self.core.clear_trap(&mut t.trap);
             } else {
                 // A vfork child leaves its parent's space, which lives on.
-                self.core.on_task_exit(&mut t.ts);
+                super::returns::task_gone(&self.core, t);
                 self.core.clear_trap(&mut t.trap);
             }
             t.space = new_space;
@@ -917,7 +917,7 @@ impl Session {
                 }
             }
         } else {
-            self.core.on_task_exit(&mut t.ts);
+            super::returns::task_gone(&self.core, &mut t);
         }
         self.core.clear_trap(&mut t.trap);
         if let Err(e) = self.placer.release(tid) {
@@ -950,7 +950,7 @@ impl Session {
         self.orphans.remove(&tid);
         self.placer.forget(tid);
         if let Some(mut t) = self.tasks.remove(&tid) {
-            self.core.on_task_exit(&mut t.ts);
+            super::returns::task_gone(&self.core, &mut t);
             self.core.clear_trap(&mut t.trap);
             self.platform.remove_task(tid_of(tid));
             if !self.detaching && self.outcome.is_none() && tid != self.root {

@@ -158,6 +158,17 @@ pub(crate) enum UnwindKind {
     Catch,
 }
 
+/// Task `t` exited or left its space (exec): its tracked calls never return, and are counted
+/// as abandoned, unless they are copies of its parent's (a vfork child, in its parent's
+/// space until it execs or exits: the parent returns through those frames).
+pub(crate) fn task_gone(core: &super::session::Core, t: &mut super::session::Task) {
+    if t.space == SpaceId(t.tgid.0 as u64) {
+        core.on_task_exit(&mut t.ts);
+    } else {
+        core.forget_returns(&mut t.ts);
+    }
+}
+
 /// An unwinder hook hit, queued by the consumer and handled after the hit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct UnwindEvent {
@@ -183,6 +194,17 @@ pub struct UnwindStats {
     pub rehijacked: u64,
 }
 
+/// The calls of one return consumer whose return was not reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Untracked {
+    /// Not tracked (`nmissed`).
+    nmissed: u64,
+    /// Of those, nested deeper than `--max-ret-depth`.
+    nesting: u64,
+    /// Tracked, but never returned (unwound, `longjmp`, the thread exited).
+    abandoned: u64,
+}
+
 /// The session's return-probe state.
 #[derive(Debug)]
 pub(crate) struct RetState {
@@ -199,9 +221,9 @@ pub(crate) struct RetState {
     hists: HashMap<usize, Arc<LatencyHist>>,
     /// Entry probes registered as return consumers: their count adds the missed calls.
     entry_returns: HashSet<usize>,
-    /// `nmissed` and, of it, the calls nested too deep, per probe index, read before the
-    /// consumers were unregistered.
-    missed: HashMap<usize, (u64, u64)>,
+    /// The missed and abandoned calls per probe index, read before the consumers were
+    /// unregistered.
+    missed: HashMap<usize, Untracked>,
     /// Files already searched for unwinder symbols.
     searched: HashSet<FileId>,
     /// The unwinder hooks registered.
@@ -304,28 +326,39 @@ impl Session {
     /// use (or the thread's chain of tracked calls was full): their returns are not
     /// reported. 0 for an entry probe that is not a return consumer.
     pub fn nmissed(&self, i: usize) -> u64 {
-        self.missed_counts(i).0
+        self.untracked(i).nmissed
     }
 
     /// Of [`nmissed`](Self::nmissed), the calls nested deeper than a thread's chain of
     /// tracked calls holds (`--max-ret-depth`).
     pub fn nmissed_nesting(&self, i: usize) -> u64 {
-        self.missed_counts(i).1
+        self.untracked(i).nesting
     }
 
-    /// (`nmissed`, of it nested too deep) of probe point `i`.
-    fn missed_counts(&self, i: usize) -> (u64, u64) {
+    /// Calls of probe point `i` that were tracked but never returned: their frames were
+    /// unwound by an exception or panic, or left by `longjmp`, or their thread exited or
+    /// exec'd inside them. With the returns and `nmissed`, they add up to the calls.
+    pub fn abandoned(&self, i: usize) -> u64 {
+        self.untracked(i).abandoned
+    }
+
+    fn untracked(&self, i: usize) -> Untracked {
         if let Some(&m) = self.rets.missed.get(&i) {
             return m;
         }
         self.probes
             .get(i)
             .and_then(|p| p.handle)
-            .and_then(|h| {
-                let all = self.core.nmissed(h).ok()?;
-                Some((all, self.core.nmissed_nesting(h).unwrap_or(0)))
-            })
-            .unwrap_or((0, 0))
+            .map(|h| self.untracked_of(h))
+            .unwrap_or_default()
+    }
+
+    fn untracked_of(&self, h: ConsumerHandle) -> Untracked {
+        Untracked {
+            nmissed: self.core.nmissed(h).unwrap_or(0),
+            nesting: self.core.nmissed_nesting(h).unwrap_or(0),
+            abandoned: self.core.abandoned(h).unwrap_or(0),
+        }
     }
 
     /// Hits of an entry probe registered as a return consumer that no entry handler saw
@@ -355,9 +388,12 @@ impl Session {
                 name: p.name.clone(),
                 nmissed: self.nmissed(i),
                 nesting: self.nmissed_nesting(i),
+                abandoned: self.abandoned(i),
                 latency: self.latency(i),
             })
-            .filter(|r| r.nmissed > 0 || r.latency.as_ref().is_some_and(|l| l.count > 0))
+            .filter(|r| {
+                r.nmissed > 0 || r.abandoned > 0 || r.latency.as_ref().is_some_and(|l| l.count > 0)
+            })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
@@ -371,12 +407,9 @@ impl Session {
     /// Remembers every return consumer's `nmissed` (before the consumers go away).
     pub(crate) fn snapshot_missed(&mut self) {
         for (i, p) in self.probes.iter().enumerate() {
-            if let Some(m) = p.handle.and_then(|h| self.core.nmissed(h).ok()) {
-                let nested = p
-                    .handle
-                    .and_then(|h| self.core.nmissed_nesting(h).ok())
-                    .unwrap_or(0);
-                self.rets.missed.insert(i, (m, nested));
+            if let Some(h) = p.handle.filter(|&h| self.core.nmissed(h).is_ok()) {
+                let m = self.untracked_of(h);
+                self.rets.missed.insert(i, m);
             }
         }
     }

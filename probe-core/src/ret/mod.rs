@@ -84,6 +84,15 @@ impl<
         }
     }
 
+    /// Give back the instance of a call that will never return (counted: [`abandoned`]).
+    ///
+    /// [`abandoned`]: Self::abandoned
+    pub(crate) fn abandon_instance(&self, ci: u32, g: u32) {
+        if let Some(slot) = self.consumers.get(ci as usize) {
+            slot.rets.abandon_instance(g);
+        }
+    }
+
     /// Detach from a task: put every hijacked return address on its stack back (where the
     /// slot still holds the trampoline) and drop its instances, so that the program returns
     /// normally without the core. Returns the first error; the rest proceed.
@@ -113,7 +122,7 @@ impl<
                 None => first = Err(Error::NoSuchSpace(space)),
             }
         }
-        self.forget_task(task);
+        self.forget_task(task, false);
         first
     }
 
@@ -144,6 +153,19 @@ impl<
             .filter(|s| s.is_live() && s.generation() == h.generation)
             .ok_or(Error::UnknownConsumer)?;
         Ok(slot.rets.nested.load(Ordering::Relaxed))
+    }
+
+    /// Calls a return consumer tracked that never returned: their frames were abandoned
+    /// (`longjmp`, an exception or panic unwinding them) or their task exited or exec'd
+    /// inside them. Counted when the core notices: at the task's next entry or return
+    /// through a probe, or its exit.
+    pub fn abandoned(&self, h: ConsumerHandle) -> Result<u64, Error> {
+        let slot = self
+            .consumers
+            .get(h.index as usize)
+            .filter(|s| s.is_live() && s.generation() == h.generation)
+            .ok_or(Error::UnknownConsumer)?;
+        Ok(slot.rets.abandoned.load(Ordering::Relaxed))
     }
 
     /// Instances of a return consumer in use right now.
@@ -244,7 +266,7 @@ impl<
             }
             let i = ts.pop_call();
             if let Some(i) = i {
-                self.put_instance(i.consumer, i.generation);
+                self.abandon_instance(i.consumer, i.generation);
             }
             dropped = true;
         }
@@ -268,7 +290,7 @@ impl<
         // Deeper frames than the returning one were abandoned.
         while ts.calls().last().is_some_and(|top| top.frame < frame) {
             if let Some(i) = ts.pop_call() {
-                self.put_instance(i.consumer, i.generation);
+                self.abandon_instance(i.consumer, i.generation);
             }
         }
         // The real return address: the first unchained instance from the top.
