@@ -72,27 +72,27 @@ fn no_follow_counts_only_the_traced_process_and_its_fork_child_runs_unharmed() {
     assert_eq!(count(&text(&o.stdout), "selftrace:work"), 200);
 }
 
-#[test]
-fn a_child_calling_ptrace_traceme_works_under_no_follow() {
-    let out = same_as_untraced_not_following(&["P:work"], "selftrace", &["traceme", "100"]);
-    assert!(out.contains("traceme: ptrace ok, child status 0,"), "{out}");
+/// selftrace MODE 100 with `--no-follow`: its own ptrace calls work (`MODE: ptrace ok`) and
+/// only the parent's calls count; followed (the default), they fail with `failure`.
+fn its_own_ptrace_works_only_unfollowed(mode: &str, failure: &str) {
+    let out = same_as_untraced_not_following(&["P:work"], "selftrace", &[mode, "100"]);
+    assert!(out.contains(&format!("{mode}: ptrace ok,")), "{out}");
     assert_eq!(count(&out, "selftrace:work"), 100);
-    // Followed, the child is ours already: its PTRACE_TRACEME fails.
-    let o = trace(&["P:work"], "selftrace", &["traceme", "100"]);
+    let o = trace(&["P:work"], "selftrace", &[mode, "100"]);
     let out = text(&o.stdout);
     assert_eq!(o.status.code(), Some(1), "{out}");
-    assert!(out.contains("child: PTRACE_TRACEME failed"), "{out}");
+    assert!(out.contains(failure), "{out}");
+}
+
+#[test]
+fn a_child_calling_ptrace_traceme_works_under_no_follow() {
+    // Followed, the child is ours already: its PTRACE_TRACEME fails.
+    its_own_ptrace_works_only_unfollowed("traceme", "child: PTRACE_TRACEME failed");
 }
 
 #[test]
 fn a_parent_attaching_to_its_child_works_under_no_follow() {
-    let out = same_as_untraced_not_following(&["P:work"], "selftrace", &["attach", "100"]);
-    assert!(out.contains("attach: ptrace ok,"), "{out}");
-    assert_eq!(count(&out, "selftrace:work"), 100);
-    let o = trace(&["P:work"], "selftrace", &["attach", "100"]);
-    let out = text(&o.stdout);
-    assert_eq!(o.status.code(), Some(1), "{out}");
-    assert!(out.contains("parent: PTRACE_ATTACH failed"), "{out}");
+    its_own_ptrace_works_only_unfollowed("attach", "parent: PTRACE_ATTACH failed");
 }
 
 #[test]

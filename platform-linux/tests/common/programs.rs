@@ -109,24 +109,35 @@ fn build_all(out: &Path) {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs");
     for (name, file, cpp, flags) in PROGRAMS {
         let source = src.join(file);
-        let dst = out.join(name);
         let mut cmd = compiler(*cpp);
         cmd.arg("-O1").arg("-g").args(*flags);
-        let stamp = out.join(format!(".{name}.cmd"));
-        let line = format!("{cmd:?} {}", source.display());
-        if up_to_date(&dst, &source, &stamp, &line) {
-            continue;
-        }
+        build_one(out, name, &source, cmd);
+    }
+    drop(lock);
+}
+
+/// Builds `out/name` from `source` with `cmd` (completed with `-o TMP SOURCE`), unless it
+/// is newer than the source and was built by the same command; written under a temporary
+/// name and renamed into place. The caller holds the directory's lock.
+fn build_one(out: &Path, name: &str, source: &Path, mut cmd: Command) -> PathBuf {
+    let dst = out.join(name);
+    let stamp = out.join(format!(".{name}.cmd"));
+    let line = format!("{cmd:?} {}", source.display());
+    if !up_to_date(&dst, source, &stamp, &line) {
         let tmp = out.join(format!(".{name}.tmp"));
-        cmd.arg("-o").arg(&tmp).arg(&source);
+        cmd.arg("-o").arg(&tmp).arg(source);
         let status = cmd
             .status()
-            .unwrap_or_else(|e| panic!("running the C compiler for {file}: {e}: {cmd:?}"));
-        assert!(status.success(), "compiling {file} failed: {cmd:?}");
+            .unwrap_or_else(|e| panic!("running the compiler for {name}: {e}: {cmd:?}"));
+        assert!(
+            status.success(),
+            "compiling {} failed: {cmd:?}",
+            source.display()
+        );
         std::fs::rename(&tmp, &dst).expect("move the built program into place");
         std::fs::write(&stamp, &line).expect("write the command stamp");
     }
-    drop(lock);
+    dst
 }
 
 /// Whether `dst` is newer than `source` and was built by the same command line.
@@ -170,22 +181,10 @@ pub fn rust_program(name: &str, source: &str, flags: &[&str]) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/programs")
         .join(source);
-    let dst = out.join(name);
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
     let mut cmd = Command::new(rustc);
     cmd.args(flags);
-    let stamp = out.join(format!(".{name}.cmd"));
-    let line = format!("{cmd:?} {}", src.display());
-    if !up_to_date(&dst, &src, &stamp, &line) {
-        let tmp = out.join(format!(".{name}.tmp"));
-        cmd.arg("-o").arg(&tmp).arg(&src);
-        let status = cmd
-            .status()
-            .unwrap_or_else(|e| panic!("running rustc for {source}: {e}: {cmd:?}"));
-        assert!(status.success(), "compiling {source} failed: {cmd:?}");
-        std::fs::rename(&tmp, &dst).expect("move the built program into place");
-        std::fs::write(&stamp, &line).expect("write the command stamp");
-    }
+    let dst = build_one(out, name, &src, cmd);
     drop(lock);
     dst
 }

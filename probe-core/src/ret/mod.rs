@@ -133,26 +133,25 @@ impl<
         (t != 0).then_some(Addr(t))
     }
 
-    /// Calls of a return consumer that found no free instance (kretprobes' `nmissed`).
-    pub fn nmissed(&self, h: ConsumerHandle) -> Result<u64, Error> {
-        let slot = self
-            .consumers
+    /// The instance accounting of live return consumer `h`.
+    fn instances_of(&self, h: ConsumerHandle) -> Result<&Instances, Error> {
+        self.consumers
             .get(h.index as usize)
             .filter(|s| s.is_live() && s.generation() == h.generation)
-            .ok_or(Error::UnknownConsumer)?;
-        Ok(slot.rets.nmissed.load(Ordering::Relaxed))
+            .map(|s| &s.rets)
+            .ok_or(Error::UnknownConsumer)
+    }
+
+    /// Calls of a return consumer that found no free instance (kretprobes' `nmissed`).
+    pub fn nmissed(&self, h: ConsumerHandle) -> Result<u64, Error> {
+        Ok(self.instances_of(h)?.nmissed.load(Ordering::Relaxed))
     }
 
     /// Of [`nmissed`](Self::nmissed), the calls that found the task's chain of tracked calls
     /// full: nested deeper than its [`TaskReturns`] holds (the kernel's
     /// `MAX_URETPROBE_DEPTH`, `kernel/events/uprobes.c`).
     pub fn nmissed_nesting(&self, h: ConsumerHandle) -> Result<u64, Error> {
-        let slot = self
-            .consumers
-            .get(h.index as usize)
-            .filter(|s| s.is_live() && s.generation() == h.generation)
-            .ok_or(Error::UnknownConsumer)?;
-        Ok(slot.rets.nested.load(Ordering::Relaxed))
+        Ok(self.instances_of(h)?.nested.load(Ordering::Relaxed))
     }
 
     /// Calls a return consumer tracked that never returned: their frames were abandoned
@@ -160,22 +159,12 @@ impl<
     /// inside them. Counted when the core notices: at the task's next entry or return
     /// through a probe, or its exit.
     pub fn abandoned(&self, h: ConsumerHandle) -> Result<u64, Error> {
-        let slot = self
-            .consumers
-            .get(h.index as usize)
-            .filter(|s| s.is_live() && s.generation() == h.generation)
-            .ok_or(Error::UnknownConsumer)?;
-        Ok(slot.rets.abandoned.load(Ordering::Relaxed))
+        Ok(self.instances_of(h)?.abandoned.load(Ordering::Relaxed))
     }
 
     /// Instances of a return consumer in use right now.
     pub fn instances_in_use(&self, h: ConsumerHandle) -> Result<u32, Error> {
-        let slot = self
-            .consumers
-            .get(h.index as usize)
-            .filter(|s| s.is_live() && s.generation() == h.generation)
-            .ok_or(Error::UnknownConsumer)?;
-        Ok(slot.rets.instances())
+        Ok(self.instances_of(h)?.instances())
     }
 
     /// Replace the return address with the trampoline and push this hit's instances on the
