@@ -103,6 +103,7 @@ pub struct TraceArgs {
     /// depth) with every return seen. Deeper calls are not tracked and are reported as
     /// `@nmissed` and `@nmissed_nesting` (the kernel's uretprobes stop at 64). Memory
     /// grows with the nesting each thread reaches (about 120 bytes a call), not with N.
+    /// (`--ret-by-insn` tracks calls by stack pointer, without this limit.)
     #[arg(long, value_name = "N", default_value_t = crate::tracer::returns::DEFAULT_MAX_DEPTH,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_ret_depth: usize,
@@ -140,7 +141,7 @@ pub struct TraceArgs {
     /// sanitizer's or crash handler's PTRACE_TRACEME or attach to its own child), which fail
     /// when their child is traced already. A fork child is let go before it runs, with the
     /// breakpoints it inherited taken out; a vfork child (it runs in its parent's memory)
-    /// at its exec. Their calls are not counted.
+    /// at its exec. Their calls are not counted (a vfork child's before its exec are).
     #[arg(long)]
     pub no_follow: bool,
     /// Write the hits and the summary to this file instead of standard output.

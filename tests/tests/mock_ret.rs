@@ -162,7 +162,11 @@ fn maxactive_counts_misses_and_entry_handlers_may_decline() {
     // maxactive 1: only the outermost call is tracked; every nested call missed.
     assert_eq!(one.seen.returns.load(Ordering::SeqCst), 1);
     assert_eq!(core.nmissed(h1).unwrap(), calls(8) - 1);
-    assert_eq!(core.nmissed_nesting(h1).unwrap(), 0, "missed by maxactive, not nesting");
+    assert_eq!(
+        core.nmissed_nesting(h1).unwrap(),
+        0,
+        "missed by maxactive, not nesting"
+    );
     // Declined calls (odd n) get no return handler and are not misses.
     let even = odd.seen.pairs.lock().unwrap().len() as u64;
     assert!(odd

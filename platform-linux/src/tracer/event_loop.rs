@@ -465,7 +465,9 @@ impl Session {
             return;
         };
         let space = t.space;
-        t.ts.make_room();
+        if self.rets.any_return {
+            t.ts.make_room();
+        }
         self.platform.set_current(Some(tid_of(tid)));
         let hit = self.core.on_breakpoint(
             &self.platform,

@@ -215,8 +215,9 @@ pub(crate) struct RetState {
     /// `--latency`: entry probes are registered as return consumers too, and durations
     /// are kept per probe.
     pub(crate) latency: bool,
-    /// Whether any return consumer was registered (then the unwinder hooks are wanted).
-    any_return: bool,
+    /// Whether any return consumer was registered (then the unwinder hooks are wanted, and
+    /// threads' chains of tracked calls grow).
+    pub(crate) any_return: bool,
     /// Histograms per probe index.
     hists: HashMap<usize, Arc<LatencyHist>>,
     /// Entry probes registered as return consumers: their count adds the missed calls.
