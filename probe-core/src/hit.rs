@@ -18,7 +18,7 @@ use crate::task::{RetInstance, ReturnChain, TaskReturns};
 use crate::trap::{StepRecord, TrapState, XolRecord};
 
 /// Most return consumers of one probe that one hit can track.
-pub(crate) const PENDING_RETURNS: usize = 8;
+pub(crate) const PENDING_RETURNS: usize = crate::task::MAX_RETURNS_PER_HIT;
 
 /// What the platform must do after a breakpoint trap. In every case but
 /// [`NotOurs`](Hit::NotOurs) the core has already updated the registers; the platform writes

@@ -126,7 +126,7 @@ pub trait TaskReturns {
 
 /// Most calls one breakpoint hit tracks (return consumers of one probe): what a growing
 /// [`TaskReturns`] makes room for before each trap.
-pub const MAX_RETURNS_PER_HIT: usize = crate::hit::PENDING_RETURNS;
+pub const MAX_RETURNS_PER_HIT: usize = 8;
 
 impl<const DEPTH: usize> TaskReturns for TaskState<DEPTH> {
     fn calls(&self) -> &[RetInstance] {
