@@ -9,12 +9,14 @@
 //!
 //! `--latency` times every call (entry to return) and prints a log2 histogram per probe
 //! in nanoseconds after the counts (see [`crate::latency`]); return probes that could not
-//! track a call (`--maxactive`) are reported as `@nmissed[PROBE]: N`.
+//! track a call (`--maxactive`, `--max-ret-depth`) are reported as `@nmissed[PROBE]: N`,
+//! those nested too deep also as `@nmissed_nesting[PROBE]: N`.
 //!
 //! ```text
 //! probe trace SPEC... [-p PID] [--print] [--args N] [--str N]... [--json] [-o FILE]
 //!             [-- CMD ARGS...]
-//!             [--latency] [--maxactive N] [--ret-by-insn] [--stack] [--folded FILE]
+//!             [--latency] [--maxactive N] [--max-ret-depth N] [--ret-by-insn] [--stack]
+//!             [--folded FILE] [--no-follow]
 //! probe list PATH [PATTERN] [-p PID] [--mangled]
 //! ```
 //!
@@ -97,6 +99,14 @@ pub struct TraceArgs {
     #[arg(long, value_name = "N", default_value_t = crate::tracer::returns::DEFAULT_MAXACTIVE,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub maxactive: u32,
+    /// Return-probed calls one thread tracks at once: how deep it may nest (a recursion's
+    /// depth) with every return seen. Deeper calls are not tracked and are reported as
+    /// `@nmissed` and `@nmissed_nesting` (the kernel's uretprobes stop at 64). Memory
+    /// grows with the nesting each thread reaches (about 120 bytes a call), not with N.
+    /// (`--ret-by-insn` tracks calls by stack pointer, without this limit.)
+    #[arg(long, value_name = "N", default_value_t = crate::tracer::returns::DEFAULT_MAX_DEPTH,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_ret_depth: usize,
     /// Catch returns (of `uretprobe:` specs, and the calls `--latency` times) by
     /// breakpoints on each `ret` instruction of the function, found by decoding it from its
     /// symbol's start to its end, instead of replacing the return address of each call.
@@ -126,6 +136,14 @@ pub struct TraceArgs {
     /// read: one `outermost;...;innermost COUNT` line per distinct stack.
     #[arg(long, value_name = "FILE")]
     pub folded: Option<std::path::PathBuf>,
+    /// Trace only the process itself (all its threads), not the processes it starts, as
+    /// `strace` without `-f`: for programs that use ptrace themselves (gdb, strace, a
+    /// sanitizer's or crash handler's PTRACE_TRACEME or attach to its own child), which fail
+    /// when their child is traced already. A fork child is let go before it runs, with the
+    /// breakpoints it inherited taken out; a vfork child (it runs in its parent's memory)
+    /// at its exec. Their calls are not counted (a vfork child's before its exec are).
+    #[arg(long)]
+    pub no_follow: bool,
     /// Write the hits and the summary to this file instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
@@ -227,6 +245,7 @@ fn trace(args: &TraceArgs, out: &mut dyn Write) -> Result<i32, CliError> {
     let opts = SessionOptions {
         record_args: args.print.then_some(usize::from(args.args)),
         maxactive: args.maxactive,
+        max_ret_depth: args.max_ret_depth,
         latency: args.latency,
         string_args: args.strings.iter().fold(0, |m, &i| m | 1 << i),
         placement: if args.no_cpu_placement {
@@ -236,6 +255,7 @@ fn trace(args: &TraceArgs, out: &mut dyn Write) -> Result<i32, CliError> {
         },
         ret_by_insn: args.ret_by_insn,
         stack: args.stack || args.folded.is_some(),
+        no_follow: args.no_follow,
         ..SessionOptions::default()
     };
     if !args.ret_by_insn {
@@ -248,6 +268,9 @@ fn trace(args: &TraceArgs, out: &mut dyn Write) -> Result<i32, CliError> {
             Session::spawn(&args.command[0], &argv, opts)?
         }
     };
+    if let Some(w) = session.setid_warning() {
+        eprintln!("probe: warning: {w}");
+    }
     let mut total = 0;
     for spec in &args.specs {
         match session.add_spec(spec) {
@@ -361,10 +384,25 @@ fn trace(args: &TraceArgs, out: &mut dyn Write) -> Result<i32, CliError> {
             .and_then(|()| crate::latency::write_returns(out, &rets, false))
     };
     for r in rets.iter().filter(|r| r.nmissed > 0) {
+        let mut why = Vec::new();
+        if r.nesting > 0 {
+            why.push(format!(
+                "{} nested deeper than --max-ret-depth {} in a thread",
+                r.nesting, args.max_ret_depth
+            ));
+        }
+        if r.nmissed > r.nesting {
+            why.push(format!(
+                "{} with more than --maxactive {} in flight",
+                r.nmissed - r.nesting,
+                args.maxactive
+            ));
+        }
         eprintln!(
-            "probe: {} calls of {} were not tracked: more than --maxactive {} in flight, or \
-             nested deeper than a thread's chain of return-probed calls holds",
-            r.nmissed, r.name, args.maxactive
+            "probe: {} calls of {} were not tracked (their returns are not counted): {}",
+            r.nmissed,
+            r.name,
+            why.join(", ")
         );
     }
     if let Err(e) = res.and_then(|()| out.flush()) {
@@ -376,6 +414,13 @@ fn trace(args: &TraceArgs, out: &mut dyn Write) -> Result<i32, CliError> {
             .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe);
     for w in session.warnings() {
         eprintln!("probe: warning: {w}");
+    }
+    if !session.released().is_empty() {
+        let pids: Vec<String> = session.released().iter().map(|p| p.to_string()).collect();
+        eprintln!(
+            "probe: --no-follow: process(es) {} started by the traced process ran untraced",
+            pids.join(", ")
+        );
     }
     if !session.left_running().is_empty() {
         let pids: Vec<String> = session

@@ -98,6 +98,21 @@ pub fn function_exits(
     path: &Path,
     sym: &FunctionSymbol,
 ) -> std::io::Result<Result<Exits, ExitsError>> {
+    Ok(function_branches(path, sym)?.and_then(|e| {
+        if e.rets.is_empty() {
+            Err(ExitsError::NoReturn)
+        } else {
+            Ok(e)
+        }
+    }))
+}
+
+/// [`function_exits`], also for a function that holds no `ret` (one that leaves only by
+/// jumps, as an unwinder's `_Unwind_Resume`).
+pub fn function_branches(
+    path: &Path,
+    sym: &FunctionSymbol,
+) -> std::io::Result<Result<Exits, ExitsError>> {
     if sym.size == 0 {
         return Ok(Err(ExitsError::NoSize));
     }
@@ -105,11 +120,20 @@ pub fn function_exits(
     let file = std::fs::File::open(path)?;
     let n = read_up_to(&file, &mut bytes, sym.file_offset)?;
     bytes.truncate(n);
-    Ok(exits_of(&bytes, sym.size))
+    Ok(branches_of(&bytes, sym.size))
 }
 
 /// [`function_exits`] on the function's bytes (`size` of them expected).
 pub fn exits_of(bytes: &[u8], size: u64) -> Result<Exits, ExitsError> {
+    let exits = branches_of(bytes, size)?;
+    if exits.rets.is_empty() {
+        return Err(ExitsError::NoReturn);
+    }
+    Ok(exits)
+}
+
+/// [`function_branches`] on the function's bytes (`size` of them expected).
+fn branches_of(bytes: &[u8], size: u64) -> Result<Exits, ExitsError> {
     use iced_x86::{Code, FlowControl, OpKind};
     let mut decoder = Decoder::with_ip(64, bytes, 0, DecoderOptions::NONE);
     let mut insn = iced_x86::Instruction::default();
@@ -143,9 +167,6 @@ pub fn exits_of(bytes: &[u8], size: u64) -> Result<Exits, ExitsError> {
         return Err(ExitsError::Undecodable {
             at: bytes.len() as u64,
         });
-    }
-    if exits.rets.is_empty() {
-        return Err(ExitsError::NoReturn);
     }
     Ok(exits)
 }

@@ -214,13 +214,20 @@ pub struct ReturnSummary {
     pub name: String,
     /// Calls not tracked (`maxactive` instances in use, or the thread's chain full).
     pub nmissed: u64,
+    /// Of those, the calls nested deeper than a thread's chain holds (`--max-ret-depth`).
+    pub nesting: u64,
+    /// Calls tracked that never returned (unwound, left by `longjmp`, the thread exited).
+    pub abandoned: u64,
     /// The durations (`--latency`).
     pub latency: Option<LatencySnapshot>,
 }
 
-/// Writes the histograms (`@latency_ns[...]`, each followed by an empty line) and the
-/// nonzero missed counts (`@nmissed[NAME]: N`) as text, or as JSON lines
-/// (`{"type":"latency",...}`, `{"type":"nmissed","probe":..,"nmissed":N}`).
+/// Writes the histograms (`@latency_ns[...]`, each followed by an empty line), the
+/// nonzero missed counts (`@nmissed[NAME]: N`, then `@nmissed_nesting[NAME]: M` for those
+/// of them nested too deep) and the calls that never returned (`@abandoned[NAME]: K`) as
+/// text, or as JSON lines (`{"type":"latency",...}`,
+/// `{"type":"nmissed","probe":..,"nmissed":N,"nesting":M}`,
+/// `{"type":"abandoned","probe":..,"abandoned":K}`).
 pub fn write_returns(
     out: &mut dyn std::io::Write,
     rets: &[ReturnSummary],
@@ -237,19 +244,36 @@ pub fn write_returns(
         }
     }
     let missed: Vec<&ReturnSummary> = rets.iter().filter(|r| r.nmissed > 0).collect();
-    if !json && !missed.is_empty() {
+    let abandoned: Vec<&ReturnSummary> = rets.iter().filter(|r| r.abandoned > 0).collect();
+    if !json && (!missed.is_empty() || !abandoned.is_empty()) {
         writeln!(out)?;
     }
     for r in missed {
         if json {
             writeln!(
                 out,
-                "{{\"type\":\"nmissed\",\"probe\":{},\"nmissed\":{}}}",
+                "{{\"type\":\"nmissed\",\"probe\":{},\"nmissed\":{},\"nesting\":{}}}",
                 crate::output::json_string(&r.name),
-                r.nmissed
+                r.nmissed,
+                r.nesting
             )?;
         } else {
             writeln!(out, "@nmissed[{}]: {}", r.name, r.nmissed)?;
+            if r.nesting > 0 {
+                writeln!(out, "@nmissed_nesting[{}]: {}", r.name, r.nesting)?;
+            }
+        }
+    }
+    for r in abandoned {
+        if json {
+            writeln!(
+                out,
+                "{{\"type\":\"abandoned\",\"probe\":{},\"abandoned\":{}}}",
+                crate::output::json_string(&r.name),
+                r.abandoned
+            )?;
+        } else {
+            writeln!(out, "@abandoned[{}]: {}", r.name, r.abandoned)?;
         }
     }
     Ok(())

@@ -33,6 +33,7 @@ pub mod output;
 pub mod placement;
 pub mod remote;
 pub mod resolve;
+pub mod setid;
 pub mod stack;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -124,6 +124,20 @@ impl Placer {
         }
     }
 
+    /// Thread `tid` is let go (`--no-follow`'s fork child): the mask it inherited from a
+    /// thread we pinned goes back to that thread's own, unless it changed it.
+    pub(crate) fn release(&mut self, tid: Pid) -> Result<(), String> {
+        self.own_mask.remove(&tid);
+        let Some(p) = self.pinned.remove(&tid) else {
+            return Ok(());
+        };
+        match sys::affinity_of(Some(tid)) {
+            Ok(m) if m == p.set => sys::set_affinity(Some(tid), &p.original)
+                .map_err(|e| format!("restoring the CPU mask of process {tid}: {e}")),
+            _ => Ok(()),
+        }
+    }
+
     /// Thread `tid` is gone.
     pub(crate) fn forget(&mut self, tid: Pid) {
         self.pinned.remove(&tid);

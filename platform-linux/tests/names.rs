@@ -5,9 +5,7 @@
 
 mod common;
 use common::{probe, program, text};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::path::PathBuf;
 
 /// The `@[name]: count` lines of a summary.
 fn counts(stdout: &str) -> Vec<(String, u64)> {
@@ -39,32 +37,12 @@ fn trace(specs: &[&str], cmd: &[&str]) -> (String, Vec<(String, u64)>) {
 
 /// `rp.rs` built with legacy (`"legacy"`) or v0 (`"v0"`) symbol mangling.
 fn rust_program(mangling: &str) -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let dir = BUILT.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("probe-rust-programs");
-        std::fs::create_dir_all(&dir).unwrap();
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/rp.rs");
-        let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
-        for m in ["legacy", "v0"] {
-            let tmp = dir.join(format!(".rp-{m}.{}", std::process::id()));
-            let mut cmd = Command::new(&rustc);
-            cmd.args(["--crate-name", "rp", "-C", "opt-level=1"]);
-            // Legacy is the default (naming it needs `-Z unstable-options`).
-            if m == "v0" {
-                cmd.arg("-Csymbol-mangling-version=v0");
-            }
-            let status = cmd
-                .arg("-o")
-                .arg(&tmp)
-                .arg(&src)
-                .status()
-                .expect("run rustc");
-            assert!(status.success(), "building rp.rs with {m} mangling");
-            std::fs::rename(&tmp, dir.join(format!("rp-{m}"))).unwrap();
-        }
-        dir
-    });
-    dir.join(format!("rp-{mangling}"))
+    let mut flags = vec!["--crate-name", "rp", "-C", "opt-level=1"];
+    // Legacy is the default (naming it needs `-Z unstable-options`).
+    if mangling == "v0" {
+        flags.push("-Csymbol-mangling-version=v0");
+    }
+    common::programs::rust_program(&format!("rp-{mangling}"), "rp.rs", &flags)
 }
 
 #[test]

@@ -109,6 +109,65 @@ fn maxactive_bounds_tracked_calls_and_the_rest_is_reported_missed() {
 }
 
 #[test]
+fn a_ten_thousand_deep_recursion_is_tracked_in_full_by_default() {
+    let out = same_as_untraced(
+        "ret-prog",
+        &["uretprobe:P:deep", "uprobe:P:deep"],
+        &["deep", "10000"],
+    );
+    assert_eq!(count(&out, "ret-prog:deep"), 10000);
+    assert_eq!(count(&out, "uretprobe:ret-prog:deep"), 10000);
+    assert!(
+        value(&out, "nmissed", "uretprobe:ret-prog:deep").is_none(),
+        "{out}"
+    );
+}
+
+#[test]
+fn calls_nested_deeper_than_max_ret_depth_are_reported_missed_by_nesting() {
+    let o = trace(
+        "ret-prog",
+        &[
+            "uretprobe:P:deep",
+            "uprobe:P:deep",
+            "--latency",
+            "--max-ret-depth",
+            "100",
+        ],
+        &["deep", "10000"],
+    );
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    let u = untraced("ret-prog", &["deep", "10000"]);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(program_output(&out), text(&u.stdout), "{err}");
+    // Every entry is counted. Each of the 100 outermost calls takes two instances (the
+    // return probe and the entry probe --latency times) and both are tracked: the chain
+    // holds 100 calls, so only the outermost 50 frames are tracked.
+    assert_eq!(count(&out, "ret-prog:deep"), 10000);
+    for name in ["uretprobe:ret-prog:deep", "ret-prog:deep"] {
+        let returns = latency_count(&out, name);
+        let missed = value(&out, "nmissed", name).expect("nmissed line");
+        let nesting = value(&out, "nmissed_nesting", name).expect("nmissed_nesting line");
+        assert_eq!(returns, 50, "{name}: {out}");
+        assert_eq!(missed, 9950, "{name}: {out}");
+        assert_eq!(nesting, missed, "{name}: {out}");
+        assert!(
+            err.contains(&format!(
+                "9950 calls of {name} were not tracked (their returns are not counted): 9950 \
+                 nested deeper than --max-ret-depth 100 in a thread"
+            )),
+            "{err}"
+        );
+    }
+    assert_eq!(count(&out, "uretprobe:ret-prog:deep"), 50);
+    assert_eq!(
+        value(&out, "abandoned", "uretprobe:ret-prog:deep"),
+        None,
+        "{out}"
+    );
+}
+
+#[test]
 fn longjmp_out_of_probed_frames_loses_only_their_returns() {
     let out = same_as_untraced(
         "ret-prog",
@@ -125,6 +184,15 @@ fn longjmp_out_of_probed_frames_loses_only_their_returns() {
     assert_eq!(count(&out, "ret-prog:jumper"), 300);
     assert_eq!(count(&out, "uretprobe:ret-prog:inner"), 300);
     assert_eq!(count(&out, "uretprobe:ret-prog:jumper"), 0);
+    // The calls left by longjmp are said to have never returned.
+    assert_eq!(
+        value(&out, "abandoned", "uretprobe:ret-prog:inner"),
+        Some(300)
+    );
+    assert_eq!(
+        value(&out, "abandoned", "uretprobe:ret-prog:jumper"),
+        Some(300)
+    );
 }
 
 /// outer() -> catcher() -> mid() -> thrower() throws; catcher() catches. mid() and thrower()
@@ -148,6 +216,12 @@ fn exceptions(prog: &str, args: &[&str]) {
     assert_eq!(count(&out, &name("leaf")), n);
     assert_eq!(count(&out, &name("mid")), 0);
     assert_eq!(count(&out, &name("thrower")), 0);
+    // The unwound calls never returned, and are said so; the others all returned.
+    assert_eq!(value(&out, "abandoned", &name("mid")), Some(n));
+    assert_eq!(value(&out, "abandoned", &name("thrower")), Some(n));
+    for f in ["outer", "catcher", "leaf"] {
+        assert_eq!(value(&out, "abandoned", &name(f)), None, "{out}");
+    }
 }
 
 #[test]
@@ -176,15 +250,57 @@ fn the_unwinder_hooks_restore_and_rehijack_return_addresses() {
     let o = s.run(&mut |_, _| {}).unwrap();
     assert_eq!(o, Outcome::Exited(7));
     let u = s.unwind_stats();
-    // Each throw: _Unwind_RaiseException puts back the four hijacked frames, the cleanup in
-    // mid() calls _Unwind_Resume (nothing left to put back), and the catch hijacks
-    // catcher() and outer() again.
+    // Each throw: _Unwind_RaiseException puts back the four hijacked frames; its jump to
+    // the cleanup in mid() hijacks the three that survive there (mid, catcher, outer); the
+    // cleanup's _Unwind_Resume puts those back, and its jump to the catch in catcher()
+    // hijacks catcher() and outer() again; __cxa_begin_catch finds nothing left to do.
+    assert_eq!(u.starts, 40, "{u:?}");
+    assert_eq!(u.landings, 40, "{u:?}");
     assert_eq!(u.catches, 20, "{u:?}");
-    assert_eq!(u.restored, 80, "{u:?}");
-    assert_eq!(u.rehijacked, 40, "{u:?}");
+    assert_eq!(u.restored, 20 * (4 + 3), "{u:?}");
+    assert_eq!(u.rehijacked, 20 * (3 + 2), "{u:?}");
     assert_eq!(s.count_of("uretprobe:ret-exc:outer"), 20);
     assert_eq!(s.count_of("uretprobe:ret-exc:mid"), 0);
     assert!(s.warnings().is_empty(), "{:?}", s.warnings());
+}
+
+/// `tests/programs/panics.rs`: each round, `descend(6)` recurses to `descend(0)`, which
+/// panics; `descend(3)` catches it with `catch_unwind`. Frames 0 to 2 are unwound (through
+/// cleanup landing pads, their guards' drops), frames 3 to 6 survive and must return.
+#[test]
+fn rust_panics_caught_by_catch_unwind_leave_the_surviving_frames_returns_reported() {
+    let flags = ["--crate-name", "panics", "-C", "opt-level=1"];
+    let prog = common::programs::rust_program("panics", "panics.rs", &flags);
+    let p = prog.display().to_string();
+    let run = |traced: bool| {
+        let mut c = if traced {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_probe"));
+            c.args([
+                "trace",
+                &format!("uretprobe:{p}:panics::descend"),
+                &format!("uprobe:{p}:panics::descend"),
+                "--",
+                &p,
+            ]);
+            c
+        } else {
+            Command::new(&prog)
+        };
+        c.arg("500").stdin(Stdio::null()).output().unwrap()
+    };
+    let (o, u) = (run(true), run(false));
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(text(&u.stdout), "sum 52000 drops 3500\n");
+    assert_eq!(program_output(&out), text(&u.stdout), "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    // Every entry's return is reported (frames 3 to 6) or said to have never come (frames
+    // 0 to 2, unwound); none was missed.
+    let name = "uretprobe:panics:panics::descend";
+    assert_eq!(count(&out, "panics:panics::descend"), 500 * 7);
+    assert_eq!(count(&out, name), 500 * 4);
+    assert_eq!(value(&out, "abandoned", name), Some(500 * 3), "{out}");
+    assert!(value(&out, "nmissed", name).is_none(), "{out}");
 }
 
 #[test]
@@ -303,4 +419,10 @@ fn a_vfork_child_returns_through_its_parents_hijacked_return_address() {
     // the parent's stack), execs itself as `calls 40`, then the parent returns.
     let out = same_as_untraced("workload", &["uretprobe:libc:vfork"], &["vfork", "40"]);
     assert_eq!(count(&out, "uretprobe:libc.so.6:vfork"), 2);
+    // The child's copy of the parent's call is not a call of its own: none abandoned.
+    assert_eq!(
+        value(&out, "abandoned", "uretprobe:libc.so.6:vfork"),
+        None,
+        "{out}"
+    );
 }

@@ -11,7 +11,7 @@ use crate::probe::FILE_ENTRY;
 use crate::site::List;
 use crate::sync::Ordering;
 use crate::table::NIL;
-use crate::task::TaskState;
+use crate::task::TaskReturns;
 
 impl<
         P: Platform,
@@ -218,8 +218,8 @@ impl<
     /// slots. `task` is the task that called exec; its tracked calls are dropped (its trap
     /// state goes with [`clear_trap`](Self::clear_trap)). The platform then reports the new
     /// image's mappings with [`on_mmap`](Self::on_mmap).
-    pub fn on_exec<const D: usize>(&self, p: &P, space: SpaceId, task: &mut TaskState<D>) {
-        self.forget_task(task);
+    pub fn on_exec<T: TaskReturns + ?Sized>(&self, p: &P, space: SpaceId, task: &mut T) {
+        self.forget_task(task, true);
         self.on_space_exit(p, space);
     }
 
@@ -239,24 +239,43 @@ impl<
         self.spaces.remove(sx, &self.epochs);
     }
 
-    /// A task exited: release its return instances. (A context that exits with it clears
-    /// its trap state with [`clear_trap`](Self::clear_trap).)
-    pub fn on_task_exit<const D: usize>(&self, task: &mut TaskState<D>) {
-        self.forget_task(task);
+    /// A task exited: release its return instances; its tracked calls never returned
+    /// ([`abandoned`](Self::abandoned)). (A context that exits with it clears its trap state
+    /// with [`clear_trap`](Self::clear_trap).)
+    pub fn on_task_exit<T: TaskReturns + ?Sized>(&self, task: &mut T) {
+        self.forget_task(task, true);
     }
 
-    pub(crate) fn forget_task<const D: usize>(&self, task: &mut TaskState<D>) {
-        while let Some(i) = task.rets.pop() {
-            self.put_instance(i.consumer, i.generation);
+    /// A task's tracked calls are copies of calls that return elsewhere (a vfork child's,
+    /// whose parent returns through them): release its instances without counting them as
+    /// abandoned.
+    pub fn forget_returns<T: TaskReturns + ?Sized>(&self, task: &mut T) {
+        self.forget_task(task, false);
+    }
+
+    /// Releases every instance of `task`, counting them as abandoned if `abandoned`.
+    pub(crate) fn forget_task<T: TaskReturns + ?Sized>(&self, task: &mut T, abandoned: bool) {
+        while let Some(i) = task.pop_call() {
+            if abandoned {
+                self.abandon_instance(i.consumer, i.generation);
+            } else {
+                self.put_instance(i.consumer, i.generation);
+            }
         }
     }
 
     /// A task forked `child` from `parent` (a new process): the child's stack is a copy, so it
     /// inherits the parent's hijacked return addresses and the instances that undo them.
-    pub fn on_task_fork<const D: usize>(&self, parent: &TaskState<D>, child: &mut TaskState<D>) {
-        self.forget_task(child);
-        for i in parent.rets.iter() {
-            if child.rets.push(*i).is_ok() {
+    /// A growing child store makes room for the parent's calls first; those that do not fit
+    /// are not tracked in the child.
+    pub fn on_task_fork<T: TaskReturns + ?Sized, U: TaskReturns + ?Sized>(
+        &self,
+        parent: &T,
+        child: &mut U,
+    ) {
+        self.forget_task(child, false);
+        for i in parent.calls() {
+            if child.push_call(*i).is_ok() {
                 if let Some(slot) = self.consumers.get(i.consumer as usize) {
                     slot.rets.add_instance(i.generation);
                 }

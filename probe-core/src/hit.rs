@@ -14,11 +14,11 @@ use crate::error::Error;
 use crate::platform::{AddressSpace, Platform};
 use crate::sync::Ordering;
 use crate::table::NIL;
-use crate::task::{RetInstance, ReturnChain, TaskState};
+use crate::task::{RetInstance, ReturnChain, TaskReturns};
 use crate::trap::{StepRecord, TrapState, XolRecord};
 
 /// Most return consumers of one probe that one hit can track.
-pub(crate) const PENDING_RETURNS: usize = 8;
+pub(crate) const PENDING_RETURNS: usize = crate::task::MAX_RETURNS_PER_HIT;
 
 /// What the platform must do after a breakpoint trap. In every case but
 /// [`NotOurs`](Hit::NotOurs) the core has already updated the registers; the platform writes
@@ -87,14 +87,14 @@ impl<
     /// `regs` as the trap left them. `trap` is the state of the execution context that took
     /// the trap (per CPU in a kernel, per thread under ptrace), `ts` the task's.
     #[allow(clippy::too_many_arguments)]
-    pub fn on_breakpoint<const N: usize, const D: usize>(
+    pub fn on_breakpoint<const N: usize, T: TaskReturns + ?Sized>(
         &self,
         p: &P,
         cpu: CpuId,
         space: SpaceId,
         task: TaskId,
         trap: &mut TrapState<P::Arch, N>,
-        ts: &mut TaskState<D>,
+        ts: &mut T,
         regs: &mut RegsOf<P>,
     ) -> Hit {
         let bp = <P::Arch as Arch>::breakpoint_address(regs.ip());
@@ -157,10 +157,10 @@ impl<
                     key,
                     bp,
                     tramp,
-                    room: D.saturating_sub(ts.rets.len()),
+                    room: ts.room(),
                 },
                 pe.val.consumers.load(Ordering::Acquire),
-                &ts.rets,
+                ts.calls(),
                 regs,
                 &mut pending,
             );
@@ -303,8 +303,12 @@ impl<
                         return;
                     }
                     if pending.len() >= a.room || pending.is_full() {
-                        // The task's chain is at its depth limit.
+                        // The task's chain is at its depth limit (or this probe has more
+                        // return consumers than one hit tracks).
                         slot.rets.nmissed.fetch_add(1, Ordering::Relaxed);
+                        if pending.len() >= a.room {
+                            slot.rets.nested.fetch_add(1, Ordering::Relaxed);
+                        }
                         slot.rets.put_instance(generation);
                         return;
                     }

@@ -68,5 +68,7 @@ pub(crate) mod xol;
 pub use blacklist::BLACKLIST_CAPACITY;
 pub use engine::ProbeCore;
 pub use hit::{Hit, Step};
-pub use task::{ReturnChain, TaskState, RET_DATA_MAX};
+pub use task::{
+    RetInstance, ReturnChain, TaskReturns, TaskState, MAX_RETURNS_PER_HIT, RET_DATA_MAX,
+};
 pub use trap::TrapState;

@@ -4,8 +4,11 @@
 //! that task; calls about one task are naturally never concurrent, so this state needs no lock
 //! and the hit path touches no shared table for it. It holds the task's chain of return-probe
 //! instances (instances are found by task, not by stack address: the kretprobe rework of
-//! 2005, `kernel/kprobes.c`), bounded by `DEPTH`. What belongs to the trap in flight (a slot,
-//! a single step) is per execution context instead: [`TrapState`](crate::TrapState).
+//! 2005, `kernel/kprobes.c`), bounded by `DEPTH`. A platform that wants the chain to grow
+//! with the task's nesting keeps it in a type of its own that implements [`TaskReturns`]
+//! (and grows it between calls into the core, never during one). What belongs to the trap
+//! in flight (a slot, a single step) is per execution context instead:
+//! [`TrapState`](crate::TrapState).
 
 use heapless::Vec;
 
@@ -14,9 +17,9 @@ use crate::addr::{Addr, ProbeKey};
 /// Most bytes of per-instance data a return consumer may ask for.
 pub const RET_DATA_MAX: usize = 64;
 
-/// One tracked call of a return-probed function.
+/// One tracked call of a return-probed function (opaque to platforms, which only store it).
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct RetInstance {
+pub struct RetInstance {
     pub(crate) consumer: u32,
     pub(crate) generation: u32,
     pub(crate) key: ProbeKey,
@@ -97,5 +100,48 @@ impl<const DEPTH: usize> TaskState<DEPTH> {
 impl<const DEPTH: usize> Default for TaskState<DEPTH> {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Where a task's tracked calls (return-probe instances) live: the core's fixed-capacity
+/// [`TaskState`], or a platform's own store (one that grows with the task's nesting, say).
+/// The core calls these on its hit and return paths: none may allocate, block or panic. A
+/// store that grows does so between calls into the core, making room for
+/// [`MAX_RETURNS_PER_HIT`] before each breakpoint trap; a call that finds no room is counted
+/// as missed ([`ProbeCore::nmissed_nesting`](crate::ProbeCore::nmissed_nesting)).
+pub trait TaskReturns {
+    /// The tracked calls, outermost first.
+    fn calls(&self) -> &[RetInstance];
+    /// Track one more call (the innermost); hands it back when there is no room.
+    fn push_call(&mut self, call: RetInstance) -> Result<(), RetInstance>;
+    /// Forget the innermost tracked call, handing it back.
+    fn pop_call(&mut self) -> Option<RetInstance>;
+    /// How many more calls [`push_call`](Self::push_call) takes now.
+    fn room(&self) -> usize;
+    /// The tracked calls as unwinders need to see them.
+    fn chain(&self) -> ReturnChain<'_> {
+        ReturnChain { rets: self.calls() }
+    }
+}
+
+/// Most calls one breakpoint hit tracks (return consumers of one probe): what a growing
+/// [`TaskReturns`] makes room for before each trap.
+pub const MAX_RETURNS_PER_HIT: usize = 8;
+
+impl<const DEPTH: usize> TaskReturns for TaskState<DEPTH> {
+    fn calls(&self) -> &[RetInstance] {
+        &self.rets
+    }
+
+    fn push_call(&mut self, call: RetInstance) -> Result<(), RetInstance> {
+        self.rets.push(call)
+    }
+
+    fn pop_call(&mut self) -> Option<RetInstance> {
+        self.rets.pop()
+    }
+
+    fn room(&self) -> usize {
+        DEPTH - self.rets.len()
     }
 }

@@ -162,6 +162,11 @@ fn maxactive_counts_misses_and_entry_handlers_may_decline() {
     // maxactive 1: only the outermost call is tracked; every nested call missed.
     assert_eq!(one.seen.returns.load(Ordering::SeqCst), 1);
     assert_eq!(core.nmissed(h1).unwrap(), calls(8) - 1);
+    assert_eq!(
+        core.nmissed_nesting(h1).unwrap(),
+        0,
+        "missed by maxactive, not nesting"
+    );
     // Declined calls (odd n) get no return handler and are not misses.
     let even = odd.seen.pairs.lock().unwrap().len() as u64;
     assert!(odd
@@ -176,6 +181,38 @@ fn maxactive_counts_misses_and_entry_handlers_may_decline() {
     assert_eq!(core.nmissed(h2).unwrap(), 0);
     core.unregister(&m, h1).unwrap();
     core.unregister(&m, h2).unwrap();
+}
+
+/// `deep(n)`: recursion `n` calls deep, returning `n`.
+fn deep_program(n: i32) -> platform_mock::Program {
+    let mut a = Asm::new();
+    a.label("main").li(r(1), n).call("deep").out(r(0)).halt();
+    a.label("deep").cmpi(r(1), 2).jlt("base");
+    a.push(r(1)).subi(r(1), 1).call("deep").pop(r(1));
+    a.addi(r(0), 1).ret();
+    a.label("base").li(r(0), 1).ret();
+    a.finish().unwrap()
+}
+
+#[test]
+fn calls_nested_deeper_than_the_task_chain_are_missed_by_nesting() {
+    // The runner's TaskState holds 32 calls: of 40 nested ones the innermost 8 are missed.
+    let prog = deep_program(40);
+    let (m, core, file) = setup(&prog);
+    let (_, task) = spawn(&m, &core, file);
+    let p = RetProbe::default();
+    let key = ProbeKey::new(file, prog.offset("deep"));
+    let h = core
+        .register(&m, key, p.clone(), ret_opts(64))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let mut runner = Runner::new();
+    assert_eq!(run(&m, &core, &mut runner, task), Some(40));
+    assert_eq!(p.seen.returns.load(Ordering::SeqCst), 32);
+    assert_eq!(core.nmissed(h).unwrap(), 8);
+    assert_eq!(core.nmissed_nesting(h).unwrap(), 8);
+    assert_eq!(core.abandoned(h).unwrap(), 0);
+    core.unregister(&m, h).unwrap();
 }
 
 #[test]
@@ -279,6 +316,9 @@ fn frames_abandoned_by_longjmp_are_dropped() {
         0,
         "thrower never returns"
     );
+    // Tracked calls that never returned are counted as abandoned, the others not.
+    let abandoned: Vec<u64> = hs.iter().map(|&h| core.abandoned(h).unwrap()).collect();
+    assert_eq!(abandoned, [0, 3, 3]);
     for h in hs {
         assert_eq!(
             core.instances_in_use(h).unwrap(),

@@ -28,8 +28,12 @@ pub enum Role {
     /// An unwinder's entry (`_Unwind_RaiseException`, `_Unwind_Resume`...): the thread is
     /// about to walk its stack, so its hijacked return addresses are put back first.
     UnwindStart,
-    /// `__cxa_begin_catch`: an exception was caught; the return addresses of the frames
-    /// that survived are hijacked again.
+    /// An exit of an unwinder entry: its jump to a landing pad (a `catch`, a Rust
+    /// `catch_unwind`, a cleanup) or its `ret`; the frames above the stack pointer survived
+    /// and their return addresses are hijacked again.
+    UnwindLeave,
+    /// `__cxa_begin_catch`: an exception was caught (as [`UnwindLeave`](Role::UnwindLeave),
+    /// for an unwinder whose exits were not found).
     UnwindCatch,
     /// libc's `ptrace`: the program's own tracing, which fails while we trace it.
     PtraceCall,
@@ -411,11 +415,16 @@ impl Consumer<LinuxPlatform> for LinuxConsumer {
                     target: ctx.regs.arg(1).unwrap_or(u64::MAX),
                 });
             }
-            Role::UnwindStart | Role::UnwindCatch => {
+            Role::UnwindStart | Role::UnwindLeave | Role::UnwindCatch => {
+                use super::returns::UnwindKind;
                 lock(&self.shared.unwind).push(super::returns::UnwindEvent {
                     task: ctx.task,
                     sp: ctx.regs.sp(),
-                    catch: self.role == Role::UnwindCatch,
+                    kind: match self.role {
+                        Role::UnwindStart => UnwindKind::Start,
+                        Role::UnwindLeave => UnwindKind::Leave,
+                        _ => UnwindKind::Catch,
+                    },
                 });
             }
             Role::Probe(i) if self.usdt.is_some() => {

@@ -465,6 +465,9 @@ impl Session {
             return;
         };
         let space = t.space;
+        if self.rets.any_return {
+            t.ts.make_room();
+        }
         self.platform.set_current(Some(tid_of(tid)));
         let hit = self.core.on_breakpoint(
             &self.platform,
@@ -662,7 +665,7 @@ impl Session {
             Event::Exit => {
                 if let Some(t) = self.tasks.get_mut(&tid) {
                     t.exiting = true;
-                    self.core.on_task_exit(&mut t.ts);
+                    super::returns::task_gone(&self.core, t);
                     self.core.clear_trap(&mut t.trap);
                 }
                 self.platform.set_stopped(tid_of(tid), false);
@@ -670,7 +673,9 @@ impl Session {
             }
             Event::Stop => {
                 let first = self.tasks.get(&tid).is_some_and(|t| t.run == Run::Unborn);
-                if first {
+                if first && self.not_followed(tid, true) {
+                    self.release(tid);
+                } else if first {
                     self.resume(tid, 0);
                 } else if is_stop_signal(sig) && !self.detaching {
                     // A group-stop: stay stopped, but keep reporting.
@@ -746,7 +751,7 @@ impl Session {
         } else {
             (child, SpaceId(child.0 as u64))
         };
-        let mut task = Task::new(tgid, space, Run::Unborn);
+        let mut task = Task::new(tgid, space, Run::Unborn, self.rets.max_depth);
         self.platform.add_task(tid_of(child), space, false);
         if !vm {
             match self.platform.fork_space(pspace, space, child) {
@@ -756,6 +761,7 @@ impl Session {
                         self.warn(format!("following fork of process {child}: {why}"));
                     }
                     if let Some(p) = self.tasks.get(&parent) {
+                        task.ts.reserve(p.ts.len());
                         self.core.on_task_fork(&p.ts, &mut task.ts);
                     }
                 }
@@ -766,6 +772,7 @@ impl Session {
             // return address (glibc's vfork keeps it in a register across the system call):
             // it needs the parent's instances too. They are dropped at its exec or exit.
             if let Some(p) = self.tasks.get(&parent) {
+                task.ts.reserve(p.ts.len());
                 self.core.on_task_fork(&p.ts, &mut task.ts);
             }
         }
@@ -786,7 +793,7 @@ impl Session {
         if former != tid {
             // A non-leader thread exec'd: it takes the leader's id; the old leader is gone.
             if let Some(mut old) = self.tasks.remove(&tid) {
-                self.core.on_task_exit(&mut old.ts);
+                super::returns::task_gone(&self.core, &mut old);
                 self.core.clear_trap(&mut old.trap);
             }
             if let Some(t) = self.tasks.remove(&former) {
@@ -808,7 +815,7 @@ impl Session {
             .collect();
         for p in others {
             if let Some(mut o) = self.tasks.remove(&p) {
-                self.core.on_task_exit(&mut o.ts);
+                super::returns::task_gone(&self.core, &mut o);
                 self.core.clear_trap(&mut o.trap);
             }
             self.placer.forget(p);
@@ -816,6 +823,19 @@ impl Session {
         }
         if !self.detaching {
             self.replace_threads();
+        }
+        if self.not_followed(tid, false) {
+            // A vfork child of the traced process (`--no-follow`) runs a program of its own:
+            // let it go before the program runs (its new memory holds nothing of ours).
+            self.release(tid);
+            return;
+        }
+        if !self.setid_warned {
+            let exe = std::fs::read_link(format!("/proc/{tid}/exe"));
+            if let Some(w) = exe.ok().and_then(|e| crate::setid::lost_privileges(&e)) {
+                self.setid_warned = true;
+                self.warn(w);
+            }
         }
         // Out of the execve call, to a stop where registers may be used.
         if sys::leave_syscall(tid).is_err() {
@@ -828,7 +848,7 @@ impl Session {
                 self.core.clear_trap(&mut t.trap);
             } else {
                 // A vfork child leaves its parent's space, which lives on.
-                self.core.on_task_exit(&mut t.ts);
+                super::returns::task_gone(&self.core, t);
                 self.core.clear_trap(&mut t.trap);
             }
             t.space = new_space;
@@ -849,11 +869,93 @@ impl Session {
         self.resume(tid, 0);
     }
 
+    /// With `--no-follow`, whether `tid` is a process other than the traced one, to be let go:
+    /// at its first stop (`first`) one with a space of its own (a fork child), at its exec
+    /// any (a vfork child, which ran in its parent's space until then).
+    fn not_followed(&self, tid: Pid, first: bool) -> bool {
+        let Some(t) = self.tasks.get(&tid) else {
+            return false;
+        };
+        let root = self.tasks.get(&self.root).map_or(self.root, |r| r.tgid);
+        self.no_follow
+            && !self.detaching
+            && t.tgid != root
+            && (!first || t.space == SpaceId(t.tgid.0 as u64))
+    }
+
+    /// Lets process `tid` (one thread, stopped) go untraced, with nothing of ours left in
+    /// it: its inherited hijacked return addresses and breakpoints are put back in its own
+    /// space (a fork child's copy; after an exec there is nothing left), its CPU mask too.
+    fn release(&mut self, tid: Pid) {
+        let Some(mut t) = self.tasks.remove(&tid) else {
+            return;
+        };
+        let own =
+            t.space == SpaceId(tid.0 as u64) && !self.tasks.values().any(|o| o.space == t.space);
+        let mut errors = Vec::new();
+        if own {
+            if let Err(e) = self
+                .core
+                .restore_returns(&self.platform, t.space, &mut t.ts)
+            {
+                errors.push(format!("restoring return addresses: {e}"));
+            }
+            if let Err(e) = self.core.detach_space(&self.platform, t.space) {
+                errors.push(format!("taking the breakpoints out: {e}"));
+            }
+            // The slot area it inherited goes too (it has not run: no thread is inside).
+            if let Some(area) = self.platform.xol_range(t.space) {
+                let inside = sys::get_regs(tid).map_or(true, |r| area.contains(&r.rip));
+                self.platform.set_current(Some(tid_of(tid)));
+                let r = if inside {
+                    Err("the thread is inside it".to_owned())
+                } else {
+                    self.platform
+                        .unmap_xol(t.space, tid)
+                        .map_err(|e| e.to_string())
+                };
+                if let Err(e) = r {
+                    errors.push(format!(
+                        "the out-of-line slot area {:#x}..{:#x} stays mapped: {e}",
+                        area.start, area.end
+                    ));
+                }
+            }
+        } else {
+            super::returns::task_gone(&self.core, &mut t);
+        }
+        self.core.clear_trap(&mut t.trap);
+        if let Err(e) = self.placer.release(tid) {
+            errors.push(e);
+        }
+        self.platform.remove_task(tid_of(tid));
+        if own {
+            self.platform.remove_space(t.space);
+        }
+        let sig = match t.run {
+            Run::Held(s) => s,
+            _ => 0,
+        };
+        if let Err(e) = sys::detach(tid, sig) {
+            errors.push(format!("detaching: {e}"));
+        }
+        for held in t.deferred.drain(..) {
+            let _ = sys::tgkill(t.tgid, tid, held.signo());
+        }
+        for e in errors {
+            self.warn(format!("letting process {tid} go (--no-follow): {e}"));
+        }
+        self.released.push(tid);
+        if !self.detaching {
+            self.replace_threads();
+        }
+    }
+
     fn on_gone(&mut self, tid: Pid, how: Outcome) {
         self.orphans.remove(&tid);
         self.placer.forget(tid);
         if let Some(mut t) = self.tasks.remove(&tid) {
-            self.core.on_task_exit(&mut t.ts);
+            super::returns::task_gone(&self.core, &mut t);
             self.core.clear_trap(&mut t.trap);
             self.platform.remove_task(tid_of(tid));
             if !self.detaching && self.outcome.is_none() && tid != self.root {

@@ -16,8 +16,7 @@ use std::sync::Arc;
 
 use probe_core::arch::x86_64::X86_64;
 use probe_core::{
-    ConsumerHandle, ConsumerOptions, FileId, ProbeCore, ProbeKey, SpaceId, TaskId, TaskState,
-    TrapState,
+    ConsumerHandle, ConsumerOptions, FileId, ProbeCore, ProbeKey, SpaceId, TaskId, TrapState,
 };
 
 use super::consumer::{HitRecord, LinuxConsumer, Role, Shared};
@@ -77,15 +76,14 @@ pub(crate) enum Run {
     Unborn,
 }
 
-/// Tracked calls (return-probe instances) per thread: deep enough for real recursion; a call
-/// deeper than this is counted as missed (about 120 bytes each).
-pub const RETURN_DEPTH: usize = 256;
-
 /// One traced thread.
 #[derive(Debug)]
 pub(crate) struct Task {
     /// Its tracked calls (return-probe instances).
-    pub(crate) ts: TaskState<RETURN_DEPTH>,
+    pub(crate) ts: super::returns::CallStack,
+    /// The stack pointers at the entries of the unwinder calls it is inside (innermost
+    /// last): while it unwinds, its stack shows real return addresses.
+    pub(crate) unwinding: Vec<u64>,
     /// Its trap in flight (a slot, a single step).
     pub(crate) trap: TrapState<X86_64>,
     /// Its thread group (process).
@@ -113,9 +111,11 @@ pub(crate) struct Task {
 }
 
 impl Task {
-    pub(crate) fn new(tgid: Pid, space: SpaceId, run: Run) -> Task {
+    /// `depth`: most return-probed calls it has in flight (`--max-ret-depth`).
+    pub(crate) fn new(tgid: Pid, space: SpaceId, run: Run, depth: usize) -> Task {
         Task {
-            ts: TaskState::new(),
+            ts: super::returns::CallStack::new(depth),
+            unwinding: Vec::new(),
             trap: TrapState::new(),
             tgid,
             space,
@@ -252,6 +252,9 @@ pub struct SessionOptions {
     /// Calls of one return-probed function tracked at once (`--maxactive`); more are
     /// counted as missed.
     pub maxactive: u32,
+    /// Return-probed calls one thread has in flight at once, its nesting (`--max-ret-depth`);
+    /// deeper calls are counted as missed.
+    pub max_ret_depth: usize,
     /// Keep a latency histogram per probe (`--latency`); entry probes become return
     /// consumers.
     pub latency: bool,
@@ -265,6 +268,9 @@ pub struct SessionOptions {
     pub ret_by_insn: bool,
     /// Walk the user stack of each hit and count per distinct stack (`--stack`).
     pub stack: bool,
+    /// Trace only the process itself, not the processes it starts (`--no-follow`): see
+    /// [`Session::released`].
+    pub no_follow: bool,
 }
 
 impl Default for SessionOptions {
@@ -273,11 +279,13 @@ impl Default for SessionOptions {
             record_args: None,
             strategy: WaitStrategy::DEFAULT,
             maxactive: RET_MAXACTIVE,
+            max_ret_depth: super::returns::DEFAULT_MAX_DEPTH,
             latency: false,
             string_args: 0,
             placement: CpuPlacement::Auto,
             ret_by_insn: false,
             stack: false,
+            no_follow: false,
         }
     }
 }
@@ -305,6 +313,14 @@ pub struct Session {
     pub(crate) follow_descendants: bool,
     /// Processes still running when the session let them go early (after the command).
     pub(crate) left_running: Vec<Pid>,
+    /// `--no-follow`: processes the traced one starts are let go.
+    pub(crate) no_follow: bool,
+    /// The processes let go at their start or exec (`--no-follow`).
+    pub(crate) released: Vec<Pid>,
+    /// The spawned program runs without its set-user/group-ID privileges: why.
+    pub(crate) setid_warning: Option<String>,
+    /// A program that lost its set-ID privileges was warned about (once a session).
+    pub(crate) setid_warned: bool,
     pub(crate) strategy: WaitStrategy,
     pub(crate) warnings: Vec<String>,
     pub(crate) stats: Stats,
@@ -350,10 +366,14 @@ impl Session {
             detaching: false,
             follow_descendants: true,
             left_running: Vec::new(),
+            no_follow: opts.no_follow,
+            released: Vec::new(),
+            setid_warning: None,
+            setid_warned: false,
             strategy: opts.strategy,
             warnings: Vec::new(),
             stats: Stats::default(),
-            rets: super::returns::RetState::new(opts.maxactive, opts.latency),
+            rets: super::returns::RetState::new(opts.maxactive, opts.max_ret_depth, opts.latency),
             string_args: opts.string_args,
             placer: Placer::new(opts.placement),
             detach_request: Arc::new(core::sync::atomic::AtomicBool::new(false)),
@@ -372,14 +392,26 @@ impl Session {
         let pid = sys::spawn_traced(program, args, Options::SPAWNED, None)?;
         let mut s = Session::new(pid, true, opts);
         let space = SpaceId(pid.0 as u64);
-        s.tasks.insert(pid, Task::new(pid, space, Run::Held(0)));
+        s.tasks
+            .insert(pid, Task::new(pid, space, Run::Held(0), s.rets.max_depth));
         s.platform.add_task(TaskId(pid.0 as u64), space, true);
         if let Err(e) = s.platform.add_space(space, pid) {
             let _ = sys::kill(pid, libc::SIGKILL);
             return Err(e.into());
         }
         s.setup_space(space, pid)?;
+        if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+            s.setid_warning = crate::setid::lost_privileges(&exe);
+            s.setid_warned = s.setid_warning.is_some();
+        }
         Ok(s)
+    }
+
+    /// Why the spawned program runs without the privileges of its set-user-ID or
+    /// set-group-ID bit, if it does (see [`crate::setid`]). A program a traced process
+    /// executes later is warned about in [`warnings`](Self::warnings) (once a session).
+    pub fn setid_warning(&self) -> Option<&str> {
+        self.setid_warning.as_deref()
     }
 
     /// Attaches to every thread of running process `pid` (`PTRACE_SEIZE`) and holds them
@@ -392,7 +424,8 @@ impl Session {
         let mut s = Session::new(pid, false, opts);
         let space = SpaceId(pid.0 as u64);
         for t in &threads {
-            let mut task = Task::new(pid, space, Run::Held(t.pending_signal.unwrap_or(0)));
+            let run = Run::Held(t.pending_signal.unwrap_or(0));
+            let mut task = Task::new(pid, space, run, s.rets.max_depth);
             task.group_stopped = t.group_stop.is_some();
             s.tasks.insert(t.tid, task);
             s.platform.add_task(TaskId(t.tid.0 as u64), space, true);
@@ -420,6 +453,16 @@ impl Session {
     /// Whether the session started the process (rather than attached to it).
     pub fn is_spawned(&self) -> bool {
         self.spawned
+    }
+
+    /// With `--no-follow`, the processes the traced one started that were let go: a fork
+    /// child at its first stop, before it runs (the breakpoints and hijacked return
+    /// addresses it inherited taken out of its copy of memory, its CPU mask put back), and a
+    /// vfork child (it runs in its parent's memory, breakpoints and all, so it is followed
+    /// until then, and its hits count) at its `exec`, before the new program runs. Threads
+    /// of the traced process are traced as ever.
+    pub fn released(&self) -> &[Pid] {
+        &self.released
     }
 
     /// The probe points of the session, in the order added.

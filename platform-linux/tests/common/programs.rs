@@ -24,7 +24,7 @@ const PROGRAMS: &[(&str, &str, bool, &[&str])] = &[
     ),
     ("int3-loop", "int3_loop.c", false, &["-pthread"]),
     ("forker", "forker.c", false, &["-pthread"]),
-    // A program that calls ptrace itself (issue 13, item 8).
+    // A program that uses ptrace itself, for --no-follow.
     ("selftrace", "selftrace.c", false, &["-fPIE", "-pie"]),
     ("threads", "threads.c", false, &["-pthread"]),
     (
@@ -109,24 +109,35 @@ fn build_all(out: &Path) {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs");
     for (name, file, cpp, flags) in PROGRAMS {
         let source = src.join(file);
-        let dst = out.join(name);
         let mut cmd = compiler(*cpp);
         cmd.arg("-O1").arg("-g").args(*flags);
-        let stamp = out.join(format!(".{name}.cmd"));
-        let line = format!("{cmd:?} {}", source.display());
-        if up_to_date(&dst, &source, &stamp, &line) {
-            continue;
-        }
+        build_one(out, name, &source, cmd);
+    }
+    drop(lock);
+}
+
+/// Builds `out/name` from `source` with `cmd` (completed with `-o TMP SOURCE`), unless it
+/// is newer than the source and was built by the same command; written under a temporary
+/// name and renamed into place. The caller holds the directory's lock.
+fn build_one(out: &Path, name: &str, source: &Path, mut cmd: Command) -> PathBuf {
+    let dst = out.join(name);
+    let stamp = out.join(format!(".{name}.cmd"));
+    let line = format!("{cmd:?} {}", source.display());
+    if !up_to_date(&dst, source, &stamp, &line) {
         let tmp = out.join(format!(".{name}.tmp"));
-        cmd.arg("-o").arg(&tmp).arg(&source);
+        cmd.arg("-o").arg(&tmp).arg(source);
         let status = cmd
             .status()
-            .unwrap_or_else(|e| panic!("running the C compiler for {file}: {e}: {cmd:?}"));
-        assert!(status.success(), "compiling {file} failed: {cmd:?}");
+            .unwrap_or_else(|e| panic!("running the compiler for {name}: {e}: {cmd:?}"));
+        assert!(
+            status.success(),
+            "compiling {} failed: {cmd:?}",
+            source.display()
+        );
         std::fs::rename(&tmp, &dst).expect("move the built program into place");
         std::fs::write(&stamp, &line).expect("write the command stamp");
     }
-    drop(lock);
+    dst
 }
 
 /// Whether `dst` is newer than `source` and was built by the same command line.
@@ -158,6 +169,24 @@ fn compiler(cpp: bool) -> Command {
             )
         })
         .to_command()
+}
+
+/// The path of Rust test program `name`, built on first use from `tests/programs/SOURCE`
+/// with the `rustc` that builds the tests (`RUSTC`, else the one on `PATH`) and `flags`, into
+/// the directory of the C programs; rebuilt only when the source or the command changed.
+pub fn rust_program(name: &str, source: &str, flags: &[&str]) -> PathBuf {
+    let out = programs_dir();
+    let lock = File::create(out.join(".lock")).expect("create the lock file");
+    platform_linux::sys::lock_exclusive(&lock).expect("lock the test programs' directory");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/programs")
+        .join(source);
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    let mut cmd = Command::new(rustc);
+    cmd.args(flags);
+    let dst = build_one(out, name, &src, cmd);
+    drop(lock);
+    dst
 }
 
 /// (output name, source) of the Go test programs, built with `go build` when `go` is there.

@@ -1,6 +1,7 @@
 /* Return-probe scenarios (issue 5), one per mode; each prints what it did so that a traced
  * run can be compared with an untraced one.
  *   fib N            recursion: fib(N), the number of calls
+ *   deep N           recursion N calls deep: deep(N) -> deep(N-1) ... -> deep(1)
  *   longjmp N        longjmp out of two nested probed frames (jumper -> inner) N times,
  *                    plus N normal calls of inner()
  *   threads T N      T threads calling leaf() N times each
@@ -26,6 +27,14 @@ static long fib_calls;
 __attribute__((noinline)) long fib(long n) {
     fib_calls++;
     return n < 2 ? n : fib(n - 1) + fib(n - 2);
+}
+
+__attribute__((noinline)) long deep(long n) {
+    if (n <= 1)
+        return 1;
+    long r = deep(n - 1) + 1;
+    __asm__ volatile("" ::: "memory");
+    return r;
 }
 
 static jmp_buf env;
@@ -109,6 +118,9 @@ int main(int argc, char **argv) {
         long n = argc > 2 ? atol(argv[2]) : 10;
         long r = fib(n);
         printf("fib(%ld) = %ld, calls %ld\n", n, r, fib_calls);
+    } else if (!strcmp(mode, "deep")) {
+        long n = argc > 2 ? atol(argv[2]) : 10;
+        printf("deep(%ld) = %ld\n", n, deep(n));
     } else if (!strcmp(mode, "longjmp")) {
         long n = argc > 2 ? atol(argv[2]) : 10, jumps = 0, sum = 0;
         for (long i = 0; i < n; i++) {

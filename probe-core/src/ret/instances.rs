@@ -12,6 +12,11 @@ pub(crate) struct Instances {
     active: AtomicU64,
     /// Calls that found no free instance.
     pub(crate) nmissed: AtomicU64,
+    /// Of those, calls that found the task's chain of tracked calls full (nested too deep).
+    pub(crate) nested: AtomicU64,
+    /// Tracked calls that never returned: their frames were abandoned (`longjmp`,
+    /// unwinding) or their task exited or exec'd inside them.
+    pub(crate) abandoned: AtomicU64,
 }
 
 impl Instances {
@@ -20,6 +25,8 @@ impl Instances {
             Instances {
                 active: AtomicU64::new(0),
                 nmissed: AtomicU64::new(0),
+                nested: AtomicU64::new(0),
+                abandoned: AtomicU64::new(0),
             }
         }
     }
@@ -28,6 +35,8 @@ impl Instances {
     pub(crate) fn reset(&self, g: u32) {
         self.active.store((g as u64) << 32, Ordering::Relaxed);
         self.nmissed.store(0, Ordering::Relaxed);
+        self.nested.store(0, Ordering::Relaxed);
+        self.abandoned.store(0, Ordering::Relaxed);
     }
 
     /// Take one of `max` instances for generation `g`; counts a miss when none is free.
@@ -69,6 +78,14 @@ impl Instances {
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
                 ((v >> 32) as u32 == g && v as u32 > 0).then_some(v - 1)
             });
+    }
+
+    /// Give back the instance of a call that never returned (counted in `abandoned`).
+    pub(crate) fn abandon_instance(&self, g: u32) {
+        if (self.active.load(Ordering::Relaxed) >> 32) as u32 == g {
+            self.abandoned.fetch_add(1, Ordering::Relaxed);
+        }
+        self.put_instance(g);
     }
 
     /// Instances in use.

@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::hit::{Hit, PENDING_RETURNS};
 use crate::platform::{AddressSpace, Platform};
 use crate::sync::Ordering;
-use crate::task::{RetInstance, TaskState};
+use crate::task::{RetInstance, TaskReturns};
 
 /// A return address the hit path replaced, and the instances it pushed for it.
 #[derive(Clone, Copy, Debug)]
@@ -84,14 +84,23 @@ impl<
         }
     }
 
+    /// Give back the instance of a call that will never return (counted: [`abandoned`]).
+    ///
+    /// [`abandoned`]: Self::abandoned
+    pub(crate) fn abandon_instance(&self, ci: u32, g: u32) {
+        if let Some(slot) = self.consumers.get(ci as usize) {
+            slot.rets.abandon_instance(g);
+        }
+    }
+
     /// Detach from a task: put every hijacked return address on its stack back (where the
     /// slot still holds the trampoline) and drop its instances, so that the program returns
     /// normally without the core. Returns the first error; the rest proceed.
-    pub fn restore_returns<const D: usize>(
+    pub fn restore_returns<T: TaskReturns + ?Sized>(
         &self,
         p: &P,
         space: SpaceId,
-        task: &mut TaskState<D>,
+        task: &mut T,
     ) -> Result<(), Error> {
         let mut first = Ok(());
         let tramp = self
@@ -99,10 +108,10 @@ impl<
             .lookup(space.0, 0)
             .map(|sx| self.spaces.at(sx).val.trampoline.load(Ordering::Relaxed))
             .unwrap_or(0);
-        if tramp != 0 && !task.rets.is_empty() {
+        if tramp != 0 && !task.calls().is_empty() {
             match p.space(space) {
                 Some(mem) => {
-                    for i in task.rets.iter().filter(|i| !i.chained) {
+                    for i in task.calls().iter().filter(|i| !i.chained) {
                         if let Err(e) =
                             ArchOf::<P>::restore_return_address(i.frame, &mem, Addr(tramp), i.ret)
                         {
@@ -113,7 +122,7 @@ impl<
                 None => first = Err(Error::NoSuchSpace(space)),
             }
         }
-        self.forget_task(task);
+        self.forget_task(task, false);
         first
     }
 
@@ -124,33 +133,47 @@ impl<
         (t != 0).then_some(Addr(t))
     }
 
-    /// Calls of a return consumer that found no free instance (kretprobes' `nmissed`).
-    pub fn nmissed(&self, h: ConsumerHandle) -> Result<u64, Error> {
-        let slot = self
-            .consumers
+    /// The instance accounting of live return consumer `h`.
+    fn instances_of(&self, h: ConsumerHandle) -> Result<&Instances, Error> {
+        self.consumers
             .get(h.index as usize)
             .filter(|s| s.is_live() && s.generation() == h.generation)
-            .ok_or(Error::UnknownConsumer)?;
-        Ok(slot.rets.nmissed.load(Ordering::Relaxed))
+            .map(|s| &s.rets)
+            .ok_or(Error::UnknownConsumer)
+    }
+
+    /// Calls of a return consumer that found no free instance (kretprobes' `nmissed`).
+    pub fn nmissed(&self, h: ConsumerHandle) -> Result<u64, Error> {
+        Ok(self.instances_of(h)?.nmissed.load(Ordering::Relaxed))
+    }
+
+    /// Of [`nmissed`](Self::nmissed), the calls that found the task's chain of tracked calls
+    /// full: nested deeper than its [`TaskReturns`] holds (the kernel's
+    /// `MAX_URETPROBE_DEPTH`, `kernel/events/uprobes.c`).
+    pub fn nmissed_nesting(&self, h: ConsumerHandle) -> Result<u64, Error> {
+        Ok(self.instances_of(h)?.nested.load(Ordering::Relaxed))
+    }
+
+    /// Calls a return consumer tracked that never returned: their frames were abandoned
+    /// (`longjmp`, an exception or panic unwinding them) or their task exited or exec'd
+    /// inside them. Counted when the core notices: at the task's next entry or return
+    /// through a probe, or its exit.
+    pub fn abandoned(&self, h: ConsumerHandle) -> Result<u64, Error> {
+        Ok(self.instances_of(h)?.abandoned.load(Ordering::Relaxed))
     }
 
     /// Instances of a return consumer in use right now.
     pub fn instances_in_use(&self, h: ConsumerHandle) -> Result<u32, Error> {
-        let slot = self
-            .consumers
-            .get(h.index as usize)
-            .filter(|s| s.is_live() && s.generation() == h.generation)
-            .ok_or(Error::UnknownConsumer)?;
-        Ok(slot.rets.instances())
+        Ok(self.instances_of(h)?.instances())
     }
 
     /// Replace the return address with the trampoline and push this hit's instances on the
     /// task's chain. The first keeps the return address it found (the trampoline itself when
     /// an outer instance already hijacked this frame: a tail call); the others are chained.
     /// Returns what was done, for [`unhijack_return`](Self::unhijack_return).
-    pub(crate) fn hijack_return<const D: usize, M: AddressSpace>(
+    pub(crate) fn hijack_return<T: TaskReturns + ?Sized, M: AddressSpace>(
         &self,
-        ts: &mut TaskState<D>,
+        ts: &mut T,
         regs: &mut RegsOf<P>,
         mem: &M,
         tramp: Addr,
@@ -177,7 +200,7 @@ impl<
             inst.frame = regs.sp();
             inst.ret = if k == 0 { cur } else { tramp };
             inst.chained = k > 0 || chained;
-            match ts.rets.push(inst) {
+            match ts.push_call(inst) {
                 Ok(()) => pushed += 1,
                 Err(inst) => self.put_instance(inst.consumer, inst.generation),
             }
@@ -192,15 +215,15 @@ impl<
 
     /// Undo [`hijack_return`](Self::hijack_return) (the hit failed after it): the real
     /// return address goes back and this hit's instances are given back.
-    pub(crate) fn unhijack_return<const D: usize, M: AddressSpace>(
+    pub(crate) fn unhijack_return<T: TaskReturns + ?Sized, M: AddressSpace>(
         &self,
-        ts: &mut TaskState<D>,
+        ts: &mut T,
         mem: &M,
         h: Hijack,
         tramp: Addr,
     ) {
         for _ in 0..h.pushed {
-            if let Some(i) = ts.rets.pop() {
+            if let Some(i) = ts.pop_call() {
                 self.put_instance(i.consumer, i.generation);
             }
         }
@@ -214,14 +237,14 @@ impl<
     /// — except, when the return address is already the trampoline (`chained`: a tail call or
     /// a second return probe on this frame), the frame at exactly `sp`. Returns whether any
     /// was dropped.
-    pub(crate) fn drop_abandoned<const D: usize>(
+    pub(crate) fn drop_abandoned<T: TaskReturns + ?Sized>(
         &self,
-        ts: &mut TaskState<D>,
+        ts: &mut T,
         sp: u64,
         chained: bool,
     ) -> bool {
         let mut dropped = false;
-        while let Some(top) = ts.rets.last() {
+        while let Some(top) = ts.calls().last() {
             let dead = if chained {
                 top.frame < sp
             } else {
@@ -230,9 +253,9 @@ impl<
             if !dead {
                 break;
             }
-            let i = ts.rets.pop();
+            let i = ts.pop_call();
             if let Some(i) = i {
-                self.put_instance(i.consumer, i.generation);
+                self.abandon_instance(i.consumer, i.generation);
             }
             dropped = true;
         }
@@ -243,28 +266,28 @@ impl<
     /// then consume the task's instances in order, running their return handlers, until one
     /// whose saved return address is not the trampoline; resume there.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn on_trampoline<const D: usize>(
+    pub(crate) fn on_trampoline<T: TaskReturns + ?Sized>(
         &self,
         p: &P,
         cpu: CpuId,
         space: SpaceId,
         task: TaskId,
-        ts: &mut TaskState<D>,
+        ts: &mut T,
         regs: &mut RegsOf<P>,
     ) -> Hit {
         let frame = <P::Arch as Arch>::returned_frame(regs.sp());
         // Deeper frames than the returning one were abandoned.
-        while ts.rets.last().is_some_and(|top| top.frame < frame) {
-            if let Some(i) = ts.rets.pop() {
-                self.put_instance(i.consumer, i.generation);
+        while ts.calls().last().is_some_and(|top| top.frame < frame) {
+            if let Some(i) = ts.pop_call() {
+                self.abandon_instance(i.consumer, i.generation);
             }
         }
         // The real return address: the first unchained instance from the top.
-        let Some(real) = ts.rets.iter().rev().find(|i| !i.chained).map(|i| i.ret) else {
+        let Some(real) = ts.calls().iter().rev().find(|i| !i.chained).map(|i| i.ret) else {
             return Hit::StrayTrampoline;
         };
         regs.set_ip(real.0);
-        while let Some(mut inst) = ts.rets.pop() {
+        while let Some(mut inst) = ts.pop_call() {
             let slot = &self.consumers[inst.consumer as usize % CONSUMERS];
             if slot.is_live() && slot.generation() == inst.generation {
                 slot.value.with(|c| {
