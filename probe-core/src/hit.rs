@@ -81,7 +81,8 @@ impl<
         const SPACES: usize,
         const XOL: usize,
         const CPUS: usize,
-    > ProbeCore<P, C, PROBES, CONSUMERS, SITES, SPACES, XOL, CPUS>
+        L: lock_api::RawMutex,
+    > ProbeCore<P, C, PROBES, CONSUMERS, SITES, SPACES, XOL, CPUS, L>
 {
     /// A breakpoint trap of `task` (running in `space`, handled on `cpu`) with registers
     /// `regs` as the trap left them. `trap` is the state of the execution context that took

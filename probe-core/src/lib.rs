@@ -68,5 +68,7 @@ pub(crate) mod xol;
 pub use blacklist::BLACKLIST_CAPACITY;
 pub use engine::ProbeCore;
 pub use hit::{Hit, Step};
+pub use lock_api;
+pub use sync::SpinLock;
 pub use task::{ReturnChain, TaskState, RET_DATA_MAX};
 pub use trap::TrapState;

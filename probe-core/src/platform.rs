@@ -54,6 +54,17 @@ impl Mapping {
 ///
 /// The core never stores a platform; every operation borrows one. Methods taking closures
 /// run at registration, event and filter-evaluation time only, never on the hit path.
+///
+/// Contexts (the full table is on [`ProbeCore`](crate::ProbeCore)):
+/// - every method may be called with the core's writer lock held (the embedder's choice of
+///   lock, so these may sleep if that lock allows sleeping);
+/// - [`space`](Platform::space), and [`AddressSpace::read`] and [`AddressSpace::write`] on
+///   what it returns, are also called on the hit, single-step and return paths: in the trap
+///   handler, possibly in interrupt or NMI context, where they must neither sleep, take a
+///   lock a trapped context may hold, nor allocate;
+/// - [`AddressSpace::patch_code`] is called only with the writer lock held, never on the
+///   hit path: it may take the kernel's text mutex and sleep if the writer lock is a
+///   sleeping one.
 pub trait Platform {
     /// The architecture.
     type Arch: Arch;
