@@ -270,6 +270,19 @@ fn allocation_in_a_trap_handler_fails_loudly() {
     );
 }
 
+#[test]
+fn writer_lock_in_a_trap_handler_fails_loudly() {
+    let qemu = require_qemu!();
+    let b = boot(qemu, 2, "lock-in-trap");
+    assert_eq!(b.status, EXIT_FAILURE, "{}", b.serial);
+    assert!(
+        b.serial
+            .contains("the core's writer lock taken from a trap handler"),
+        "no writer-lock message in:\n{}",
+        b.serial
+    );
+}
+
 /// The in-kernel benchmark (not a timed test: it asserts only that it ran). Run it with
 /// `cargo test -p platform-kernel --test qemu -- --ignored --nocapture benchmark`.
 #[test]

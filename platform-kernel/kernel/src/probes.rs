@@ -7,6 +7,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use platform_kernel::percpu::PerCpu;
 use platform_kernel::trap::{self, CpuTrap, KernelCore, TrapOutcome};
 use platform_kernel::{KernelImage, KernelPlatform, TrapFrame};
+use probe_core::lock_api::{GuardSend, RawMutex};
 use probe_core::{Consumer, EntryAction, HandlerAction, HitContext, ReturnContext};
 
 use crate::text::Mem;
@@ -23,8 +24,87 @@ pub const DEPTH: usize = 32;
 pub const SITES: usize = 2048;
 pub const XOL: usize = 64;
 
-/// The core.
-pub type Core = KernelCore<Mem, Probe, PROBES, CONSUMERS, SITES, XOL, MAX_CPUS>;
+/// The core, with this kernel's writer lock.
+pub type Core = KernelCore<Mem, Probe, PROBES, CONSUMERS, SITES, XOL, MAX_CPUS, WriterLock>;
+
+/// The core's writer lock, this kernel's pick for [`ProbeCore`](probe_core::ProbeCore)'s `L`.
+///
+/// This kernel has no scheduler, so nothing can sleep: a spin lock it is. But it is one that
+/// checks the two rules its holders rely on, and fails loudly when broken (as Linux's
+/// `might_sleep()` does for `kprobe_mutex`):
+/// - it is taken in process context only, never from a trap or interrupt handler (a handler
+///   could interrupt the holder on its own CPU and spin forever);
+/// - it is taken with interrupts on: the holder's text patch waits until every other CPU has
+///   taken its sync IPI (`text.rs`), so a CPU waiting for the lock with interrupts off would
+///   deadlock the holder.
+///
+/// Its unlocked state is all zero bits, so the static core stays in `.bss`. A kernel with a
+/// scheduler picks its sleeping mutex here instead, and its `patch_text` may then sleep
+/// (take `text_mutex`, wait for the sync IPIs by sleeping).
+#[derive(Debug)]
+pub struct WriterLock {
+    held: AtomicBool,
+}
+
+/// Writer-lock acquisitions that found it held.
+pub static WRITER_CONTENDED: AtomicU64 = AtomicU64::new(0);
+
+impl WriterLock {
+    fn check_context() {
+        let cpu = crate::this_cpu();
+        if cpu < MAX_CPUS && crate::IN_TRAP[cpu].load(Ordering::Relaxed) != 0 {
+            fatal(format_args!(
+                "the core's writer lock taken from a trap handler"
+            ));
+        }
+        if !x86_64::instructions::interrupts::are_enabled() {
+            fatal(format_args!(
+                "the core's writer lock taken with interrupts off"
+            ));
+        }
+    }
+
+    fn try_lock_unchecked(&self) -> bool {
+        self.held
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
+// SAFETY: `held` is a test-and-set flag: `lock`/`try_lock` succeed only by swapping it from
+// false to true (Acquire), `unlock` stores false (Release), so at most one holder at a time
+// and the holder's writes happen before the next holder's reads.
+unsafe impl RawMutex for WriterLock {
+    const INIT: Self = WriterLock {
+        held: AtomicBool::new(false),
+    };
+    type GuardMarker = GuardSend;
+
+    fn lock(&self) {
+        Self::check_context();
+        if self.try_lock_unchecked() {
+            return;
+        }
+        WRITER_CONTENDED.fetch_add(1, Ordering::Relaxed);
+        loop {
+            while self.held.load(Ordering::Relaxed) {
+                core::hint::spin_loop();
+            }
+            if self.try_lock_unchecked() {
+                return;
+            }
+        }
+    }
+
+    fn try_lock(&self) -> bool {
+        Self::check_context();
+        self.try_lock_unchecked()
+    }
+
+    unsafe fn unlock(&self) {
+        self.held.store(false, Ordering::Release);
+    }
+}
 
 /// The core, a `static` (its `new` is `const`).
 pub static CORE: Core = Core::new();
@@ -81,6 +161,8 @@ pub enum Probe {
     Ret,
     /// Allocate in the handler (must kill the kernel).
     Allocate,
+    /// Take the core's writer lock in the handler (must kill the kernel).
+    TakeWriterLock,
 }
 
 impl Consumer<Plat> for Probe {
@@ -103,6 +185,9 @@ impl Consumer<Plat> for Probe {
             Probe::Allocate => {
                 let b = alloc::boxed::Box::new(ctx.addr.0);
                 core::hint::black_box(b);
+            }
+            Probe::TakeWriterLock => {
+                core::hint::black_box(CORE.probe_count());
             }
         }
         HandlerAction::Keep

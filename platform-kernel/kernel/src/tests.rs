@@ -672,6 +672,9 @@ pub fn run(cmd: &str) -> ! {
     if cmd.contains("alloc-in-trap") {
         alloc_in_trap();
     }
+    if cmd.contains("lock-in-trap") {
+        lock_in_trap();
+    }
     if cmd.contains("reentry-stress") {
         reentry_stress();
     }
@@ -698,6 +701,10 @@ pub fn run(cmd: &str) -> ! {
         "allocations {} (registration only)",
         crate::ALLOCATIONS.load(Ordering::Relaxed)
     );
+    println!(
+        "writer lock contended {} times",
+        probes::WRITER_CONTENDED.load(Ordering::Relaxed)
+    );
     println!("all tests passed");
     exit(true)
 }
@@ -714,5 +721,21 @@ fn alloc_in_trap() -> ! {
     println!("calling a function whose probe handler allocates");
     call(&TARGETS[1], 1);
     println!("FAIL: the allocation in a trap handler went unnoticed");
+    exit(false)
+}
+
+/// A handler that takes the core's writer lock (here through `probe_count`): the lock must stop
+/// the kernel with a message rather than let a trap spin on a lock its CPU may hold.
+fn lock_in_trap() -> ! {
+    let p = probes::platform();
+    let key = p
+        .key_of(addr_of(&TARGETS[1]))
+        .unwrap_or_else(|| fatal(format_args!("no key")));
+    if let Err((e, _)) = CORE.register(p, key, Probe::TakeWriterLock, ConsumerOptions::default()) {
+        fatal(format_args!("register: {e}"));
+    }
+    println!("calling a function whose probe handler takes the writer lock");
+    call(&TARGETS[1], 1);
+    println!("FAIL: the writer lock taken in a trap handler went unnoticed");
     exit(false)
 }
