@@ -236,7 +236,7 @@ fn text_hash() -> u64 {
     crate::fnv1a(text.iter().copied())
 }
 
-fn text_identical() -> bool {
+pub(crate) fn text_identical() -> bool {
     let (start, end) = crate::image_range();
     // SAFETY: as in `text_hash`.
     let text = unsafe { core::slice::from_raw_parts(start as *const u8, (end - start) as usize) };
