@@ -2,12 +2,12 @@
 //!
 //! This and `text.rs` are the kernel's side of the glue; `platform_kernel` holds the rest.
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use platform_kernel::percpu::PerCpu;
 use platform_kernel::trap::{self, CpuTrap, KernelCore, TrapOutcome};
 use platform_kernel::{KernelImage, KernelPlatform, TrapFrame};
-use probe_core::lock_api::{GuardSend, RawMutex};
+use probe_core::lock_api::{GuardNoSend, RawMutex};
 use probe_core::{Consumer, EntryAction, HandlerAction, HitContext, ReturnContext};
 
 use crate::text::Mem;
@@ -43,13 +43,24 @@ pub type Core = KernelCore<Mem, Probe, PROBES, CONSUMERS, SITES, XOL, MAX_CPUS, 
 /// Its unlocked state is all zero bits, so the static core stays in `.bss`. A kernel with a
 /// scheduler picks its sleeping mutex here instead, and its `patch_text` may then sleep
 /// (take `text_mutex`, wait for the sync IPIs by sleeping).
+///
+/// It also records its holder, so that the text write path can check the core's promise that
+/// `patch_code` is only ever called with the writer lock held ([`writer_held_here`]).
 #[derive(Debug)]
 pub struct WriterLock {
-    held: AtomicBool,
+    /// The holder's CPU number plus one; 0 when free.
+    holder: AtomicUsize,
 }
 
 /// Writer-lock acquisitions that found it held.
 pub static WRITER_CONTENDED: AtomicU64 = AtomicU64::new(0);
+/// The CPU holding a `WriterLock` plus one, 0 for none (this kernel has one core, so one).
+static WRITER_HOLDER: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether this CPU holds the core's writer lock.
+pub fn writer_held_here() -> bool {
+    WRITER_HOLDER.load(Ordering::Relaxed) == crate::this_cpu() + 1
+}
 
 impl WriterLock {
     fn check_context() {
@@ -67,20 +78,27 @@ impl WriterLock {
     }
 
     fn try_lock_unchecked(&self) -> bool {
-        self.held
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
+        let me = crate::this_cpu() + 1;
+        let got = self
+            .holder
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok();
+        if got {
+            WRITER_HOLDER.store(me, Ordering::Relaxed);
+        }
+        got
     }
 }
 
-// SAFETY: `held` is a test-and-set flag: `lock`/`try_lock` succeed only by swapping it from
-// false to true (Acquire), `unlock` stores false (Release), so at most one holder at a time
-// and the holder's writes happen before the next holder's reads.
+// SAFETY: `holder` is a test-and-set word: `lock`/`try_lock` succeed only by swapping it from
+// 0 to the caller's CPU (Acquire), `unlock` stores 0 (Release), so at most one holder at a
+// time and the holder's writes happen before the next holder's reads. The guard is not
+// `Send`: the holder is a CPU, and this kernel never moves work between CPUs.
 unsafe impl RawMutex for WriterLock {
     const INIT: Self = WriterLock {
-        held: AtomicBool::new(false),
+        holder: AtomicUsize::new(0),
     };
-    type GuardMarker = GuardSend;
+    type GuardMarker = GuardNoSend;
 
     fn lock(&self) {
         Self::check_context();
@@ -89,7 +107,7 @@ unsafe impl RawMutex for WriterLock {
         }
         WRITER_CONTENDED.fetch_add(1, Ordering::Relaxed);
         loop {
-            while self.held.load(Ordering::Relaxed) {
+            while self.holder.load(Ordering::Relaxed) != 0 {
                 core::hint::spin_loop();
             }
             if self.try_lock_unchecked() {
@@ -104,7 +122,8 @@ unsafe impl RawMutex for WriterLock {
     }
 
     unsafe fn unlock(&self) {
-        self.held.store(false, Ordering::Release);
+        WRITER_HOLDER.store(0, Ordering::Relaxed);
+        self.holder.store(0, Ordering::Release);
     }
 }
 
