@@ -636,10 +636,11 @@ fn reentry() {
     );
 }
 
-/// The stress run with the timer reentering probes from inside slots: the interrupted CPU
-/// is counted out of its slot by the inner hit (the core's `on_breakpoint` takes the CPU's
-/// slot record), so the writer may reuse a slot a CPU is still executing. Not part of the
-/// default run: it shows what the core's reentry handling must fix.
+/// The stress run with the timer reentering probes from inside slots while CPU 0 registers
+/// and unregisters (so slots are freed and reused): the timer's nesting level
+/// (`on_interrupt_entry`) keeps the interrupted CPU counted in its slot through the inner
+/// hit, so the writer must never reuse a slot a CPU is still executing. Its own boot
+/// (`-append reentry-stress`, a host test on 4 vCPUs), not part of the default run.
 fn reentry_stress() -> ! {
     let p = probes::platform();
     let inner = p
