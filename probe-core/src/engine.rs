@@ -80,8 +80,9 @@ pub(crate) struct Writer {
 ///   `check_cpu`, `site_count`, `is_installed`, `insn_len_at`, `trampoline`, `nmissed`,
 ///   `instances_in_use`. A context that can interrupt a trap in flight (an NMI over a `#BP`
 ///   handler) passes a [`TrapState`](crate::TrapState) of its own. On these paths the core
-///   calls only `Platform::space` and the `AddressSpace`'s `read` and `write` (emulation,
-///   return-address hijacking), which must then be callable there too.
+///   calls only `Platform::space`, `Platform::breakpoint_address` and the `AddressSpace`'s
+///   `read` and `write` (emulation, return-address hijacking), which must then be callable
+///   there too.
 /// - The task-state calls (`on_task_exit`, `on_task_fork`, `restore_returns`) take no lock;
 ///   they run where the platform owns the task's state.
 pub struct ProbeCore<

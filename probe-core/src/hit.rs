@@ -98,7 +98,7 @@ impl<
         ts: &mut TaskState<D>,
         regs: &mut RegsOf<P>,
     ) -> Hit {
-        let bp = <P::Arch as Arch>::breakpoint_address(regs.ip());
+        let bp = p.breakpoint_address(regs.ip());
         // A trap while this level's single step is in flight is a reentry (see `trap.rs`);
         // otherwise a recorded boosted slot was left (the context traps elsewhere).
         let reentry = trap.top().step.is_some();
