@@ -283,28 +283,29 @@ fn boots_and_probes_on_4_cpus() {
     check_run(4);
 }
 
-#[test]
-fn allocation_in_a_trap_handler_fails_loudly() {
+/// Boot with `cmdline`, whose handler does what no trap handler may: the kernel must stop with
+/// failure and print `message`.
+fn dies_loudly(cmdline: &str, message: &str) {
     let qemu = require_qemu!();
-    let b = boot(qemu, 2, "alloc-in-trap");
+    let b = boot(qemu, 2, cmdline);
     assert_eq!(b.status, EXIT_FAILURE, "{}", b.serial);
     assert!(
-        b.serial.contains("bytes from a trap handler"),
-        "no allocator message in:\n{}",
+        b.serial.contains(message),
+        "no {message:?} in:\n{}",
         b.serial
     );
 }
 
 #[test]
+fn allocation_in_a_trap_handler_fails_loudly() {
+    dies_loudly("alloc-in-trap", "bytes from a trap handler");
+}
+
+#[test]
 fn writer_lock_in_a_trap_handler_fails_loudly() {
-    let qemu = require_qemu!();
-    let b = boot(qemu, 2, "lock-in-trap");
-    assert_eq!(b.status, EXIT_FAILURE, "{}", b.serial);
-    assert!(
-        b.serial
-            .contains("the core's writer lock taken from a trap handler"),
-        "no writer-lock message in:\n{}",
-        b.serial
+    dies_loudly(
+        "lock-in-trap",
+        "the core's writer lock taken from a trap handler",
     );
 }
 

@@ -4,18 +4,21 @@
 //! address.
 #![cfg(not(loom))]
 
-use core::ops::ControlFlow;
+mod drive;
+mod wrapped;
+
 use core::sync::atomic::{AtomicUsize, Ordering};
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use drive::drive;
 use platform_mock::asm::{Asm, Program};
 use platform_mock::isa::*;
-use platform_mock::{Machine, Resume, Scheduler, StepEvent, TaskStatus, ToyArch};
+use platform_mock::{Machine, TaskStatus, ToyArch};
 use probe_core::{
-    Addr, Arch, Consumer, ConsumerOptions, CpuId, FileId, HandlerAction, Hit, HitContext, Mapping,
-    MemError, Platform, ProbeCore, ProbeKey, SpaceId, Step, TaskId, TaskState, TrapState,
+    Addr, Arch, Consumer, ConsumerOptions, HandlerAction, HitContext, Platform, ProbeCore,
+    ProbeKey, SpaceId,
 };
+use wrapped::wrapped_machine;
 
 /// The mock machine, with a trap convention of "after the breakpoint": the driver below
 /// moves the trapped task's `pc` past the `brk` before it calls the core, as an x86 CPU does
@@ -27,31 +30,15 @@ struct After {
 
 const BRK_LEN: u64 = <ToyArch as Arch>::BREAKPOINT.len() as u64;
 
-impl Platform for After {
-    type Arch = ToyArch;
+wrapped_machine!(After {
     type Space<'a> = <Machine as Platform>::Space<'a>;
     fn space(&self, id: SpaceId) -> Option<Self::Space<'_>> {
         self.m.space(id)
     }
-    fn for_each_mapping(&self, file: FileId, f: &mut dyn FnMut(Mapping) -> ControlFlow<()>) {
-        self.m.for_each_mapping(file, f)
-    }
-    fn for_each_task(&self, space: SpaceId, f: &mut dyn FnMut(TaskId) -> ControlFlow<()>) {
-        self.m.for_each_task(space, f)
-    }
-    fn file_size(&self, file: FileId) -> Option<u64> {
-        self.m.file_size(file)
-    }
-    fn read_file(&self, file: FileId, offset: u64, buf: &mut [u8]) -> Result<usize, MemError> {
-        self.m.read_file(file, offset, buf)
-    }
-    fn xol_area(&self, space: SpaceId, near: Addr, count: usize) -> Option<Addr> {
-        self.m.xol_area(space, near, count)
-    }
     fn breakpoint_address(&self, trap_ip: u64) -> Addr {
         Addr(trap_ip.wrapping_sub(BRK_LEN))
     }
-}
+});
 
 #[derive(Clone, Debug, Default)]
 struct Count(Arc<AtomicUsize>);
@@ -101,37 +88,8 @@ fn hits_are_found_with_the_platforms_break_address_convention() {
         .unwrap();
     }
 
-    let mut states: HashMap<TaskId, (TrapState<ToyArch>, TaskState)> = HashMap::new();
-    let out = plat
-        .m
-        .run_all(&mut Scheduler::seeded(1), 100_000, |m, task, ev, regs| {
-            let space = m.task_space(task).unwrap();
-            let (trap, ts) = states.entry(task).or_default();
-            match ev {
-                StepEvent::Breakpoint { addr } => {
-                    // The CPU of this platform reports the address after the breakpoint.
-                    regs.pc = addr.0 + BRK_LEN;
-                    match core.on_breakpoint(&plat, CpuId(0), space, task, trap, ts, regs) {
-                        Hit::Emulated | Hit::Boosted { .. } => {}
-                        Hit::SingleStep { .. } => {
-                            m.set_single_step(task, true);
-                        }
-                        other => panic!("hit at {addr:?}: {other:?}"),
-                    }
-                }
-                StepEvent::SingleStepDone => {
-                    assert_eq!(core.on_single_step(&plat, space, trap, regs), Step::Done);
-                }
-                StepEvent::Exited(_) => {
-                    core.on_task_exit(ts);
-                    core.clear_trap(trap);
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-            core.seen_at(trap, regs.pc);
-            Resume::Continue
-        });
-    assert_eq!(out.reason, platform_mock::StopReason::AllDone);
+    // This platform's CPU reports the address after the breakpoint.
+    drive(&plat.m, &plat, &core, BRK_LEN);
     assert_eq!(plat.m.status(task), Some(TaskStatus::Exited(55)));
     assert_eq!(plat.m.output(task), [55]);
     // fib(10): 177 calls, 89 of them base cases returning through the other `ret`.

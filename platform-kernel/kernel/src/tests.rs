@@ -671,10 +671,10 @@ fn reentry_stress() -> ! {
 pub fn run(cmd: &str) -> ! {
     println!("cmdline: {cmd:?}");
     if cmd.contains("alloc-in-trap") {
-        alloc_in_trap();
+        forbidden_in_trap(Probe::Allocate, "allocates");
     }
     if cmd.contains("lock-in-trap") {
-        lock_in_trap();
+        forbidden_in_trap(Probe::TakeWriterLock, "takes the writer lock");
     }
     if cmd.contains("reentry-stress") {
         reentry_stress();
@@ -710,33 +710,20 @@ pub fn run(cmd: &str) -> ! {
     exit(true)
 }
 
-/// A handler that allocates: the allocator must stop the kernel with a message.
-fn alloc_in_trap() -> ! {
+/// A handler that does what no trap handler may (`what`): the kernel must stop with a message
+/// before this returns. `Probe::Allocate`: the allocator refuses; `Probe::TakeWriterLock` (it
+/// calls `probe_count`): the writer lock refuses rather than let a trap spin on a lock its
+/// CPU may hold.
+fn forbidden_in_trap(consumer: Probe, what: &str) -> ! {
     let p = probes::platform();
     let key = p
         .key_of(addr_of(&TARGETS[1]))
         .unwrap_or_else(|| fatal(format_args!("no key")));
-    if let Err((e, _)) = CORE.register(p, key, Probe::Allocate, ConsumerOptions::default()) {
+    if let Err((e, _)) = CORE.register(p, key, consumer, ConsumerOptions::default()) {
         fatal(format_args!("register: {e}"));
     }
-    println!("calling a function whose probe handler allocates");
+    println!("calling a function whose probe handler {what}");
     call(&TARGETS[1], 1);
-    println!("FAIL: the allocation in a trap handler went unnoticed");
-    exit(false)
-}
-
-/// A handler that takes the core's writer lock (here through `probe_count`): the lock must stop
-/// the kernel with a message rather than let a trap spin on a lock its CPU may hold.
-fn lock_in_trap() -> ! {
-    let p = probes::platform();
-    let key = p
-        .key_of(addr_of(&TARGETS[1]))
-        .unwrap_or_else(|| fatal(format_args!("no key")));
-    if let Err((e, _)) = CORE.register(p, key, Probe::TakeWriterLock, ConsumerOptions::default()) {
-        fatal(format_args!("register: {e}"));
-    }
-    println!("calling a function whose probe handler takes the writer lock");
-    call(&TARGETS[1], 1);
-    println!("FAIL: the writer lock taken in a trap handler went unnoticed");
+    println!("FAIL: a handler that {what} went unnoticed");
     exit(false)
 }
