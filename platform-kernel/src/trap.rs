@@ -20,7 +20,10 @@
 //! All three run with interrupts off, allocate nothing, take no lock and do not panic.
 
 use probe_core::arch::x86_64::X86_64;
-use probe_core::{Consumer, CpuId, Error, Hit, ProbeCore, Step, TaskId, TaskState, TrapState};
+use probe_core::lock_api::RawMutex;
+use probe_core::{
+    Consumer, CpuId, Error, Hit, ProbeCore, SpinLock, Step, TaskId, TaskState, TrapState,
+};
 
 use crate::frame::{TrapFrame, IF, TF};
 use crate::percpu::ConstInit;
@@ -35,7 +38,8 @@ pub type KernelCore<
     const S: usize,
     const X: usize,
     const CPUS: usize,
-> = ProbeCore<KernelPlatform<M>, C, P, N, S, 2, X, CPUS>;
+    L = SpinLock,
+> = ProbeCore<KernelPlatform<M>, C, P, N, S, 2, X, CPUS, L>;
 
 /// The state of one CPU's trap in flight.
 #[derive(Debug)]
@@ -81,8 +85,9 @@ pub fn on_int3<
     const X: usize,
     const CPUS: usize,
     const D: usize,
+    L: RawMutex,
 >(
-    core: &KernelCore<M, C, P, N, S, X, CPUS>,
+    core: &KernelCore<M, C, P, N, S, X, CPUS, L>,
     p: &KernelPlatform<M>,
     cpu: u32,
     st: &mut CpuTrap<D>,
@@ -127,8 +132,9 @@ pub fn on_debug<
     const X: usize,
     const CPUS: usize,
     const D: usize,
+    L: RawMutex,
 >(
-    core: &KernelCore<M, C, P, N, S, X, CPUS>,
+    core: &KernelCore<M, C, P, N, S, X, CPUS, L>,
     p: &KernelPlatform<M>,
     st: &mut CpuTrap<D>,
     frame: &mut TrapFrame,
@@ -164,8 +170,9 @@ pub fn on_interrupt_entry<
     const X: usize,
     const CPUS: usize,
     const D: usize,
+    L: RawMutex,
 >(
-    core: &KernelCore<M, C, P, N, S, X, CPUS>,
+    core: &KernelCore<M, C, P, N, S, X, CPUS, L>,
     st: &mut CpuTrap<D>,
     frame: &TrapFrame,
 ) -> bool {
@@ -184,8 +191,9 @@ pub fn on_interrupt_exit<
     const X: usize,
     const CPUS: usize,
     const D: usize,
+    L: RawMutex,
 >(
-    core: &KernelCore<M, C, P, N, S, X, CPUS>,
+    core: &KernelCore<M, C, P, N, S, X, CPUS, L>,
     st: &mut CpuTrap<D>,
 ) {
     core.unnest(&mut st.trap);

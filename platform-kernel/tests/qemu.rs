@@ -88,6 +88,19 @@ fn accel() -> &'static str {
 struct Boot {
     serial: String,
     status: i32,
+    /// Complete serial lines with the wall-clock time since QEMU started at which the host
+    /// first saw each (polled every 100 ms: a coarse clock for long phases only).
+    seen: Vec<(Duration, String)>,
+}
+
+impl Boot {
+    /// When the first line starting with `prefix` was seen.
+    fn seen_at(&self, prefix: &str) -> Option<Duration> {
+        self.seen
+            .iter()
+            .find(|(_, l)| l.starts_with(prefix))
+            .map(|&(t, _)| t)
+    }
 }
 
 fn boot(qemu: &str, cpus: u32, cmdline: &str) -> Boot {
@@ -114,7 +127,15 @@ fn boot(qemu: &str, cpus: u32, cmdline: &str) -> Boot {
         .spawn()
         .expect("start qemu");
     let start = Instant::now();
+    let mut seen: Vec<(Duration, String)> = Vec::new();
     let status = loop {
+        if let Ok(text) = std::fs::read_to_string(&log) {
+            let at = start.elapsed();
+            let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+            for line in complete.lines().skip(seen.len()) {
+                seen.push((at, line.trim_end_matches('\r').to_owned()));
+            }
+        }
         if let Some(s) = child.try_wait().expect("wait for qemu") {
             break s;
         }
@@ -138,7 +159,11 @@ fn boot(qemu: &str, cpus: u32, cmdline: &str) -> Boot {
         }
         eprintln!("qemu exited with {status}: {err}");
     }
-    Boot { serial, status }
+    Boot {
+        serial,
+        status,
+        seen,
+    }
 }
 
 /// The value after `prefix` on the line that starts with it.
@@ -258,15 +283,29 @@ fn boots_and_probes_on_4_cpus() {
     check_run(4);
 }
 
-#[test]
-fn allocation_in_a_trap_handler_fails_loudly() {
+/// Boot with `cmdline`, whose handler does what no trap handler may: the kernel must stop with
+/// failure and print `message`.
+fn dies_loudly(cmdline: &str, message: &str) {
     let qemu = require_qemu!();
-    let b = boot(qemu, 2, "alloc-in-trap");
+    let b = boot(qemu, 2, cmdline);
     assert_eq!(b.status, EXIT_FAILURE, "{}", b.serial);
     assert!(
-        b.serial.contains("bytes from a trap handler"),
-        "no allocator message in:\n{}",
+        b.serial.contains(message),
+        "no {message:?} in:\n{}",
         b.serial
+    );
+}
+
+#[test]
+fn allocation_in_a_trap_handler_fails_loudly() {
+    dies_loudly("alloc-in-trap", "bytes from a trap handler");
+}
+
+#[test]
+fn writer_lock_in_a_trap_handler_fails_loudly() {
+    dies_loudly(
+        "lock-in-trap",
+        "the core's writer lock taken from a trap handler",
     );
 }
 
@@ -294,11 +333,34 @@ fn benchmark() {
             b.serial
         );
     }
+    for n in [1, 1000, 100_000] {
+        assert!(
+            b.serial
+                .contains(&format!("bench: boost hit with {n} probes registered: ")),
+            "{}",
+            b.serial
+        );
+    }
     assert!(
-        b.serial
-            .contains("bench: boost hit with 1000 probes registered"),
+        b.serial.contains("bench: text identical to the image"),
         "{}",
         b.serial
+    );
+    // Wall-clock time of the longest registration and of the unregistration, as the host
+    // saw the lines appear.
+    let phase = |from: &str, to: &str| match (b.seen_at(from), b.seen_at(to)) {
+        (Some(a), Some(z)) => format!("{:.1} s", z.saturating_sub(a).as_secs_f64()),
+        _ => "not seen".to_owned(),
+    };
+    println!(
+        "host: registering 99000 probes took {} wall-clock; unregistering 100000 took {}; \
+         the whole boot {:.1} s",
+        phase(
+            "bench: registering 99000 more",
+            "bench: registered 99000 probes"
+        ),
+        phase("bench: unregistering", "bench: unregistered"),
+        b.seen.last().map_or(0.0, |(t, _)| t.as_secs_f64())
     );
 }
 

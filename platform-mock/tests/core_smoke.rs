@@ -4,17 +4,19 @@
 //! inherits the breakpoints.
 #![cfg(not(loom))]
 
+mod drive;
+
 use core::sync::atomic::{AtomicUsize, Ordering};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use platform_mock::asm::{Asm, Program};
 use platform_mock::isa::*;
-use platform_mock::{Machine, Resume, Scheduler, StepEvent, TaskStatus, ToyArch};
+use platform_mock::{Machine, TaskStatus, ToyArch};
 use probe_core::{
-    Arch, Consumer, ConsumerOptions, CpuId, HandlerAction, Hit, HitContext, PlanKind, ProbeCore,
-    ProbeKey, Step, TaskId, TaskState, TrapState,
+    Arch, Consumer, ConsumerOptions, HandlerAction, HitContext, PlanKind, ProbeCore, ProbeKey,
 };
+
+use drive::drive;
 
 #[derive(Clone, Debug, Default)]
 struct Count(Arc<AtomicUsize>);
@@ -41,37 +43,6 @@ fn program() -> Program {
     a.label("base").mov(R0, R1).ret();
     a.label("k").word(1000);
     a.finish().unwrap()
-}
-
-/// Run every task to the end, driving the core on each trap.
-fn drive(m: &Machine, core: &Core) {
-    let mut states: HashMap<TaskId, (TrapState<ToyArch>, TaskState)> = HashMap::new();
-    let out = m.run_all(&mut Scheduler::seeded(1), 100_000, |m, task, ev, regs| {
-        let space = m.task_space(task).unwrap();
-        let (trap, ts) = states.entry(task).or_default();
-        match ev {
-            StepEvent::Breakpoint { .. } => {
-                match core.on_breakpoint(m, CpuId(0), space, task, trap, ts, regs) {
-                    Hit::Emulated | Hit::Boosted { .. } | Hit::Restart => {}
-                    Hit::SingleStep { .. } => {
-                        m.set_single_step(task, true);
-                    }
-                    other => panic!("unexpected {other:?}"),
-                }
-            }
-            StepEvent::SingleStepDone => {
-                assert_eq!(core.on_single_step(m, space, trap, regs), Step::Done);
-            }
-            StepEvent::Exited(_) => {
-                core.on_task_exit(ts);
-                core.clear_trap(trap);
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-        core.seen_at(trap, regs.pc);
-        Resume::Continue
-    });
-    assert_eq!(out.reason, platform_mock::StopReason::AllDone);
 }
 
 #[test]
@@ -106,7 +77,7 @@ fn probes_of_every_kind_leave_the_program_unchanged() {
     assert_eq!(m.stats(space).unwrap().text_patches, 4);
     assert_eq!(m.file_bytes(file).unwrap(), p.bytes);
 
-    drive(&m, &core);
+    drive(&m, &m, &core, 0);
     assert_eq!(m.status(task), Some(TaskStatus::Exited(55 + 1000)));
     assert_eq!(m.output(task), want);
     // fib(10) makes 177 calls, each returning once through one of two `ret`s (89 base cases).
@@ -133,7 +104,7 @@ fn a_forked_child_keeps_hitting() {
     .unwrap();
     let (child, ct) = m.fork(task).unwrap();
     core.on_fork(&m, parent, child).unwrap();
-    drive(&m, &core);
+    drive(&m, &m, &core, 0);
     assert_eq!(m.status(task), Some(TaskStatus::Exited(1055)));
     assert_eq!(m.status(ct), Some(TaskStatus::Exited(1055)));
     assert_eq!(c.0.load(Ordering::SeqCst), 2 * 177);

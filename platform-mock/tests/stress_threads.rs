@@ -34,7 +34,8 @@
 //! (`--nocapture`).
 #![cfg(not(loom))]
 
-use core::ops::ControlFlow;
+mod wrapped;
+
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use core::time::Duration;
 use std::sync::{mpsc, Arc};
@@ -45,9 +46,10 @@ use platform_mock::isa::*;
 use platform_mock::{Machine, StepEvent, ToyArch, ToyRegs, STACK_TOP, TEXT_BASE};
 use probe_core::{
     Addr, AddressSpace, Arch, Capacity, Consumer, ConsumerHandle, ConsumerOptions, CpuId, Error,
-    FileId, HandlerAction, Hit, HitContext, Mapping, MemError, PlanKind, Platform, ProbeCore,
-    ProbeKey, SpaceId, Step, TaskId, TaskState, TrapState,
+    FileId, HandlerAction, Hit, HitContext, MemError, PlanKind, Platform, ProbeCore, ProbeKey,
+    SpaceId, Step, TaskId, TaskState, TrapState,
 };
+use wrapped::wrapped_machine;
 
 /// CPU threads (and tasks).
 const CPUS: usize = 4;
@@ -832,28 +834,12 @@ impl AddressSpace for HookedSpace<'_> {
     }
 }
 
-impl Platform for Hooked {
-    type Arch = ToyArch;
+wrapped_machine!(Hooked {
     type Space<'a> = HookedSpace<'a>;
     fn space(&self, id: SpaceId) -> Option<HookedSpace<'_>> {
         Platform::space(&self.m, id).map(|inner| HookedSpace { inner, p: self })
     }
-    fn for_each_mapping(&self, file: FileId, f: &mut dyn FnMut(Mapping) -> ControlFlow<()>) {
-        self.m.for_each_mapping(file, f)
-    }
-    fn for_each_task(&self, space: SpaceId, f: &mut dyn FnMut(TaskId) -> ControlFlow<()>) {
-        self.m.for_each_task(space, f)
-    }
-    fn file_size(&self, file: FileId) -> Option<u64> {
-        self.m.file_size(file)
-    }
-    fn read_file(&self, file: FileId, offset: u64, buf: &mut [u8]) -> Result<usize, MemError> {
-        self.m.read_file(file, offset, buf)
-    }
-    fn xol_area(&self, space: SpaceId, near: Addr, count: usize) -> Option<Addr> {
-        self.m.xol_area(space, near, count)
-    }
-}
+});
 
 #[derive(Debug, Default)]
 struct Count(Arc<AtomicU64>);

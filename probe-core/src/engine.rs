@@ -13,7 +13,9 @@ use crate::probe::{ProbePayload, FILE_ENTRY, MAX_ORIG};
 use crate::reclaim::Epochs;
 use crate::site::{List, SitePayload};
 use crate::space::SpacePayload;
-use crate::sync::{array_of, const_fn, AtomicBool, AtomicU64, CachePadded, Mutex, Ordering};
+use crate::sync::{
+    array_of, const_fn, AtomicBool, AtomicU64, CachePadded, Mutex, Ordering, SpinLock,
+};
 use crate::table::{Table, NIL};
 use crate::task::RET_DATA_MAX;
 
@@ -45,6 +47,44 @@ pub(crate) struct Writer {
 /// uninitialised bytes): a static core lands in `.bss`, and a core in freshly zeroed memory
 /// (an embedder's zeroed pages, an anonymous `mmap`) is a valid empty core, committed only
 /// where it is written. Loom builds are the exception (loom's atomics are not plain memory).
+///
+/// # The writer lock, `L`
+///
+/// Every call that changes the tables, and the few that walk writer-only lists, is serialised
+/// by one lock of the embedder's raw lock type `L`: any [`lock_api::RawMutex`] (its `const
+/// INIT` keeps [`new`](ProbeCore::new) `const`, and an `INIT` that is all zero bits keeps a
+/// static core in `.bss`). The default, [`SpinLock`], spins. While it holds `L` the core calls
+/// the platform's writer-side callbacks: every [`Platform`] method (`space`,
+/// `for_each_mapping`, `for_each_task`, `file_size`, `read_file`, `xol_area`, `prefer_boost`,
+/// `privileged`), consumers' [`filter`](crate::Consumer::filter), and, through `space`, [`AddressSpace`](crate::AddressSpace)'s `read`, `write`
+/// (SDT semaphores) and `patch_code` (every breakpoint, slot
+/// and trampoline written or removed); it also waits for grace periods
+/// ([`unregister`](ProbeCore::unregister) waits for handlers running on other CPUs). So `L`
+/// must allow what those callbacks do: a kernel whose `patch_code` takes its text mutex and
+/// may sleep (Linux's `text_poke` under `text_mutex`) picks its sleeping mutex, as Linux's
+/// kprobes take `kprobe_mutex` before `text_mutex`; a platform whose callbacks never sleep
+/// may keep the spin lock. The hit, single-step and return paths never take `L`.
+///
+/// # Which context may call what
+///
+/// - **Process context only** (they take `L`, may wait for a grace period, and allocate when
+///   the architecture's analysis does): [`register`](ProbeCore::register),
+///   [`unregister`](ProbeCore::unregister), `blacklist_file`, `blacklist_addr`, `maintain`,
+///   `refilter`, the platform's events (`on_mmap`, `on_munmap`, `on_fork`, `on_exec`,
+///   `on_space_exit`, `on_xol_lost`, `detach_space`), and `probe_count`, `for_each_site`,
+///   `plan_of`, `probe_nmissed`. Never from a consumer's handler, an interrupt or an NMI:
+///   the lock may be held by the code they interrupted.
+/// - **Any context, interrupts and NMIs included** (lock-free, bounded, no allocation, no
+///   panic): the trap paths (`on_breakpoint`, `on_single_step`, `abort_single_step`,
+///   `seen_at`, `unnest`, `clear_trap`), [`advance_epoch`](ProbeCore::advance_epoch),
+///   `check_cpu`, `site_count`, `is_installed`, `insn_len_at`, `trampoline`, `nmissed`,
+///   `instances_in_use`. A context that can interrupt a trap in flight (an NMI over a `#BP`
+///   handler) passes a [`TrapState`](crate::TrapState) of its own. On these paths the core
+///   calls only `Platform::space`, `Platform::breakpoint_address` and the `AddressSpace`'s
+///   `read` and `write` (emulation, return-address hijacking), which must then be callable
+///   there too.
+/// - The task-state calls (`on_task_exit`, `on_task_fork`, `restore_returns`) take no lock;
+///   they run where the platform owns the task's state.
 pub struct ProbeCore<
     P: Platform,
     C,
@@ -54,13 +94,14 @@ pub struct ProbeCore<
     const SPACES: usize,
     const XOL: usize,
     const CPUS: usize,
+    L: lock_api::RawMutex = SpinLock,
 > {
     pub(crate) epochs: Epochs<CPUS>,
     pub(crate) probes: Table<ProbePayload<P::Arch>, PROBES>,
     pub(crate) sites: Table<SitePayload, SITES>,
     pub(crate) spaces: Table<SpacePayload<XOL>, SPACES>,
     pub(crate) consumers: [ConsumerSlot<C>; CONSUMERS],
-    pub(crate) writer: Mutex<Writer>,
+    pub(crate) writer: Mutex<L, Writer>,
     /// Some space has a pending filter re-evaluation.
     pub(crate) pending: AtomicBool,
     /// Bumped on every site publication and removal (writer only; readers read it on the
@@ -78,7 +119,8 @@ impl<
         const SPACES: usize,
         const XOL: usize,
         const CPUS: usize,
-    > core::fmt::Debug for ProbeCore<P, C, PROBES, CONSUMERS, SITES, SPACES, XOL, CPUS>
+        L: lock_api::RawMutex,
+    > core::fmt::Debug for ProbeCore<P, C, PROBES, CONSUMERS, SITES, SPACES, XOL, CPUS, L>
 {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("ProbeCore")
@@ -102,7 +144,8 @@ impl<
         const SPACES: usize,
         const XOL: usize,
         const CPUS: usize,
-    > Default for ProbeCore<P, C, PROBES, CONSUMERS, SITES, SPACES, XOL, CPUS>
+        L: lock_api::RawMutex,
+    > Default for ProbeCore<P, C, PROBES, CONSUMERS, SITES, SPACES, XOL, CPUS, L>
 {
     fn default() -> Self {
         Self::new()
@@ -118,7 +161,8 @@ impl<
         const SPACES: usize,
         const XOL: usize,
         const CPUS: usize,
-    > ProbeCore<P, C, PROBES, CONSUMERS, SITES, SPACES, XOL, CPUS>
+        L: lock_api::RawMutex,
+    > ProbeCore<P, C, PROBES, CONSUMERS, SITES, SPACES, XOL, CPUS, L>
 {
     const_fn! {
         /// An empty core.

@@ -22,7 +22,8 @@ impl<
         const SPACES: usize,
         const XOL: usize,
         const CPUS: usize,
-    > ProbeCore<P, C, PROBES, CONSUMERS, SITES, SPACES, XOL, CPUS>
+        L: lock_api::RawMutex,
+    > ProbeCore<P, C, PROBES, CONSUMERS, SITES, SPACES, XOL, CPUS, L>
 {
     /// A new mapping appeared. For an executable mapping of a probed file, every probe of the
     /// file that falls in it is installed where wanted. Returns the first error; the rest

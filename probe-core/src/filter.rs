@@ -23,7 +23,8 @@ impl<
         const SPACES: usize,
         const XOL: usize,
         const CPUS: usize,
-    > ProbeCore<P, C, PROBES, CONSUMERS, SITES, SPACES, XOL, CPUS>
+        L: lock_api::RawMutex,
+    > ProbeCore<P, C, PROBES, CONSUMERS, SITES, SPACES, XOL, CPUS, L>
 {
     /// Whether some live consumer of probe `pi` wants space `space`: it has no filter, or its
     /// filter accepts some task of the space.

@@ -81,7 +81,8 @@ impl<
         const SPACES: usize,
         const XOL: usize,
         const CPUS: usize,
-    > ProbeCore<P, C, PROBES, CONSUMERS, SITES, SPACES, XOL, CPUS>
+        L: lock_api::RawMutex,
+    > ProbeCore<P, C, PROBES, CONSUMERS, SITES, SPACES, XOL, CPUS, L>
 {
     /// A breakpoint trap of `task` (running in `space`, handled on `cpu`) with registers
     /// `regs` as the trap left them. `trap` is the state of the execution context that took
@@ -97,7 +98,7 @@ impl<
         ts: &mut T,
         regs: &mut RegsOf<P>,
     ) -> Hit {
-        let bp = <P::Arch as Arch>::breakpoint_address(regs.ip());
+        let bp = p.breakpoint_address(regs.ip());
         // A trap while this level's single step is in flight is a reentry (see `trap.rs`);
         // otherwise a recorded boosted slot was left (the context traps elsewhere).
         let reentry = trap.top().step.is_some();

@@ -24,7 +24,8 @@ impl<
         const SPACES: usize,
         const XOL: usize,
         const CPUS: usize,
-    > ProbeCore<P, C, PROBES, CONSUMERS, SITES, SPACES, XOL, CPUS>
+        L: lock_api::RawMutex,
+    > ProbeCore<P, C, PROBES, CONSUMERS, SITES, SPACES, XOL, CPUS, L>
 {
     /// The rmap walk for probe `pi`: install in every mapping of its file where wanted.
     pub(crate) fn install_everywhere(&self, p: &P, w: &Writer, pi: u32) -> Result<(), Error> {

@@ -68,6 +68,8 @@ pub(crate) mod xol;
 pub use blacklist::BLACKLIST_CAPACITY;
 pub use engine::ProbeCore;
 pub use hit::{Hit, Step};
+pub use lock_api;
+pub use sync::SpinLock;
 pub use task::{
     RetInstance, ReturnChain, TaskReturns, TaskState, MAX_RETURNS_PER_HIT, RET_DATA_MAX,
 };

@@ -54,6 +54,18 @@ impl Mapping {
 ///
 /// The core never stores a platform; every operation borrows one. Methods taking closures
 /// run at registration, event and filter-evaluation time only, never on the hit path.
+///
+/// Contexts (the full table is on [`ProbeCore`](crate::ProbeCore)):
+/// - every method may be called with the core's writer lock held (the embedder's choice of
+///   lock, so these may sleep if that lock allows sleeping);
+/// - [`space`](Platform::space) and [`breakpoint_address`](Platform::breakpoint_address),
+///   and [`AddressSpace::read`] and [`AddressSpace::write`] on what `space` returns, are
+///   also called on the hit, single-step and return paths: in the trap
+///   handler, possibly in interrupt or NMI context, where they must neither sleep, take a
+///   lock a trapped context may hold, nor allocate;
+/// - [`AddressSpace::patch_code`] is called only with the writer lock held, never on the
+///   hit path: it may take the kernel's text mutex and sleep if the writer lock is a
+///   sleeping one.
 pub trait Platform {
     /// The architecture.
     type Arch: Arch;
@@ -90,6 +102,17 @@ pub trait Platform {
     /// platform keeps the default, no. Asked once per probe, at registration.
     fn prefer_boost(&self) -> bool {
         false
+    }
+
+    /// The probed instruction's address, given the instruction pointer of a context that
+    /// trapped on one of the core's breakpoints. The default is the architecture's convention,
+    /// [`Arch::breakpoint_address`] (x86-64: the CPU reports the address after `int3`, so
+    /// one less). A platform whose trap reports the breakpoint's own address (a hypervisor
+    /// seeing a guest's `#BP` as a VM exit, whose guest `rip` is the `int3`'s; a trap entry
+    /// that rewinds the frame itself) returns `Addr(trap_ip)`. Called on the hit path, in
+    /// whatever context the trap handler runs.
+    fn breakpoint_address(&self, trap_ip: u64) -> Addr {
+        <Self::Arch as Arch>::breakpoint_address(trap_ip)
     }
 
     /// Whether the probed code runs privileged (ring 0: a kernel or hypervisor probing its

@@ -71,44 +71,56 @@ pub(crate) fn spin_loop() {
     core::hint::spin_loop();
 }
 
-/// A mutual-exclusion lock. `spin::Mutex` normally, `loom::sync::Mutex` under loom.
-#[derive(Debug)]
-pub(crate) struct Mutex<T> {
+/// The writer lock a core takes unless its embedder picks another: a test-and-set spin lock
+/// (`spin`'s, through its [`lock_api::RawMutex`] implementation). Right for a platform whose
+/// writer-side callbacks never sleep (a ptrace tracer, the mock, a kernel without a scheduler);
+/// a kernel whose text patching sleeps picks its sleeping mutex instead (see
+/// [`ProbeCore`](crate::ProbeCore)).
+pub type SpinLock = spin::mutex::SpinMutex<()>;
+
+/// A mutual-exclusion lock over the embedder's raw lock `R`: `lock_api::Mutex<R, T>` normally,
+/// `loom::sync::Mutex` under loom (which models the exclusion; `R` is then not used).
+pub(crate) struct Mutex<R, T> {
     #[cfg(not(loom))]
-    inner: spin::Mutex<T>,
+    inner: lock_api::Mutex<R, T>,
     #[cfg(loom)]
     inner: loom::sync::Mutex<T>,
+    #[cfg(loom)]
+    _raw: core::marker::PhantomData<fn() -> R>,
 }
 
-/// The guard of a [`Mutex`].
-#[cfg(not(loom))]
-pub(crate) type MutexGuard<'a, T> = spin::MutexGuard<'a, T>;
-/// The guard of a [`Mutex`].
-#[cfg(loom)]
-pub(crate) type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+impl<R, T> core::fmt::Debug for Mutex<R, T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Mutex")
+    }
+}
 
-impl<T> Mutex<T> {
-    /// A new unlocked mutex.
+impl<R: lock_api::RawMutex, T> Mutex<R, T> {
+    /// A new unlocked mutex (`R::INIT` beside `v`).
     #[cfg(not(loom))]
-    pub(crate) const fn new(v: T) -> Mutex<T> {
+    pub(crate) const fn new(v: T) -> Mutex<R, T> {
         Mutex {
-            inner: spin::Mutex::new(v),
+            inner: lock_api::Mutex::new(v),
         }
     }
     /// A new unlocked mutex.
     #[cfg(loom)]
-    pub(crate) fn new(v: T) -> Mutex<T> {
+    pub(crate) fn new(v: T) -> Mutex<R, T> {
         Mutex {
             inner: loom::sync::Mutex::new(v),
+            _raw: core::marker::PhantomData,
         }
     }
 
-    /// Lock, spinning (or yielding under loom) while another holder has it.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
-        #[cfg(not(loom))]
-        return self.inner.lock();
-        #[cfg(loom)]
-        return self.inner.lock().unwrap_or_else(|e| e.into_inner());
+    /// Lock, waiting (as `R` waits: spinning, sleeping) while another holder has it.
+    #[cfg(not(loom))]
+    pub(crate) fn lock(&self) -> lock_api::MutexGuard<'_, R, T> {
+        self.inner.lock()
+    }
+    /// Lock, yielding to loom's scheduler while another holder has it.
+    #[cfg(loom)]
+    pub(crate) fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

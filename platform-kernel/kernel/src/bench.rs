@@ -1,7 +1,8 @@
 //! The in-kernel benchmark (`-append bench`): cycles per probe hit for each plan kind, against
 //! a bare `int3` -> handler -> `iretq` round trip through the same entry stub and dispatch,
-//! from one run on the bootstrap processor (the others idle); and a boosted hit's cost with 1
-//! and with 1 000 probes registered.
+//! from one run on the bootstrap processor (the others spin idle); and a boosted hit's cost
+//! with 1, 1 000 and 100 000 probes registered (the others on `pk_pad`'s nops), with how long
+//! registering and unregistering them took.
 //!
 //! A hit's cost is (cycles per call of the probed function) - (cycles per call of the same
 //! function unprobed); the round trip's is (`int3; ret`) - (`nop; ret`). Each figure is the
@@ -10,11 +11,13 @@
 
 use core::arch::global_asm;
 
-use probe_core::ConsumerOptions;
+use alloc::vec::Vec;
+
+use probe_core::{ConsumerHandle, ConsumerOptions};
 
 use crate::fatal;
-use crate::probes::{self, Probe, CORE};
-use crate::tests::{addr_of, call, TARGETS};
+use crate::probes::{self, hits, Probe, CORE};
+use crate::tests::{addr_of, call, text_identical, Target, TARGETS};
 
 global_asm!(
     r#"
@@ -27,15 +30,23 @@ pk_bare:
 pk_nop_ret:
     nop
     ret
-    /* Instructions to hang many probes on (nop: emulated). */
+    /* Instructions to hang many probes on: PAD one-byte nops (emulated, so they need no
+       slot; adjacent, so the probes' keys are consecutive offsets). Never executed. */
     .global pk_pad
 pk_pad:
-    .rept 1024
+    .rept {pad}
     nop
     .endr
     ret
-"#
+"#,
+    pad = const PAD,
 );
+
+/// Probes the scaling run hangs on `pk_pad`: all but the benchmark's own of the most it
+/// registers.
+pub const PAD: usize = SCALE[SCALE.len() - 1] - 1;
+/// Registered probes at which the boosted hit is measured.
+const SCALE: [usize; 3] = [1, 1_000, 100_000];
 
 extern "C" {
     fn pk_bare();
@@ -49,7 +60,7 @@ pub fn bare_int3() -> u64 {
 }
 
 const CALLS: u64 = 20_000;
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 15;
 
 fn rdtsc() -> u64 {
     // SAFETY: rdtsc only reads the time-stamp counter.
@@ -69,6 +80,16 @@ fn cycles(mut f: impl FnMut(u64)) -> u64 {
     best
 }
 
+/// Lowest cycles per call of target `t`. Every figure of a target goes through this one
+/// function, so that probed and unprobed runs execute the same guest code around the call
+/// (under TCG two copies of the same loop can differ by hundreds of cycles).
+#[inline(never)]
+fn calls_of(t: &Target) -> u64 {
+    cycles(|x| {
+        call(t, x);
+    })
+}
+
 fn ratio(x: u64, bare: u64) -> (u64, u64) {
     let r = x * 100 / bare.max(1);
     (r / 100, r % 100)
@@ -83,11 +104,8 @@ pub fn run() {
     let nop = cycles(|_| unsafe { pk_nop_ret() });
     let bare = bare.saturating_sub(nop);
     println!("bench: bare int3 round trip: {bare} cycles");
-    let mut boost_one = 0;
     for (i, t) in TARGETS.iter().enumerate().take(4) {
-        let unprobed = cycles(|x| {
-            call(t, x);
-        });
+        let unprobed = calls_of(t);
         let key = p
             .key_of(addr_of(t))
             .unwrap_or_else(|| fatal(format_args!("no key")));
@@ -95,36 +113,31 @@ pub fn run() {
             Ok(h) => h,
             Err((e, _)) => fatal(format_args!("bench register: {e}")),
         };
-        let probed = cycles(|x| {
-            call(t, x);
-        });
+        let probed = calls_of(t);
         let _ = CORE.unregister(p, h);
         let hit = probed.saturating_sub(unprobed);
-        if t.name == "boost" {
-            boost_one = hit;
-        }
         let (a, b) = ratio(hit, bare);
         println!(
             "bench: {} hit: {hit} cycles = {a}.{b:02} x bare int3",
             t.name
         );
     }
-    // A boosted hit with 1 000 probes registered (999 on pk_pad's nops).
-    let pad = &raw const pk_pad as u64;
-    let mut handles = [None; 999];
-    for (k, h) in handles.iter_mut().enumerate() {
-        let key = p
-            .key_of(pad + k as u64)
-            .unwrap_or_else(|| fatal(format_args!("no key")));
-        match CORE.register(p, key, Probe::Count(7), ConsumerOptions::default()) {
-            Ok(x) => *h = Some(x),
-            Err((e, _)) => fatal(format_args!("bench register pad {k}: {e}")),
-        }
-    }
+    scaling(bare);
+    println!(
+        "bench: core size {} bytes; probes left {}",
+        core::mem::size_of::<probes::Core>(),
+        CORE.probe_count()
+    );
+}
+
+/// The boosted hit's cost with 1, 1 000 and 100 000 probes registered: the benchmark's probe on
+/// `TARGETS[1]` first, then probes on `pk_pad`'s nops up to each count. Registration and
+/// unregistration are timed in TSC cycles (under TCG the host's; the host test also stamps the
+/// lines with wall-clock time).
+fn scaling(bare: u64) {
+    let p = probes::platform();
     let t = &TARGETS[1];
-    let unprobed = cycles(|x| {
-        call(t, x);
-    });
+    let unprobed = calls_of(t);
     let key = p
         .key_of(addr_of(t))
         .unwrap_or_else(|| fatal(format_args!("no key")));
@@ -132,24 +145,68 @@ pub fn run() {
         Ok(h) => h,
         Err((e, _)) => fatal(format_args!("bench register: {e}")),
     };
-    let probed = cycles(|x| {
-        call(t, x);
-    });
-    let hit = probed.saturating_sub(unprobed);
-    let (a, b) = ratio(hit, bare);
-    let (c, d) = ratio(hit, boost_one);
-    println!(
-        "bench: boost hit with {} probes registered: {hit} cycles = {a}.{b:02} x bare int3, {c}.{d:02} x with 1 probe",
-        CORE.probe_count()
-    );
-    let _ = CORE.unregister(p, h);
-    for h in handles.into_iter().flatten() {
-        let _ = CORE.unregister(p, h);
+    let pad = &raw const pk_pad as u64;
+    // Registration time: the heap is for process context, which this is.
+    let mut handles: Vec<ConsumerHandle> = Vec::with_capacity(PAD);
+    let mut lone = 0;
+    for &n in &SCALE {
+        let more = n - 1 - handles.len();
+        if more > 0 {
+            println!("bench: registering {more} more probes");
+        }
+        let t0 = rdtsc();
+        for k in handles.len()..n - 1 {
+            let key = p
+                .key_of(pad + k as u64)
+                .unwrap_or_else(|| fatal(format_args!("no key")));
+            match CORE.register(p, key, Probe::Count(7), ConsumerOptions::default()) {
+                Ok(x) => handles.push(x),
+                Err((e, _)) => fatal(format_args!("bench register pad {k}: {e}")),
+            }
+        }
+        let took = rdtsc() - t0;
+        let registered = CORE.probe_count();
+        if registered != n {
+            fatal(format_args!("{registered} probes registered, not {n}"));
+        }
+        if more > 0 {
+            println!(
+                "bench: registered {more} probes in {took} cycles ({} per probe)",
+                took / more as u64
+            );
+        }
+        let probed = calls_of(t);
+        let hit = probed.saturating_sub(unprobed);
+        if n == 1 {
+            lone = hit;
+        }
+        let (a, b) = ratio(hit, bare);
+        let (c, d) = ratio(hit, lone);
+        println!(
+            "bench: boost hit with {n} probes registered: {hit} cycles = {a}.{b:02} x bare int3, {c}.{d:02} x the lone probe's"
+        );
     }
-    println!("bench: 100000 probes: not run (the core's tables are in .data; see README)");
+    if hits(7) != 0 {
+        fatal(format_args!("{} hits on pk_pad, which never runs", hits(7)));
+    }
+    println!("bench: unregistering {} probes", handles.len() + 1);
+    let t0 = rdtsc();
+    let _ = CORE.unregister(p, h);
+    for h in handles {
+        if let Err(e) = CORE.unregister(p, h) {
+            fatal(format_args!("bench unregister: {e}"));
+        }
+    }
+    let took = rdtsc() - t0;
     println!(
-        "bench: core size {} bytes; probes left {}",
-        core::mem::size_of::<probes::Core>(),
-        CORE.probe_count()
+        "bench: unregistered {} probes in {took} cycles ({} per probe)",
+        PAD + 1,
+        took / (PAD as u64 + 1)
     );
+    if !text_identical() {
+        fatal(format_args!(
+            "text differs from the image after the scaling run"
+        ));
+    }
+    println!("bench: text identical to the image");
 }

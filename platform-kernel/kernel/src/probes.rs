@@ -2,11 +2,12 @@
 //!
 //! This and `text.rs` are the kernel's side of the glue; `platform_kernel` holds the rest.
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use platform_kernel::percpu::PerCpu;
 use platform_kernel::trap::{self, CpuTrap, KernelCore, TrapOutcome};
 use platform_kernel::{KernelImage, KernelPlatform, TrapFrame};
+use probe_core::lock_api::{GuardNoSend, RawMutex};
 use probe_core::{Consumer, EntryAction, HandlerAction, HitContext, ReturnContext};
 
 use crate::text::Mem;
@@ -15,16 +16,116 @@ use crate::{fatal, MAX_CPUS};
 /// The platform type.
 pub type Plat = KernelPlatform<Mem>;
 
-/// Capacities: probe buckets, consumers, site buckets, slots, CPUs.
-pub const PROBES: usize = 2048;
-pub const CONSUMERS: usize = 1100;
+/// Capacities: probe buckets, consumers, site buckets, slots, CPUs. Big enough for the
+/// benchmark's 100 000 probes (a table holds 7/8 of its buckets); the core is all zero bits,
+/// in `.bss`.
+pub const PROBES: usize = 131_072;
+pub const CONSUMERS: usize = 100_100;
 /// Return-chain depth per CPU.
 pub const DEPTH: usize = 32;
-pub const SITES: usize = 2048;
+pub const SITES: usize = 131_072;
 pub const XOL: usize = 64;
 
-/// The core.
-pub type Core = KernelCore<Mem, Probe, PROBES, CONSUMERS, SITES, XOL, MAX_CPUS>;
+/// The core, with this kernel's writer lock.
+pub type Core = KernelCore<Mem, Probe, PROBES, CONSUMERS, SITES, XOL, MAX_CPUS, WriterLock>;
+
+/// The core's writer lock, this kernel's pick for [`ProbeCore`](probe_core::ProbeCore)'s `L`.
+///
+/// This kernel has no scheduler, so nothing can sleep: a spin lock it is. But it is one that
+/// checks the two rules its holders rely on, and fails loudly when broken (as Linux's
+/// `might_sleep()` does for `kprobe_mutex`):
+/// - it is taken in process context only, never from a trap or interrupt handler (a handler
+///   could interrupt the holder on its own CPU and spin forever);
+/// - it is taken with interrupts on: the holder's text patch waits until every other CPU has
+///   taken its sync IPI (`text.rs`), so a CPU waiting for the lock with interrupts off would
+///   deadlock the holder.
+///
+/// Its unlocked state is all zero bits, so the static core stays in `.bss`. A kernel with a
+/// scheduler picks its sleeping mutex here instead, and its `patch_text` may then sleep
+/// (take `text_mutex`, wait for the sync IPIs by sleeping).
+///
+/// It also records its holder, so that the text write path can check the core's promise that
+/// `patch_code` is only ever called with the writer lock held ([`writer_held_here`]).
+#[derive(Debug)]
+pub struct WriterLock {
+    /// The holder's CPU number plus one; 0 when free.
+    holder: AtomicUsize,
+}
+
+/// Writer-lock acquisitions that found it held.
+pub static WRITER_CONTENDED: AtomicU64 = AtomicU64::new(0);
+/// The CPU holding a `WriterLock` plus one, 0 for none (this kernel has one core, so one).
+static WRITER_HOLDER: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether this CPU holds the core's writer lock.
+pub fn writer_held_here() -> bool {
+    WRITER_HOLDER.load(Ordering::Relaxed) == crate::this_cpu() + 1
+}
+
+impl WriterLock {
+    fn check_context() {
+        let cpu = crate::this_cpu();
+        if cpu < MAX_CPUS && crate::IN_TRAP[cpu].load(Ordering::Relaxed) != 0 {
+            fatal(format_args!(
+                "the core's writer lock taken from a trap handler"
+            ));
+        }
+        if !x86_64::instructions::interrupts::are_enabled() {
+            fatal(format_args!(
+                "the core's writer lock taken with interrupts off"
+            ));
+        }
+    }
+
+    fn try_lock_unchecked(&self) -> bool {
+        let me = crate::this_cpu() + 1;
+        let got = self
+            .holder
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok();
+        if got {
+            WRITER_HOLDER.store(me, Ordering::Relaxed);
+        }
+        got
+    }
+}
+
+// SAFETY: `holder` is a test-and-set word: `lock`/`try_lock` succeed only by swapping it from
+// 0 to the caller's CPU (Acquire), `unlock` stores 0 (Release), so at most one holder at a
+// time and the holder's writes happen before the next holder's reads. The guard is not
+// `Send`: the holder is a CPU, and this kernel never moves work between CPUs.
+unsafe impl RawMutex for WriterLock {
+    const INIT: Self = WriterLock {
+        holder: AtomicUsize::new(0),
+    };
+    type GuardMarker = GuardNoSend;
+
+    fn lock(&self) {
+        Self::check_context();
+        if self.try_lock_unchecked() {
+            return;
+        }
+        WRITER_CONTENDED.fetch_add(1, Ordering::Relaxed);
+        loop {
+            while self.holder.load(Ordering::Relaxed) != 0 {
+                core::hint::spin_loop();
+            }
+            if self.try_lock_unchecked() {
+                return;
+            }
+        }
+    }
+
+    fn try_lock(&self) -> bool {
+        Self::check_context();
+        self.try_lock_unchecked()
+    }
+
+    unsafe fn unlock(&self) {
+        WRITER_HOLDER.store(0, Ordering::Relaxed);
+        self.holder.store(0, Ordering::Release);
+    }
+}
 
 /// The core, a `static` (its `new` is `const`).
 pub static CORE: Core = Core::new();
@@ -81,6 +182,8 @@ pub enum Probe {
     Ret,
     /// Allocate in the handler (must kill the kernel).
     Allocate,
+    /// Take the core's writer lock in the handler (must kill the kernel).
+    TakeWriterLock,
 }
 
 impl Consumer<Plat> for Probe {
@@ -103,6 +206,9 @@ impl Consumer<Plat> for Probe {
             Probe::Allocate => {
                 let b = alloc::boxed::Box::new(ctx.addr.0);
                 core::hint::black_box(b);
+            }
+            Probe::TakeWriterLock => {
+                core::hint::black_box(CORE.probe_count());
             }
         }
         HandlerAction::Keep

@@ -80,6 +80,13 @@ impl KernelMemory for Mem {
         if !is_text(addr.0, data.len()) {
             return Err(MemError::new(addr, MemErrorKind::Denied));
         }
+        // The core patches only under its writer lock; this kernel's lock knows its holder.
+        if !crate::probes::writer_held_here() {
+            crate::fatal(format_args!(
+                "text patched at {:#x} without the core's writer lock",
+                addr.0
+            ));
+        }
         // SAFETY: the range is kernel text or the slot area (checked), which the core writes
         // only as the protocol above allows.
         unsafe { patch(addr.0, data) };

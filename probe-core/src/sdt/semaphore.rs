@@ -20,7 +20,8 @@ impl<
         const SPACES: usize,
         const XOL: usize,
         const CPUS: usize,
-    > ProbeCore<P, C, PROBES, CONSUMERS, SITES, SPACES, XOL, CPUS>
+        L: lock_api::RawMutex,
+    > ProbeCore<P, C, PROBES, CONSUMERS, SITES, SPACES, XOL, CPUS, L>
 {
     /// Add `delta` (+1 or -1) to the 16-bit little-endian counter at `addr`, saturating: the
     /// counter never goes below zero, whatever the program wrote there, and only its two bytes
