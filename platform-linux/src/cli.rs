@@ -126,6 +126,11 @@ pub struct TraceArgs {
     /// read: one `outermost;...;innermost COUNT` line per distinct stack.
     #[arg(long, value_name = "FILE")]
     pub folded: Option<std::path::PathBuf>,
+    /// List every function a spec matched but could not probe (with its file offset and
+    /// reason), and every attached probe a process could not get; without it, one line per
+    /// reason with its count.
+    #[arg(short, long)]
+    pub verbose: bool,
     /// Write the hits and the summary to this file instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
@@ -259,13 +264,8 @@ fn trace(args: &TraceArgs, out: &mut dyn Write) -> Result<i32, CliError> {
                 for w in &r.warnings {
                     eprintln!("probe: warning: {w}");
                 }
-                if !r.failed.is_empty() {
-                    let (name, why) = &r.failed[0];
-                    eprintln!(
-                        "probe: {} of the functions matching `{spec}` cannot be probed and \
-                         were skipped (e.g. {name}: {why})",
-                        r.failed.len()
-                    );
+                for l in r.skip_lines(spec, args.verbose) {
+                    eprintln!("probe: {l}");
                 }
             }
             Err(e) => {
@@ -376,6 +376,9 @@ fn trace(args: &TraceArgs, out: &mut dyn Write) -> Result<i32, CliError> {
             .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe);
     for w in session.warnings() {
         eprintln!("probe: warning: {w}");
+    }
+    for l in session.end_lines(args.verbose) {
+        eprintln!("probe: {l}");
     }
     if !session.left_running().is_empty() {
         let pids: Vec<String> = session
