@@ -4,8 +4,10 @@
 //! `MAP_NORESERVE` mapping ([`crate::sys::ZeroedMap`]), whose pages the kernel commits only
 //! when first written. So the sizes are chosen for the largest programs people trace (every
 //! function of `node`, about 80 000, plus its libraries) and cost memory in proportion to
-//! what a session uses: the address space reserved is about 8.6 GiB, the memory touched a
-//! few hundred bytes per probe and 16 bytes per slot a process uses.
+//! what a session uses: the address space reserved is about 8.5 GiB; the hash tables (probes,
+//! breakpoints) are touched all over once they hold more than a few entries a page (at
+//! node's scale about 78 MiB in all), the rest a few hundred bytes per probe and 16 bytes
+//! per slot a process uses.
 //!
 //! A table that fills up never loses a probe already attached: a new probe that does not fit
 //! is skipped with the reason (`tracer::skips`), and the slots a process may need are
@@ -19,9 +21,10 @@ use probe_core::Capacity;
 pub const PROBES: usize = 1 << 18;
 /// Registered consumers (a probe and a return probe on one function are two).
 pub const CONSUMERS: usize = 1 << 18;
-/// Installed breakpoints over all processes (7/8 of the buckets: 917 504, every function of
-/// node in eleven processes at once).
-pub const SITES: usize = 1 << 20;
+/// Installed breakpoints over all processes (7/8 of the buckets: 458 752, every function of
+/// node in five processes at once). A hash table touches its pages all over: at node's
+/// 78 000 breakpoints every page of this one (72 bytes a bucket, 38 MiB) is in use.
+pub const SITES: usize = 1 << 19;
 /// Traced address spaces with breakpoints at once (7/8 of the buckets: 3 584 processes). Each
 /// bucket holds its space's slot bookkeeping (16 bytes a slot), committed only when a process
 /// uses it, in proportion to the slots it took.

@@ -607,6 +607,11 @@ impl Session {
         current: Option<Pid>,
     ) -> Result<AddReport, TraceError> {
         let strict = strict && !glob;
+        // In address order: of two symbols one of which starts inside the other's first
+        // instruction (a label in the middle of it), the function that starts first is
+        // probed and the other is the one refused as overlapping.
+        let mut points = points;
+        points.sort_by(|a, b| (&a.file, a.file_offset).cmp(&(&b.file, b.file_offset)));
         let mut report = AddReport {
             matched: points.len(),
             ..AddReport::default()

@@ -82,10 +82,12 @@ impl SkipReason {
                 Reject::Invalid => "their first bytes are not a valid x86-64 instruction".into(),
                 _ => "their first instruction is not supported out of line".into(),
             },
-            SkipReason::Overlaps { .. } => "they start inside the first instruction of another \
-                                            probed function (an alias or label in the middle \
-                                            of it): a breakpoint there would split it"
-                .into(),
+            SkipReason::Overlaps { .. } => {
+                "they start inside the first instruction of another probed function (a label \
+                 or alias in the middle of it), so a breakpoint there would split that \
+                 instruction"
+                    .into()
+            }
             SkipReason::Capacity(c) => capacity_text(*c),
             SkipReason::NotCode => "their symbols are not in executable code (a function \
                                     symbol in a data segment), so no process runs them"
