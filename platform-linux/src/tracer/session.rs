@@ -737,7 +737,9 @@ impl Session {
                 None => self
                     .core
                     .register(&self.platform, key, consumer, opts)
-                    .map_err(|(e, _)| (self.explain(e), self.skip_reason(e, &p))),
+                    .map_err(|(e, _)| {
+                        (self.explain(e), self.skip_reason(e, &p.file, p.file_offset))
+                    }),
             };
             let registered = registered.and_then(|h| self.admit_slots(h, &entry.extra));
             match registered {

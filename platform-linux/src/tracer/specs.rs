@@ -162,22 +162,18 @@ impl Session {
         self.register_points(&spec.text, points, glob, strict, current)
     }
 
-    /// Why the core refused point `p`, as a reason to group by.
-    pub(crate) fn skip_reason(
-        &self,
-        e: probe_core::Error,
-        p: &resolve::ResolvedProbe,
-    ) -> SkipReason {
+    /// Why the core refused the point at `offset` of `file`, as a reason to group by.
+    pub(crate) fn skip_reason(&self, e: probe_core::Error, file: &Path, offset: u64) -> SkipReason {
         match e {
             probe_core::Error::Rejected(reject) => SkipReason::Instruction {
                 reject,
-                insn: insn_at(&p.file, p.file_offset),
+                insn: insn_at(file, offset),
             },
             probe_core::Error::Overlaps { existing, .. } => {
                 let other = self
                     .probes
                     .iter()
-                    .find(|q| q.file == p.file && q.offset == existing && q.handle.is_some())
+                    .find(|q| q.file == file && q.offset == existing && q.handle.is_some())
                     .map_or_else(
                         || format!("the probe at file offset {existing:#x}"),
                         |q| format!("{} (file offset {existing:#x})", q.name),

@@ -11,7 +11,7 @@ use probe_core::{ConsumerOptions, ProbeKey, SpaceId, TaskId};
 use super::consumer::{LinuxConsumer, Role};
 use super::error::TraceError;
 use super::session::{AddReport, ProbeEntry, Session};
-use super::skips::{insn_at, SkipReason, Skipped};
+use super::skips::Skipped;
 use crate::resolve::{is_glob, Location, ProbeKind, ProbeSpec};
 use crate::sys::Pid;
 use crate::usdt::{probe_name, UsdtFile, UsdtMarker};
@@ -116,14 +116,7 @@ impl Session {
                         self.probes.push(entry);
                         return Err(TraceError::Register { probe: at, reason });
                     }
-                    let why = match e {
-                        probe_core::Error::Rejected(reject) => SkipReason::Instruction {
-                            reject,
-                            insn: insn_at(&path, m.file_offset),
-                        },
-                        probe_core::Error::CapacityExhausted { what } => SkipReason::Capacity(what),
-                        _ => SkipReason::Other(reason),
-                    };
+                    let why = self.skip_reason(e, &path, m.file_offset);
                     report.skipped.push(Skipped {
                         name,
                         file_offset: m.file_offset,
