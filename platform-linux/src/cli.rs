@@ -15,6 +15,7 @@
 //! probe trace SPEC... [-p PID] [--print] [--args N] [--str N]... [--json] [-o FILE]
 //!             [-- CMD ARGS...]
 //!             [--latency] [--maxactive N] [--ret-by-insn] [--stack] [--folded FILE]
+//!             [--verbose]
 //! probe list PATH [PATTERN] [-p PID] [--mangled]
 //! ```
 //!
