@@ -47,9 +47,13 @@ pub struct LateResolution {
     pub file: PathBuf,
     /// The process that mapped it.
     pub pid: i32,
-    /// What registering its points did; `Err` when the spec does not resolve in the file
-    /// (no such function there), in words.
+    /// What registering its points did; `Err` when the spec does not resolve in the file,
+    /// in words.
     pub report: Result<AddReport, String>,
+    /// The error only says the file lacks what the spec names (a function, a marker): shown
+    /// with `--verbose` alone. Any other (a Go program refusing return probes, a file that
+    /// cannot be read) is always shown.
+    pub absent: bool,
 }
 
 /// Whether the command `program` (a path, or a name looked up in `PATH` as `execvp` does)
@@ -249,9 +253,16 @@ impl Session {
                 }
                 let spec = st.spec.clone();
                 self.specs[i].files.push(path.clone());
-                let report = self
-                    .add_spec_in(&spec, &path, false, Some(tid))
-                    .map_err(|e| e.to_string());
+                let report = self.add_spec_in(&spec, &path, false, Some(tid));
+                let absent = matches!(
+                    report,
+                    Err(TraceError::Resolve(
+                        ResolveError::NoSuchSymbol { .. }
+                            | ResolveError::NoMatch { .. }
+                            | ResolveError::NoSuchMarker { .. }
+                    ))
+                );
+                let report = report.map_err(|e| e.to_string());
                 if report.as_ref().is_ok_and(|r| r.added > 0) {
                     self.specs[i].waiting = None;
                 }
@@ -260,6 +271,7 @@ impl Session {
                     file: path.clone(),
                     pid: pid.0,
                     report,
+                    absent,
                 });
             }
         }
@@ -353,7 +365,9 @@ impl Session {
                     out.extend(r.skip_lines(&l.spec, verbose));
                 }
                 Ok(_) => {}
-                Err(e) if verbose => out.push(format!("`{}`: nothing in {at}: {e}", l.spec)),
+                Err(e) if verbose || !l.absent => {
+                    out.push(format!("`{}`: not placed in {at}: {e}", l.spec))
+                }
                 Err(_) => {}
             }
         }
