@@ -16,7 +16,7 @@
 //! probe trace SPEC... [-p PID] [--print] [--args N] [--str N]... [--json] [-o FILE]
 //!             [-- CMD ARGS...]
 //!             [--latency] [--maxactive N] [--max-ret-depth N] [--ret-by-insn] [--stack]
-//!             [--folded FILE] [--no-follow]
+//!             [--folded FILE] [--no-follow] [--verbose]
 //! probe list PATH [PATTERN] [-p PID] [--mangled]
 //! ```
 //!
@@ -144,6 +144,11 @@ pub struct TraceArgs {
     /// at its exec. Their calls are not counted (a vfork child's before its exec are).
     #[arg(long)]
     pub no_follow: bool,
+    /// List every function a spec matched but could not probe (with its file offset and
+    /// reason), and every attached probe a process could not get; without it, one line per
+    /// reason with its count.
+    #[arg(short, long)]
+    pub verbose: bool,
     /// Write the hits and the summary to this file instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
@@ -282,13 +287,8 @@ fn trace(args: &TraceArgs, out: &mut dyn Write) -> Result<i32, CliError> {
                 for w in &r.warnings {
                     eprintln!("probe: warning: {w}");
                 }
-                if !r.failed.is_empty() {
-                    let (name, why) = &r.failed[0];
-                    eprintln!(
-                        "probe: {} of the functions matching `{spec}` cannot be probed and \
-                         were skipped (e.g. {name}: {why})",
-                        r.failed.len()
-                    );
+                for l in r.skip_lines(spec, args.verbose) {
+                    eprintln!("probe: {l}");
                 }
             }
             Err(e) => {
@@ -421,6 +421,9 @@ fn trace(args: &TraceArgs, out: &mut dyn Write) -> Result<i32, CliError> {
             "probe: --no-follow: process(es) {} started by the traced process ran untraced",
             pids.join(", ")
         );
+    }
+    for l in session.end_lines(args.verbose) {
+        eprintln!("probe: {l}");
     }
     if !session.left_running().is_empty() {
         let pids: Vec<String> = session

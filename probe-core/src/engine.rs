@@ -621,6 +621,17 @@ impl<
         }
     }
 
+    /// The key of the probe consumer `handle` is registered on, if it is registered.
+    pub fn key_of(&self, handle: ConsumerHandle) -> Option<ProbeKey> {
+        let _w = self.writer.lock();
+        let slot = self.consumers.get(handle.index as usize)?;
+        if !slot.is_live() || slot.generation() != handle.generation {
+            return None;
+        }
+        let (file, off) = self.probes.at(slot.probe.load(Ordering::Relaxed)).key();
+        Some(ProbeKey::new(FileId(file), off))
+    }
+
     /// The plan of the probe at `key`, if registered.
     pub fn plan_of(&self, key: ProbeKey) -> Option<<ArchOf<P> as Arch>::Plan> {
         let _w = self.writer.lock();

@@ -757,8 +757,10 @@ impl Session {
             match self.platform.fork_space(pspace, space, child) {
                 Ok(()) => {
                     if let Err(e) = self.core.on_fork(&self.platform, pspace, space) {
-                        let why = self.explain(e);
-                        self.warn(format!("following fork of process {child}: {why}"));
+                        if !self.note_lost_in_fork(pspace, space, e) {
+                            let why = self.explain(e);
+                            self.warn(format!("following fork of process {child}: {why}"));
+                        }
                     }
                     if let Some(p) = self.tasks.get(&parent) {
                         task.ts.reserve(p.ts.len());

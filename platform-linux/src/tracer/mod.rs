@@ -5,7 +5,12 @@
 //!   injected `mmap`).
 //! - [`consumer`]: [`LinuxConsumer`], what the tracer attaches to each probe (counting,
 //!   recording hits, the dynamic linker's hook), and the state it shares with the loop.
-//! - [`session`]: [`Session`], spawn or attach, add probes, run, detach; the core's sizes.
+//! - [`session`]: [`Session`], spawn or attach, add probes, run, detach.
+//! - [`capacity`]: the core's sizes, chosen for node-sized programs, and what a full table
+//!   means.
+//! - [`skips`]: the points a spec matched that are not probed, each with its reason.
+//! - `specs`: the specs of a session, resolved at the start and again in each new image
+//!   (`exec`, a library mapped) whose file a spec names.
 //! - `event_loop`: what each ptrace stop means and how the thread is resumed.
 //! - `slots`: the slot areas from the session's side (a lost area, unmapping at detach).
 //! - `usdt`: [`Session`]'s registration of USDT markers (every location, with semaphores).
@@ -18,6 +23,7 @@
 //!   (the walker itself is [`crate::stack`]).
 //! - [`error`]: the session's error type, [`TraceError`].
 
+pub mod capacity;
 pub mod consumer;
 pub mod error;
 mod event_loop;
@@ -27,7 +33,9 @@ pub mod regs;
 pub mod ret_insn;
 pub mod returns;
 pub mod session;
+pub mod skips;
 mod slots;
+mod specs;
 mod stacks;
 mod usdt;
 

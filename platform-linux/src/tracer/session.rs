@@ -16,32 +16,22 @@ use std::sync::Arc;
 
 use probe_core::arch::x86_64::X86_64;
 use probe_core::{
-    ConsumerHandle, ConsumerOptions, FileId, ProbeCore, ProbeKey, SpaceId, TaskId, TrapState,
+    ConsumerHandle, ConsumerOptions, FileId, Mapping, ProbeCore, ProbeKey, SpaceId, TaskId,
+    TrapState,
 };
 
 use super::consumer::{HitRecord, LinuxConsumer, Role, Shared};
 use super::error::TraceError;
 use super::platform::LinuxPlatform;
+use super::skips::{Lost, SkipReason, Skipped};
 use crate::attach;
 use crate::elf::ElfImage;
 use crate::placement::{CpuPlacement, Placer};
-use crate::resolve::{self, Location, ProbeKind, Resolver};
+use crate::resolve::{self, ProbeKind, Resolver};
 use crate::sys::{self, Options, Pid, RawSigInfo};
 use crate::wait::WaitStrategy;
 
-/// Probe-table buckets: up to 7/8 of them hold probes (libc has about 3000 functions).
-pub const PROBES: usize = 16384;
-/// Registered consumers.
-pub const CONSUMERS: usize = 16384;
-/// Installed breakpoints over all spaces (7/8 of the buckets).
-pub const SITES: usize = 65536;
-/// Traced address spaces with breakpoints at once (7/8 of the buckets: 3 584 processes). Each
-/// bucket holds its space's slot bookkeeping (16 bytes a slot), but the core is allocated
-/// zeroed (see [`new_core`]): the memory of a bucket is only committed when a process uses it,
-/// in proportion to the slots it took.
-pub const SPACES: usize = 4096;
-/// Out-of-line slots per address space (64 bytes each: a 512 KiB area).
-pub const XOL: usize = 8192;
+pub use super::capacity::{CONSUMERS, PROBES, SITES, SPACES, XOL, XOL_RESERVE};
 
 /// The core as the Linux backend sizes it: one tracer thread, so one CPU.
 pub type Core = ProbeCore<LinuxPlatform, LinuxConsumer, PROBES, CONSUMERS, SITES, SPACES, XOL, 1>;
@@ -162,12 +152,50 @@ pub struct AddReport {
     pub added: usize,
     /// Points already registered by an earlier spec.
     pub duplicates: usize,
-    /// Points of a glob that could not be probed, with the reasons.
-    pub failed: Vec<(String, String)>,
+    /// Points the spec matched in the file: `added + duplicates + skipped.len()`.
+    pub matched: usize,
+    /// Points of a glob (or of a spec resolved again in a later image) that could not be
+    /// probed, each with its reason.
+    pub skipped: Vec<Skipped>,
     /// Things the user should know about the points (e.g. a probe on an ifunc resolver).
     pub notes: Vec<String>,
     /// What the points will not see (e.g. `--ret-by-insn` on a function with tail calls).
     pub warnings: Vec<String>,
+}
+
+impl AddReport {
+    /// What `probe trace` says about the points of `spec` it skipped: one line per reason
+    /// with its count; with `verbose`, every point (function, file offset, its reason).
+    pub fn skip_lines(&self, spec: &str, verbose: bool) -> Vec<String> {
+        if self.skipped.is_empty() {
+            return Vec::new();
+        }
+        let n = self.skipped.len();
+        let mut out = vec![format!(
+            "`{spec}`: {n} of the {} points it matched {} skipped{}",
+            self.matched,
+            if n == 1 { "was" } else { "were" },
+            if verbose {
+                ":"
+            } else {
+                " (--verbose lists them):"
+            }
+        )];
+        for (reason, points) in super::skips::group(&self.skipped) {
+            out.push(format!("  {} skipped: {reason}", points.len()));
+            if verbose {
+                for p in points {
+                    out.push(format!(
+                        "    {} (file offset {:#x}): {}",
+                        p.name,
+                        p.file_offset,
+                        p.reason.detail()
+                    ));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// How a session ended.
@@ -340,6 +368,18 @@ pub struct Session {
     pub(crate) stacks: Option<crate::stack::StackCounts>,
     /// The hooks on libc's `ptrace`.
     pub(crate) ptrace_hooks: super::ptrace_hook::PtraceHooks,
+    /// The specs added, for resolving them again in each new image.
+    pub(crate) specs: Vec<super::specs::SpecState>,
+    /// Every file a traced process has mapped executable (canonical paths).
+    pub(crate) mapped: HashSet<PathBuf>,
+    /// The probes registered on instructions that need an out-of-line slot (admitted up to
+    /// [`capacity::SLOT_BUDGET`](super::capacity::SLOT_BUDGET)).
+    pub(crate) slot_keys: HashSet<ProbeKey>,
+    /// Attached probes that could not be installed in a process mapping their file later.
+    pub(crate) lost: Vec<Lost>,
+    /// The spawned command is a script (`#!`): its first image is an interpreter, and specs
+    /// about "the program" mean the program it executes.
+    pub(crate) command_is_script: bool,
 }
 
 impl Session {
@@ -379,6 +419,11 @@ impl Session {
             detach_request: Arc::new(core::sync::atomic::AtomicBool::new(false)),
             ret_by_insn: opts.ret_by_insn,
             insn_calls: Arc::default(),
+            specs: Vec::new(),
+            mapped: HashSet::new(),
+            slot_keys: HashSet::new(),
+            lost: Vec::new(),
+            command_is_script: false,
         }
     }
 
@@ -391,6 +436,7 @@ impl Session {
     ) -> Result<Session, TraceError> {
         let pid = sys::spawn_traced(program, args, Options::SPAWNED, None)?;
         let mut s = Session::new(pid, true, opts);
+        s.command_is_script = super::specs::is_script(program);
         let space = SpaceId(pid.0 as u64);
         s.tasks
             .insert(pid, Task::new(pid, space, Run::Held(0), s.rets.max_depth));
@@ -594,30 +640,29 @@ impl Session {
         v.first().copied()
     }
 
-    /// Parses, resolves and registers one probe spec. A spec that names one function must
-    /// work; a glob registers what it can and reports the rest.
-    ///
-    /// Call it while the threads are held: after [`spawn`](Self::spawn) or
-    /// [`attach`](Self::attach), before [`run`](Self::run) (the slot area is mapped by a
-    /// system call injected into a held thread). Probes on a library not loaded yet are
-    /// installed when the dynamic linker maps it.
-    pub fn add_spec(&mut self, text: &str) -> Result<AddReport, TraceError> {
-        let spec = resolve::parse_spec(text)?;
-        if spec.kind == ProbeKind::Usdt {
-            return self.add_usdt(&spec);
-        }
-        let points = self.resolver.resolve(&spec)?;
-        if !self.ret_by_insn {
-            // Before anything is changed: a return address replaced in a Go program crashes it.
-            for p in &points {
-                let image = self.resolver.image(&p.file)?;
-                resolve::refuse_go_return(image, text, p.kind, self.rets.latency)?;
-            }
-        }
-        let glob = matches!(spec.location, Location::Glob(_));
-        let mut report = AddReport::default();
-        let space = SpaceId(self.root.0 as u64);
-        let current = self.held_task_of(space);
+    /// Registers the points one spec resolved to in one file. With `strict` (a spec the user
+    /// gave, resolved at the start) a spec naming one function must work; otherwise (a glob,
+    /// or a spec resolved again in a later image) what cannot be probed is reported in
+    /// [`AddReport::skipped`] with its reason. `current` is a thread held stopped in the
+    /// space the points are for (the slot area is mapped by a system call injected into it).
+    pub(crate) fn register_points(
+        &mut self,
+        text: &str,
+        points: Vec<resolve::ResolvedProbe>,
+        glob: bool,
+        strict: bool,
+        current: Option<Pid>,
+    ) -> Result<AddReport, TraceError> {
+        let strict = strict && !glob;
+        // In address order: of two symbols one of which starts inside the other's first
+        // instruction (a label in the middle of it), the function that starts first is
+        // probed and the other is the one refused as overlapping.
+        let mut points = points;
+        points.sort_by(|a, b| (&a.file, a.file_offset).cmp(&(&b.file, b.file_offset)));
+        let mut report = AddReport {
+            matched: points.len(),
+            ..AddReport::default()
+        };
         self.platform
             .set_current(current.map(|p| TaskId(p.0 as u64)));
         for p in points {
@@ -627,21 +672,47 @@ impl Session {
                 continue;
             }
             let name = probe_name(&p);
-            if self.rets.latency && p.kind == ProbeKind::Entry && p.symbol_offset != 0 {
+            let early = if self.rets.latency && p.kind == ProbeKind::Entry && p.symbol_offset != 0 {
                 // --latency makes the probe a return probe too: only an entry has a return
                 // address to take over.
-                let reason = format!(
-                    "--latency times calls from a function's entry, and {name} is {:#x} bytes \
-                     into it (the return address is only where the call put it at the entry)",
-                    p.symbol_offset
-                );
-                if !glob {
+                Some((
+                    format!(
+                        "--latency times calls from a function's entry, and {name} is {:#x} \
+                         bytes into it (the return address is only where the call put it at \
+                         the entry)",
+                        p.symbol_offset
+                    ),
+                    SkipReason::LatencyNotAtEntry,
+                ))
+            } else if !self
+                .resolver
+                .image(&p.file)
+                .is_ok_and(|i| i.is_code_offset(p.file_offset))
+            {
+                // A function symbol in data: registered, it would never be installed.
+                Some((
+                    format!(
+                        "{name} is not in executable code (file offset {:#x} is in no \
+                         executable segment)",
+                        p.file_offset
+                    ),
+                    SkipReason::NotCode,
+                ))
+            } else {
+                None
+            };
+            if let Some((reason, why)) = early {
+                if strict {
                     return Err(TraceError::Register {
                         probe: name,
                         reason,
                     });
                 }
-                report.failed.push((name, reason));
+                report.skipped.push(Skipped {
+                    name,
+                    file_offset: p.file_offset,
+                    reason: why,
+                });
                 continue;
             }
             if p.ifunc && !glob {
@@ -708,28 +779,38 @@ impl Session {
             } else {
                 None
             };
-            let registered = if let Some(r) = by_insn_done {
-                r
-            } else {
-                self.core
+            let registered = match by_insn_done {
+                Some(r) => r.map_err(|e| (e.clone(), SkipReason::Other(e))),
+                None => self
+                    .core
                     .register(&self.platform, key, consumer, opts)
-                    .map_err(|(e, _)| self.explain(e))
+                    .map_err(|(e, _)| {
+                        (self.explain(e), self.skip_reason(e, &p.file, p.file_offset))
+                    }),
             };
+            let registered = registered.and_then(|h| self.admit_slots(h, &entry.extra));
             match registered {
                 Ok(h) => {
                     entry.handle = Some(h);
                     report.added += 1;
                 }
-                Err(reason) => {
+                Err((reason, why)) => {
                     entry.error = Some(reason.clone());
-                    if !glob {
+                    for h in core::mem::take(&mut entry.extra) {
+                        let _ = self.core.unregister(&self.platform, h);
+                    }
+                    if strict {
                         self.probes.push(entry);
                         return Err(TraceError::Register {
                             probe: name,
                             reason,
                         });
                     }
-                    report.failed.push((name, reason));
+                    report.skipped.push(Skipped {
+                        name,
+                        file_offset: p.file_offset,
+                        reason: why,
+                    });
                 }
             }
             self.probes.push(entry);
@@ -749,14 +830,10 @@ impl Session {
             probe_core::Error::CapacityExhausted {
                 what: probe_core::Capacity::Spaces,
             } => format!(
-                "probe follows at most {} processes with probes at once; this one runs \
-                 unprobed, its inherited breakpoints removed",
-                SPACES / 8 * 7
+                "{}; this one runs unprobed, its inherited breakpoints removed",
+                super::capacity::capacity_text(probe_core::Capacity::Spaces)
             ),
-            probe_core::Error::CapacityExhausted { .. } => format!(
-                "{e} (probe holds {PROBES} probes, {SITES} breakpoints, {XOL} slots per \
-                 process; trace fewer functions)"
-            ),
+            probe_core::Error::CapacityExhausted { what } => super::capacity::capacity_text(what),
             probe_core::Error::BytesChanged { .. } => format!(
                 "{e} (another debugger, tracer or a kernel uprobe from uprobe_events may have \
                  a breakpoint there; remove it first)"
@@ -774,12 +851,7 @@ impl Session {
         for r in diff.removed {
             self.core.on_munmap(&self.platform, space, r);
         }
-        for m in diff.added {
-            if let Err(e) = self.core.on_mmap(&self.platform, m) {
-                let why = self.explain(e);
-                self.warn(format!("installing probes in process {space}: {why}"));
-            }
-        }
+        self.install_in_new_mappings(space, tid, &diff.added);
         self.ensure_unwind_hooks(space);
         self.ensure_ptrace_hook(space);
         Ok(())
@@ -802,14 +874,24 @@ impl Session {
         for r in diff.removed {
             self.core.on_munmap(&self.platform, space, r);
         }
-        for m in diff.added {
-            if let Err(e) = self.core.on_mmap(&self.platform, m) {
-                let why = self.explain(e);
-                self.warn(format!("installing probes in process {space}: {why}"));
-            }
-        }
+        self.install_in_new_mappings(space, tid, &diff.added);
         self.ensure_unwind_hooks(space);
         self.ensure_ptrace_hook(space);
+    }
+
+    /// Installs the probes of newly mapped files in `space` (held stopped through `tid`),
+    /// then resolves the specs again in each new file they name. An attached probe that
+    /// cannot be installed is recorded as lost for that process ([`Session::lost`]).
+    fn install_in_new_mappings(&mut self, space: SpaceId, tid: Pid, added: &[Mapping]) {
+        for &m in added {
+            if let Err(e) = self.core.on_mmap(&self.platform, m) {
+                if !self.note_lost_in_mapping(&m, e) {
+                    let why = self.explain(e);
+                    self.warn(format!("installing probes in process {space}: {why}"));
+                }
+            }
+        }
+        self.on_new_images(space, tid, added);
     }
 
     pub(crate) fn warn(&mut self, w: String) {

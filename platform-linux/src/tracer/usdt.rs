@@ -11,20 +11,29 @@ use probe_core::{ConsumerOptions, ProbeKey, SpaceId, TaskId};
 use super::consumer::{LinuxConsumer, Role};
 use super::error::TraceError;
 use super::session::{AddReport, ProbeEntry, Session};
+use super::skips::Skipped;
 use crate::resolve::{is_glob, Location, ProbeKind, ProbeSpec};
+use crate::sys::Pid;
 use crate::usdt::{probe_name, UsdtFile, UsdtMarker};
+use std::path::Path;
 
 impl Session {
-    /// Registers every location of the markers a `usdt:` spec selects.
-    pub(crate) fn add_usdt(&mut self, spec: &ProbeSpec) -> Result<AddReport, TraceError> {
+    /// Registers every location of the markers a `usdt:` spec selects in the file at
+    /// `path`; `strict` and `current` as for `register_points`.
+    pub(crate) fn add_usdt_in(
+        &mut self,
+        spec: &ProbeSpec,
+        path: &Path,
+        strict: bool,
+        current: Option<Pid>,
+    ) -> Result<AddReport, TraceError> {
         let Location::Usdt { provider, name } = &spec.location else {
             return Ok(AddReport::default());
         };
-        let path = self.resolver.module_path(spec)?;
-        let file = UsdtFile::open(&path).map_err(crate::resolve::ResolveError::from)?;
+        let file = UsdtFile::open(path).map_err(crate::resolve::ResolveError::from)?;
         let markers = file.select(provider.as_deref(), name)?;
         let glob = is_glob(name) || provider.as_deref().is_some_and(is_glob);
-        self.add_usdt_markers(&spec.text, &file, &markers, glob)
+        self.add_usdt_markers(&spec.text, &file, &markers, glob, strict && !glob, current)
     }
 
     /// Registers one marker location of `file` (a marker of [`UsdtFile::markers`]), as a
@@ -36,7 +45,8 @@ impl Session {
         marker: &UsdtMarker,
     ) -> Result<AddReport, TraceError> {
         let text = format!("usdt:{}:{}", file.path().display(), marker.full_name());
-        self.add_usdt_markers(&text, file, &[marker], false)
+        let current = self.held_task_of(SpaceId(self.root.0 as u64));
+        self.add_usdt_markers(&text, file, &[marker], false, true, current)
     }
 
     fn add_usdt_markers(
@@ -45,11 +55,14 @@ impl Session {
         file: &UsdtFile,
         markers: &[&UsdtMarker],
         glob: bool,
+        strict: bool,
+        current: Option<Pid>,
     ) -> Result<AddReport, TraceError> {
-        let mut report = AddReport::default();
+        let mut report = AddReport {
+            matched: markers.len(),
+            ..AddReport::default()
+        };
         let path = file.path().to_path_buf();
-        let space = SpaceId(self.root.0 as u64);
-        let current = self.held_task_of(space);
         self.platform
             .set_current(current.map(|p| TaskId(p.0 as u64)));
         let file_id = self.platform.file_id(&path).map_err(|e| TraceError::File {
@@ -98,12 +111,17 @@ impl Session {
                 Err((e, _)) => {
                     let reason = self.explain(e);
                     entry.error = Some(reason.clone());
-                    let at = format!("{name} at file offset {:#x}", m.file_offset);
-                    if !glob {
+                    if strict {
+                        let at = format!("{name} at file offset {:#x}", m.file_offset);
                         self.probes.push(entry);
                         return Err(TraceError::Register { probe: at, reason });
                     }
-                    report.failed.push((at, reason));
+                    let why = self.skip_reason(e, &path, m.file_offset);
+                    report.skipped.push(Skipped {
+                        name,
+                        file_offset: m.file_offset,
+                        reason: why,
+                    });
                 }
             }
             self.probes.push(entry);

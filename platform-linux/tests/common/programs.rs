@@ -59,6 +59,10 @@ const PROGRAMS: &[(&str, &str, bool, &[&str])] = &[
     ),
     // Demangled names (issue 13, item 9).
     ("cxx-names", "names.cc", true, &["-fPIE", "-pie"]),
+    // Functions probe must skip for known reasons, and a known number of mallocs (issue 13,
+    // item 1); with -DMANY, 140 000 more functions than a process's slot area holds.
+    ("skips", "skips.c", false, &["-fPIE", "-pie"]),
+    ("many", "skips.c", false, &["-fPIE", "-pie", "-DMANY"]),
     // A known call chain main -> a -> b -> c for `--stack`, with and without frame pointers.
     (
         "stack-fp",
