@@ -9,7 +9,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use probe_core::arch::x86_64::X86Regs;
-use probe_tests::x86::jump::{dlsym, libc_functions, patch_entry, Tramp};
+use probe_tests::x86::jump::{
+    dlsym, extended_state, libc_functions, patch_entry, whole_extended_state, Tramp,
+};
 
 static HITS: AtomicU64 = AtomicU64::new(0);
 
@@ -48,26 +50,35 @@ fn main() {
     let counting = per_call(labs, n);
     let counted = p.count();
     p.restore();
-    let p = patch_entry(
-        raw,
-        &bodies,
-        Tramp::Handler {
-            handler: count as *const () as u64,
-        },
-    )
-    .expect("labs can be jump-patched");
-    let handler = per_call(labs, n);
-    p.restore();
+    let mut handled = Vec::new();
+    for (name, state) in [
+        ("argument vectors", extended_state()),
+        ("whole state", whole_extended_state()),
+    ] {
+        let p = patch_entry(
+            raw,
+            &bodies,
+            Tramp::Handler {
+                handler: count as *const () as u64,
+                state,
+            },
+        )
+        .expect("labs can be jump-patched");
+        handled.push((name, state, per_call(labs, n)));
+        p.restore();
+    }
     assert_eq!(counted, 5 * n, "every call counted");
-    assert_eq!(HITS.load(Ordering::Relaxed), 5 * n, "every call handled");
+    assert_eq!(HITS.load(Ordering::Relaxed), 10 * n, "every call handled");
     println!("labs, {n} calls, best of 5 (ns per call):");
     println!("  bare call                                   {bare:8.2}");
     println!(
         "  jump-patched, counting trampoline           {counting:8.2}  (+{:.2} ns)",
         counting - bare
     );
-    println!(
-        "  jump-patched, registers + xsave + handler   {handler:8.2}  (+{:.2} ns)",
-        handler - bare
-    );
+    for (name, state, t) in handled {
+        println!(
+            "  jump-patched, registers + {name} ({state:?}) + handler: {t:.2}  (+{:.2} ns)",
+            t - bare
+        );
+    }
 }

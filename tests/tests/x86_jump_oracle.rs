@@ -10,8 +10,11 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use std::collections::HashMap;
 use std::io::Read;
 
+use probe_core::arch::x86_64::jump::ExtendedState;
 use probe_core::arch::x86_64::X86Regs;
-use probe_tests::x86::jump::{dlsym, libc_functions, patch_entry, Tramp};
+use probe_tests::x86::jump::{
+    dlsym, extended_state, libc_functions, patch_entry, whole_extended_state, Tramp,
+};
 
 /// A function under test: its name and calls of it with fixed inputs, giving one number each.
 struct Case {
@@ -239,7 +242,7 @@ extern "C" fn on_hit(regs: *mut X86Regs, ctx: u64) {
 }
 
 /// The child's work: patch, call, compare, count, restore. One line per function.
-fn child(bodies: &HashMap<u64, Vec<u8>>, with_handler: bool) -> String {
+fn child(bodies: &HashMap<u64, Vec<u8>>, state: Option<ExtendedState>) -> String {
     let mut report = String::new();
     for case in cases() {
         let f = dlsym(case.name);
@@ -248,12 +251,12 @@ fn child(bodies: &HashMap<u64, Vec<u8>>, with_handler: bool) -> String {
             continue;
         }
         let want = (case.calls)(f);
-        let tramp = if with_handler {
-            Tramp::Handler {
+        let tramp = match state {
+            Some(state) => Tramp::Handler {
                 handler: on_hit as *const () as u64,
-            }
-        } else {
-            Tramp::Count
+                state,
+            },
+            None => Tramp::Count,
         };
         let p = match patch_entry(f, bodies, tramp) {
             Ok(p) => p,
@@ -278,7 +281,7 @@ fn child(bodies: &HashMap<u64, Vec<u8>>, with_handler: bool) -> String {
             want.len() as u64
         };
         let expected_count = 2 * per_run;
-        let handler_ok = !with_handler
+        let handler_ok = state.is_none()
             || (HANDLER_SAW.load(Ordering::SeqCst) == expected_count
                 && WRONG_IP.load(Ordering::SeqCst) == 0);
         let ok = got == want
@@ -301,7 +304,7 @@ fn child(bodies: &HashMap<u64, Vec<u8>>, with_handler: bool) -> String {
 }
 
 /// Forks, runs [`child`] there, returns its report (asserting it exited cleanly).
-fn in_child(with_handler: bool) -> String {
+fn in_child(state: Option<ExtendedState>) -> String {
     std::env::set_var("PROBE_JUMP_ORACLE", "yes");
     let bodies = libc_functions();
     let mut fds = [0; 2];
@@ -312,7 +315,7 @@ fn in_child(with_handler: bool) -> String {
     // little it allocates comes from a heap nobody else uses in it), then _exits.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
-        let report = child(&bodies, with_handler);
+        let report = child(&bodies, state);
         // SAFETY: writing our report to the pipe and leaving without unwinding.
         unsafe {
             libc::write(fds[1], report.as_ptr().cast(), report.len());
@@ -344,7 +347,7 @@ fn in_child(with_handler: bool) -> String {
 
 #[test]
 fn jump_patched_libc_functions_run_exactly_as_before_and_count_every_call() {
-    in_child(false);
+    in_child(None);
 }
 
 /// The whole trampoline: registers and vector state saved, a Rust handler called with the
@@ -353,5 +356,8 @@ fn jump_patched_libc_functions_run_exactly_as_before_and_count_every_call() {
 /// change if the trampoline did not keep them.
 #[test]
 fn full_trampolines_call_a_handler_and_keep_every_register() {
-    in_child(true);
+    // The argument vector registers only, at the CPU's widest width...
+    in_child(Some(extended_state()));
+    // ...and the whole extended state.
+    in_child(Some(whole_extended_state()));
 }

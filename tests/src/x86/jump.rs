@@ -10,7 +10,7 @@ use std::ffi::CString;
 
 use probe_core::arch::x86_64::jump::{
     encode_displaced, encode_trampoline, entry_patch_offset, jump_bytes, jump_patch, ExtendedState,
-    HandlerCall, JumpPatch, JumpRefusal,
+    HandlerCall, JumpPatch, JumpRefusal, VectorWidth,
 };
 use probe_core::Addr;
 
@@ -46,8 +46,21 @@ pub fn libc_functions() -> HashMap<u64, Vec<u8>> {
         .collect()
 }
 
-/// The cheapest way this CPU offers to keep the extended state across a handler.
+/// The cheapest way to keep the vector state across a handler at a function's entry: the
+/// argument registers at the widest width this CPU passes vectors in.
 pub fn extended_state() -> ExtendedState {
+    let width = if std::arch::is_x86_feature_detected!("avx512f") {
+        VectorWidth::Zmm
+    } else if std::arch::is_x86_feature_detected!("avx") {
+        VectorWidth::Ymm
+    } else {
+        VectorWidth::Xmm
+    };
+    ExtendedState::ArgumentVectors(width)
+}
+
+/// The whole-state choice: `xsavec` where the CPU has it, else `xsave`, else `fxsave`.
+pub fn whole_extended_state() -> ExtendedState {
     if !std::arch::is_x86_feature_detected!("xsave") {
         return ExtendedState::Fxsave;
     }
@@ -110,6 +123,8 @@ pub enum Tramp {
     Handler {
         /// `handler(regs, ctx)`.
         handler: u64,
+        /// How the vector state is kept around it.
+        state: ExtendedState,
     },
 }
 
@@ -150,11 +165,11 @@ pub fn patch_entry(
     let mut t = Vec::new();
     let mut out = [0u8; 1024];
     match tramp {
-        Tramp::Handler { handler } => {
+        Tramp::Handler { handler, state } => {
             let call = HandlerCall {
                 handler,
                 ctx: page,
-                state: extended_state(),
+                state,
             };
             let n = encode_trampoline(body, &patch, func, Addr(code), &call, &mut out).unwrap();
             t.extend_from_slice(&out[..n]);

@@ -182,6 +182,24 @@ pub enum ExtendedState {
     /// the upper AVX/AVX-512 state is clean, as it is between most calls); the size is
     /// CPUID leaf 0xD, sub-leaf 1, EBX; CPUID.(0xD,1):EAX bit 1 says it exists.
     Xsavec(u32),
+    /// Only the eight vector argument registers, at this width: at a function's entry (the
+    /// only place `jump_patch` puts a jump) the SysV ABI leaves nothing else of the vector
+    /// state live that a C-ABI handler may change (xmm8-15 and every upper half are
+    /// caller-saved, MXCSR's and the x87 control bits callee-saved). The cheapest choice;
+    /// the width must cover the widest vector argument the CPU can pass (`Zmm` where
+    /// AVX-512 is enabled, `Ymm` with AVX).
+    ArgumentVectors(VectorWidth),
+}
+
+/// The width of the vector registers an [`ExtendedState::ArgumentVectors`] trampoline keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VectorWidth {
+    /// `xmm0`-`xmm7` (SSE).
+    Xmm,
+    /// `ymm0`-`ymm7` (AVX).
+    Ymm,
+    /// `zmm0`-`zmm7` (AVX-512).
+    Zmm,
 }
 
 /// Words of the register file saved on the stack.
@@ -288,11 +306,41 @@ fn trampoline_head(probed: u64, call: &HandlerCall) -> Option<alloc::vec::Vec<u8
     }
     // rbx holds the frame across the call (callee-saved, and saved above).
     v.push(I::with2(C::Mov_rm64_r64, R::RBX, R::RSP).ok()?);
-    let (save, restore, size, xsave) = match call.state {
-        ExtendedState::Fxsave => (C::Fxsave64_m512byte, C::Fxrstor64_m512byte, 512, false),
-        ExtendedState::Xsave(n) => (C::Xsave64_mem, C::Xrstor64_mem, i64::from(n), true),
-        ExtendedState::Xsavec(n) => (C::Xsavec64_mem, C::Xrstor64_mem, i64::from(n), true),
+    // How the extended state is kept: a whole-state instruction, or moves of the eight
+    // argument registers (code, register size).
+    let (whole, vectors) = match call.state {
+        ExtendedState::Fxsave => (
+            Some((C::Fxsave64_m512byte, C::Fxrstor64_m512byte, 512, false)),
+            None,
+        ),
+        ExtendedState::Xsave(n) => (
+            Some((C::Xsave64_mem, C::Xrstor64_mem, i64::from(n), true)),
+            None,
+        ),
+        ExtendedState::Xsavec(n) => (
+            Some((C::Xsavec64_mem, C::Xrstor64_mem, i64::from(n), true)),
+            None,
+        ),
+        ExtendedState::ArgumentVectors(w) => (
+            None,
+            Some(match w {
+                VectorWidth::Xmm => (C::Movdqu_xmmm128_xmm, C::Movdqu_xmm_xmmm128, 16, R::XMM0),
+                VectorWidth::Ymm => (
+                    C::VEX_Vmovdqu_ymmm256_ymm,
+                    C::VEX_Vmovdqu_ymm_ymmm256,
+                    32,
+                    R::YMM0,
+                ),
+                VectorWidth::Zmm => (
+                    C::EVEX_Vmovdqu64_zmmm512_k1z_zmm,
+                    C::EVEX_Vmovdqu64_zmm_k1z_zmmm512,
+                    64,
+                    R::ZMM0,
+                ),
+            }),
+        ),
     };
+    let size = whole.map_or(0, |w| w.2) + vectors.map_or(0, |v| 8 * v.2);
     let area = MemoryOperand::with_base(R::RSP);
     v.push(
         I::with2(
@@ -303,26 +351,43 @@ fn trampoline_head(probed: u64, call: &HandlerCall) -> Option<alloc::vec::Vec<u8
         .ok()?,
     );
     v.push(I::with2(C::And_rm64_imm8, R::RSP, -64i32).ok()?);
-    if xsave {
-        // XRSTOR faults on a header (bytes 512-575) with reserved bits set, and XSAVE
-        // leaves most of it as it was: zero it first.
+    let vreg = |first: R, k: i64| R::try_from(first as usize + k as usize).ok();
+    if let Some((store, _, bytes, first)) = vectors {
         for k in 0..8 {
-            let m = MemoryOperand::with_base_displ(R::RSP, 512 + 8 * k);
-            v.push(I::with2(C::Mov_rm64_imm32, m, 0i32).ok()?);
+            let m = MemoryOperand::with_base_displ(R::RSP, k * bytes);
+            v.push(I::with2(store, m, vreg(first, k)?).ok()?);
         }
-        v.push(I::with2(C::Mov_r32_imm32, R::EAX, u32::MAX).ok()?);
-        v.push(I::with2(C::Mov_r32_imm32, R::EDX, u32::MAX).ok()?);
     }
-    v.push(I::with1(save, area).ok()?);
+    if let Some((save, _, _, xsave)) = whole {
+        if xsave {
+            // XRSTOR faults on a header (bytes 512-575) with reserved bits set, and XSAVE
+            // leaves most of it as it was: zero it first.
+            for k in 0..8 {
+                let m = MemoryOperand::with_base_displ(R::RSP, 512 + 8 * k);
+                v.push(I::with2(C::Mov_rm64_imm32, m, 0i32).ok()?);
+            }
+            v.push(I::with2(C::Mov_r32_imm32, R::EAX, u32::MAX).ok()?);
+            v.push(I::with2(C::Mov_r32_imm32, R::EDX, u32::MAX).ok()?);
+        }
+        v.push(I::with1(save, area).ok()?);
+    }
     v.push(I::with2(C::Mov_rm64_r64, R::RDI, R::RBX).ok()?);
     v.push(I::with2(C::Mov_r64_imm64, R::RSI, call.ctx).ok()?);
     v.push(I::with2(C::Mov_r64_imm64, R::RAX, call.handler).ok()?);
     v.push(I::with1(C::Call_rm64, R::RAX).ok()?);
-    if xsave {
-        v.push(I::with2(C::Mov_r32_imm32, R::EAX, u32::MAX).ok()?);
-        v.push(I::with2(C::Mov_r32_imm32, R::EDX, u32::MAX).ok()?);
+    if let Some((_, restore, _, xsave)) = whole {
+        if xsave {
+            v.push(I::with2(C::Mov_r32_imm32, R::EAX, u32::MAX).ok()?);
+            v.push(I::with2(C::Mov_r32_imm32, R::EDX, u32::MAX).ok()?);
+        }
+        v.push(I::with1(restore, area).ok()?);
     }
-    v.push(I::with1(restore, area).ok()?);
+    if let Some((_, load, bytes, first)) = vectors {
+        for k in 0..8 {
+            let m = MemoryOperand::with_base_displ(R::RSP, k * bytes);
+            v.push(I::with2(load, vreg(first, k)?, m).ok()?);
+        }
+    }
     v.push(I::with2(C::Mov_rm64_r64, R::RSP, R::RBX).ok()?);
     // The status flags are not put back: at a function's entry they carry nothing (the
     // SysV ABI passes nothing in them and has DF clear), and `popfq` would cost more than
