@@ -727,24 +727,13 @@ extern "C" fn on_sigchld(_: libc::c_int) {}
 /// at every tracee stop) gets a handler that does nothing, so that it wakes `ppoll`; a
 /// timeout of 100 ms bounds the wait should a signal go to another thread.
 ///
-/// SIGCHLD stays blocked on the waiting thread afterwards: delivered, it would run that
-/// handler (a signal frame and an `rt_sigreturn`, about a microsecond) at every tracee stop,
-/// a hit's included, while the tracer polls with `WNOHANG`; blocked, it only stays pending
-/// until the next `ppoll` takes it. Programs the tracer starts get an empty mask
-/// ([`spawn_traced`] and `std::process::Command` both set it before `exec`).
+/// The handler is there only during this wait: installed for good, it would run (a signal
+/// frame and an `rt_sigreturn`, about a microsecond) at every tracee stop, a hit's
+/// included, while the tracer polls with `WNOHANG`; with SIGCHLD's own disposition back
+/// (by default: ignored) a stop costs no signal at all. Neither the mask nor the disposition
+/// is left changed: children started later inherit the mask (`std::process::Command` does
+/// not reset it, and a debugger started with SIGCHLD blocked hangs).
 fn wait_blocking_interruptible(pid: i32, flags: i32) -> Result<WaitStatus, SysError> {
-    static SIGCHLD_HANDLER: std::sync::Once = std::sync::Once::new();
-    SIGCHLD_HANDLER.call_once(|| {
-        // SAFETY: all-zero is a valid sigaction we fill in; the handler does nothing.
-        let mut act: libc::sigaction = unsafe { core::mem::zeroed() };
-        act.sa_sigaction = on_sigchld as *const () as libc::sighandler_t;
-        act.sa_flags = libc::SA_RESTART;
-        // SAFETY: act.sa_mask is a valid sigset_t to clear; the old action is not asked for.
-        unsafe {
-            libc::sigemptyset(&mut act.sa_mask);
-            libc::sigaction(libc::SIGCHLD, &act, ptr::null_mut());
-        }
-    });
     // SAFETY: all-zero sigset_t values are valid to fill with sigemptyset/sigaddset.
     let mut block: libc::sigset_t = unsafe { core::mem::zeroed() };
     // SAFETY: as above; `old` is written by pthread_sigmask.
@@ -758,11 +747,18 @@ fn wait_blocking_interruptible(pid: i32, flags: i32) -> Result<WaitStatus, SysEr
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut old);
     }
-    // What `ppoll` sleeps with: the mask from before, SIGCHLD unblocked (it may have been
-    // left blocked by an earlier wait, see above).
-    let mut sleep_mask = old;
-    // SAFETY: sleep_mask is a valid sigset_t (a copy of one pthread_sigmask filled in).
-    unsafe { libc::sigdelset(&mut sleep_mask, libc::SIGCHLD) };
+    // With SIGCHLD blocked, a stop from now on stays pending whatever its disposition.
+    // SAFETY: all-zero is a valid sigaction we fill in; the handler does nothing.
+    let mut act: libc::sigaction = unsafe { core::mem::zeroed() };
+    // SAFETY: as above; written by sigaction.
+    let mut old_act: libc::sigaction = unsafe { core::mem::zeroed() };
+    act.sa_sigaction = on_sigchld as *const () as libc::sighandler_t;
+    act.sa_flags = libc::SA_RESTART;
+    // SAFETY: act.sa_mask is a valid sigset_t to clear; old_act receives the action before.
+    unsafe {
+        libc::sigemptyset(&mut act.sa_mask);
+        libc::sigaction(libc::SIGCHLD, &act, &mut old_act);
+    }
     let result = loop {
         if let Some(sig) = stop_requested() {
             break Err(SysError::Interrupted(sig));
@@ -777,14 +773,13 @@ fn wait_blocking_interruptible(pid: i32, flags: i32) -> Result<WaitStatus, SysEr
         };
         // SAFETY: no fds (null, 0); ts and old are valid for the call. It returns on a
         // signal (EINTR), which is the point, or on the timeout.
-        unsafe { libc::ppoll(ptr::null_mut(), 0, &ts, &sleep_mask) };
+        unsafe { libc::ppoll(ptr::null_mut(), 0, &ts, &old) };
     };
-    let mut after = old;
-    // SAFETY: `after` is a valid sigset_t (a copy of `old`); SIGCHLD is a valid signal; the
-    // mask set is the one from before with SIGCHLD kept blocked (see above).
+    // SAFETY: old_act is the action read above, old the mask; the action goes back while
+    // SIGCHLD is still blocked, so a pending one meets the program's own disposition.
     unsafe {
-        libc::sigaddset(&mut after, libc::SIGCHLD);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &after, ptr::null_mut());
+        libc::sigaction(libc::SIGCHLD, &old_act, ptr::null_mut());
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut());
     }
     result
 }
