@@ -137,3 +137,35 @@ fn attach_errors_name_the_real_cause() {
         None => eprintln!("NOT TESTED: no kernel thread is visible in /proc here"),
     }
 }
+
+/// Without the address space for the core's tables (`ulimit -v`), `probe` says so and what
+/// refuses it, and starts nothing, instead of panicking.
+#[test]
+fn a_refused_core_reservation_is_a_clear_error() {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_probe"));
+    cmd.args(["trace", "libc:malloc", "--", "/bin/echo", "started"]);
+    // SAFETY: setrlimit is async-signal-safe and touches only the child being set up.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 2 << 30,
+                rlim_max: 2 << 30,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot reserve") && err.contains("ulimit -v"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.stdout.is_empty(), "nothing may start: {:?}", out.stdout);
+}

@@ -49,4 +49,18 @@ pub enum TraceError {
         /// Why not.
         why: crate::attach::NotAttachable,
     },
+    /// The address space for the core's tables could not be reserved (nothing was started
+    /// or attached).
+    #[error(
+        "cannot reserve {} MiB of address space for the probe core's tables (mmap: {errno}); they \
+         are committed only as they are used, but `ulimit -v` or `vm.overcommit_memory = 2` \
+         refuses the reservation",
+        bytes >> 20
+    )]
+    CoreMemory {
+        /// The size asked for.
+        bytes: usize,
+        /// Why `mmap` failed.
+        errno: crate::sys::Errno,
+    },
 }

@@ -43,12 +43,18 @@ pub const RET_MAXACTIVE: u32 = super::returns::DEFAULT_MAXACTIVE;
 /// Builds a core in zeroed memory of its own ([`sys::ZeroedMap`]): pages the kernel commits
 /// only when first written, so the core's capacity (hundreds of processes, thousands of slots
 /// each) costs memory in proportion to what a session uses.
-pub fn new_core() -> sys::ZeroedMap<Core> {
+pub fn new_core() -> Result<sys::ZeroedMap<Core>, TraceError> {
     // SAFETY: all zero bits is a valid empty core (`ProbeCore`'s documentation; checked for
     // this platform and consumer in `tests/tests/core_in_bss.rs`).
     #[allow(unsafe_code)]
     let core = unsafe { sys::ZeroedMap::new() };
-    core.expect("memory for the probe core")
+    core.map_err(|e| TraceError::CoreMemory {
+        bytes: core::mem::size_of::<Core>(),
+        errno: match e {
+            sys::SysError::Failed { errno, .. } => errno,
+            _ => crate::sys::Errno(libc::ENOMEM),
+        },
+    })
 }
 
 /// How a traced thread stands, from the tracer's side.
@@ -383,10 +389,10 @@ pub struct Session {
 }
 
 impl Session {
-    fn new(root: Pid, spawned: bool, opts: SessionOptions) -> Session {
+    fn new(core: sys::ZeroedMap<Core>, root: Pid, spawned: bool, opts: SessionOptions) -> Session {
         Session {
             platform: LinuxPlatform::new(),
-            core: new_core(),
+            core,
             shared: Arc::new(
                 Shared::new(opts.record_args)
                     .with_stacks(opts.stack)
@@ -434,8 +440,10 @@ impl Session {
         args: &[&OsStr],
         opts: SessionOptions,
     ) -> Result<Session, TraceError> {
+        // The core's memory first: a refusal leaves nothing started.
+        let core = new_core()?;
         let pid = sys::spawn_traced(program, args, Options::SPAWNED, None)?;
-        let mut s = Session::new(pid, true, opts);
+        let mut s = Session::new(core, pid, true, opts);
         s.command_is_script = super::specs::is_script(program);
         let space = SpaceId(pid.0 as u64);
         s.tasks
@@ -466,8 +474,9 @@ impl Session {
         if let Some(why) = attach::not_attachable(pid) {
             return Err(TraceError::NotAttachable { pid: pid.0, why });
         }
+        let core = new_core()?;
         let threads = attach::attach_process(pid, Options::ATTACHED)?;
-        let mut s = Session::new(pid, false, opts);
+        let mut s = Session::new(core, pid, false, opts);
         let space = SpaceId(pid.0 as u64);
         for t in &threads {
             let run = Run::Held(t.pending_signal.unwrap_or(0));
