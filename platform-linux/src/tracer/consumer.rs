@@ -484,7 +484,7 @@ impl Consumer<LinuxPlatform> for LinuxConsumer {
         if self.counts_entries {
             let _ = self.handler(ctx);
         }
-        // The entry timestamp, for the duration at the return (seed 002's data pouch).
+        // The entry timestamp, for the duration at the return (kretprobes' per-instance data).
         if let Some(d) = data.get_mut(..8) {
             d.copy_from_slice(&self.shared.now_ns().to_ne_bytes());
         }
