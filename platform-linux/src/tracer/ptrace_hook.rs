@@ -60,26 +60,7 @@ impl Session {
     /// Registers the hook on `ptrace` in the C library of `space` (or in the program
     /// itself when it is linked statically), once per file.
     pub(crate) fn ensure_ptrace_hook(&mut self, space: SpaceId) {
-        let exe = self
-            .platform
-            .space_pid(space)
-            .and_then(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok());
-        let mut files: Vec<FileId> = self
-            .platform
-            .mappings(space)
-            .iter()
-            .filter(|m| m.exec)
-            .map(|m| m.file)
-            .collect();
-        files.sort_by_key(|f| f.0);
-        files.dedup();
-        for file in files {
-            let Some(path) = self.platform.file_path(file) else {
-                continue;
-            };
-            if !is_libc(&path) && exe.as_deref() != Some(path.as_path()) {
-                continue;
-            }
+        for (file, path) in self.exec_files_where(space, is_libc) {
             if !self.ptrace_hooks.searched.insert(file) {
                 continue;
             }

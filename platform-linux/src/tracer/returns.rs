@@ -39,7 +39,7 @@
 //! hijacked frame.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use probe_core::arch::x86_64::X86_64;
@@ -438,27 +438,8 @@ impl Session {
         if !self.rets.any_return {
             return;
         }
-        let exe: Option<PathBuf> = self
-            .platform
-            .space_pid(space)
-            .and_then(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok());
-        let mut files: Vec<FileId> = self
-            .platform
-            .mappings(space)
-            .iter()
-            .filter(|m| m.exec)
-            .map(|m| m.file)
-            .collect();
-        files.sort_by_key(|f| f.0);
-        files.dedup();
-        for file in files {
+        for (file, path) in self.exec_files_where(space, may_hold_unwinder) {
             if !self.rets.searched.insert(file) {
-                continue;
-            }
-            let Some(path) = self.platform.file_path(file) else {
-                continue;
-            };
-            if !may_hold_unwinder(&path) && exe.as_deref() != Some(path.as_path()) {
                 continue;
             }
             let Ok(img) = ElfImage::open(&path) else {

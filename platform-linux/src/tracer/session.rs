@@ -903,6 +903,34 @@ impl Session {
         self.on_new_images(space, tid, added);
     }
 
+    /// The files `space` maps executable (each once, with its path) that `wanted` picks by
+    /// path, or that are the process's executable (a static program holds its libraries'
+    /// code itself): where the tracer's own hooks go.
+    pub(crate) fn exec_files_where(
+        &self,
+        space: SpaceId,
+        wanted: fn(&Path) -> bool,
+    ) -> Vec<(FileId, PathBuf)> {
+        let exe = self
+            .platform
+            .space_pid(space)
+            .and_then(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok());
+        let mut files: Vec<FileId> = self
+            .platform
+            .mappings(space)
+            .iter()
+            .filter(|m| m.exec)
+            .map(|m| m.file)
+            .collect();
+        files.sort_by_key(|f| f.0);
+        files.dedup();
+        files
+            .into_iter()
+            .filter_map(|f| Some((f, self.platform.file_path(f)?)))
+            .filter(|(_, path)| wanted(path) || exe.as_deref() == Some(path.as_path()))
+            .collect()
+    }
+
     pub(crate) fn warn(&mut self, w: String) {
         if self.warnings.len() < 100 && !self.warnings.contains(&w) {
             self.warnings.push(w);
