@@ -22,12 +22,7 @@ pub struct Site {
 pub fn function_sites(path: &str, per_function: usize) -> std::io::Result<Vec<Site>> {
     let data = std::fs::read(path)?;
     let file = object::File::parse(&*data).map_err(std::io::Error::other)?;
-    let mut starts = BTreeSet::new();
-    for sym in file.symbols().chain(file.dynamic_symbols()) {
-        if sym.kind() == SymbolKind::Text && sym.size() > 0 && sym.address() != 0 {
-            starts.insert((sym.address(), sym.size()));
-        }
-    }
+    let starts = function_spans(&file);
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for (addr, size) in starts {
@@ -80,18 +75,22 @@ pub fn function_sites(path: &str, per_function: usize) -> std::io::Result<Vec<Si
 pub fn functions(path: &str) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
     let data = std::fs::read(path)?;
     let file = object::File::parse(&*data).map_err(std::io::Error::other)?;
-    let mut starts = BTreeSet::new();
-    for sym in file.symbols().chain(file.dynamic_symbols()) {
-        if sym.kind() == SymbolKind::Text && sym.size() > 0 && sym.address() != 0 {
-            starts.insert((sym.address(), sym.size()));
-        }
-    }
+    let starts = function_spans(&file);
     let mut seen = BTreeSet::new();
     Ok(starts
         .into_iter()
         .filter(|(addr, _)| seen.insert(*addr))
         .filter_map(|(addr, size)| Some((addr, bytes_at(&file, addr, size)?)))
         .collect())
+}
+
+/// (address, size) of every text symbol with a size, from both symbol tables, in order.
+fn function_spans(file: &object::File<'_>) -> BTreeSet<(u64, u64)> {
+    file.symbols()
+        .chain(file.dynamic_symbols())
+        .filter(|sym| sym.kind() == SymbolKind::Text && sym.size() > 0 && sym.address() != 0)
+        .map(|sym| (sym.address(), sym.size()))
+        .collect()
 }
 
 fn bytes_at(file: &object::File<'_>, addr: u64, len: u64) -> Option<Vec<u8>> {
