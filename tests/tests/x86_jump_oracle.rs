@@ -41,18 +41,21 @@ extern "C" fn cmp_i32(a: *const c_void, b: *const c_void) -> i32 {
 /// A qsort/bsearch comparison.
 type Cmp = extern "C" fn(*const c_void, *const c_void) -> i32;
 
+/// Calls of an `int f(int)` with each of `inputs`.
+fn int_calls(f: *const c_void, inputs: &[i32]) -> Vec<i64> {
+    inputs
+        .iter()
+        .map(|&x| call!(f, fn(i32) -> i32, x))
+        .collect()
+}
+
 const S: &CStr = c"  -12345xyz";
 
 fn cases() -> Vec<Case> {
     vec![
         Case {
             name: "abs",
-            calls: |f| {
-                [-7, 0, 7, i32::MIN + 1]
-                    .iter()
-                    .map(|&x| call!(f, fn(i32) -> i32, x))
-                    .collect()
-            },
+            calls: |f| int_calls(f, &[-7, 0, 7, i32::MIN + 1]),
         },
         Case {
             name: "labs",
@@ -102,30 +105,15 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "toupper",
-            calls: |f| {
-                [b'a', b'Z', b'1']
-                    .iter()
-                    .map(|&c| call!(f, fn(i32) -> i32, i32::from(c)))
-                    .collect()
-            },
+            calls: |f| int_calls(f, &[b'a', b'Z', b'1'].map(i32::from)),
         },
         Case {
             name: "tolower",
-            calls: |f| {
-                [b'a', b'Z', b'1']
-                    .iter()
-                    .map(|&c| call!(f, fn(i32) -> i32, i32::from(c)))
-                    .collect()
-            },
+            calls: |f| int_calls(f, &[b'a', b'Z', b'1'].map(i32::from)),
         },
         Case {
             name: "ffs",
-            calls: |f| {
-                [0, 1, 0x80, i32::MIN]
-                    .iter()
-                    .map(|&x| call!(f, fn(i32) -> i32, x))
-                    .collect()
-            },
+            calls: |f| int_calls(f, &[0, 1, 0x80, i32::MIN]),
         },
         Case {
             name: "rand_r",
