@@ -4,20 +4,8 @@
 //! `tests/programs/rp.rs` (built here with the `rustc` that builds the tests, both manglings).
 
 mod common;
-use common::{probe, program, text};
+use common::{counts, probe, program, text};
 use std::path::PathBuf;
-
-/// The `@[name]: count` lines of a summary.
-fn counts(stdout: &str) -> Vec<(String, u64)> {
-    stdout
-        .lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix("@[")?;
-            let (name, n) = rest.rsplit_once("]: ")?;
-            Some((name.to_owned(), n.parse().ok()?))
-        })
-        .collect()
-}
 
 fn trace(specs: &[&str], cmd: &[&str]) -> (String, Vec<(String, u64)>) {
     let mut v = vec!["trace"];

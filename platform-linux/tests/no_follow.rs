@@ -8,7 +8,7 @@
 //! with nothing of ours left in its memory, and only the traced process is counted.
 
 mod common;
-use common::{program, program_output, text};
+use common::{count, program, program_output, text};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output, Stdio};
 
@@ -28,16 +28,6 @@ fn trace(args: &[&str], prog: &str, pargs: &[&str]) -> Output {
 
 fn untraced(prog: &str, pargs: &[&str]) -> Output {
     Command::new(program(prog)).args(pargs).output().unwrap()
-}
-
-/// The count of `@[name]: N`.
-fn count(stdout: &str, name: &str) -> u64 {
-    let head = format!("@[{name}]: ");
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(&head))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no count for {name} in:\n{stdout}"))
 }
 
 /// Traced with `--no-follow` and untraced: same output and status, no warning, the child

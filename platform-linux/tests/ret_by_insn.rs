@@ -6,7 +6,7 @@
 //! with an untraced one and its counts checked exactly.
 
 mod common;
-use common::{program_output, text};
+use common::{count, latency_count, program_output, text};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -68,31 +68,6 @@ fn text_matches_disk(pid: u32, exe: &Path) {
         "the text of {} changed",
         exe.display()
     );
-}
-
-/// The number after `@TAG[name]: `.
-fn value(stdout: &str, tag: &str, name: &str) -> Option<u64> {
-    let head = format!("@{tag}[{name}]: ");
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(&head))
-        .and_then(|n| n.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-}
-
-fn count(stdout: &str, name: &str) -> u64 {
-    value(stdout, "", name).unwrap_or_else(|| panic!("no count for {name} in:\n{stdout}"))
-}
-
-/// The `count N` of a latency histogram's header.
-fn latency_count(stdout: &str, name: &str) -> u64 {
-    let head = format!("@latency_ns[{name}]: count ");
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(&head))
-        .and_then(|n| n.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no histogram for {name} in:\n{stdout}"))
 }
 
 /// The `ret=0x..` values of the printed returns of `name`, in order.

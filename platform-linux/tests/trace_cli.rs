@@ -5,7 +5,7 @@
 //! and exit status with an untraced run where they must be equal.
 
 mod common;
-use common::{assert_text_matches_disk, probe, program, program_output, text};
+use common::{assert_text_matches_disk, count, probe, program, program_output, text};
 use core::time::Duration;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -13,26 +13,6 @@ use std::process::{Command, Output, Stdio};
 
 fn workload() -> String {
     program("workload").display().to_string()
-}
-
-/// The `@[name]: count` lines of a summary.
-fn counts(stdout: &str) -> Vec<(String, u64)> {
-    stdout
-        .lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix("@[")?;
-            let (name, n) = rest.rsplit_once("]: ")?;
-            Some((name.to_owned(), n.parse().ok()?))
-        })
-        .collect()
-}
-
-fn count(stdout: &str, name: &str) -> u64 {
-    counts(stdout)
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .unwrap_or_else(|| panic!("no count for {name} in:\n{stdout}"))
-        .1
 }
 
 /// A number printed after `label` by the workload.

@@ -5,7 +5,7 @@
 //! output and exit status with an untraced run and checks the counts exactly.
 
 mod common;
-use common::program_output;
+use common::{count, latency_count, program_output, value};
 use core::time::Duration;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -39,31 +39,6 @@ fn trace(prog: &str, specs: &[&str], args: &[&str]) -> Output {
 
 fn untraced(prog: &str, args: &[&str]) -> Output {
     Command::new(program(prog)).args(args).output().unwrap()
-}
-
-/// The number after `@TAG[name]: `.
-fn value(stdout: &str, tag: &str, name: &str) -> Option<u64> {
-    let head = format!("@{tag}[{name}]: ");
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(&head))
-        .and_then(|n| n.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-}
-
-fn count(stdout: &str, name: &str) -> u64 {
-    value(stdout, "", name).unwrap_or_else(|| panic!("no count for {name} in:\n{stdout}"))
-}
-
-/// The `count N` of a latency histogram's header.
-fn latency_count(stdout: &str, name: &str) -> u64 {
-    let head = format!("@latency_ns[{name}]: count ");
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(&head))
-        .and_then(|n| n.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no histogram for {name} in:\n{stdout}"))
 }
 
 /// Runs traced and untraced; asserts equal output and status; returns probe's stdout.

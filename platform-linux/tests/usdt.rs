@@ -5,7 +5,7 @@
 //! and after an attach; and the kernel's uprobes with `ref_ctr_offset` as the oracle.
 
 mod common;
-use common::{append, probe, program, text, tracefs};
+use common::{append, count, probe, program, text, tracefs};
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
@@ -17,15 +17,6 @@ use platform_linux::usdt::UsdtFile;
 
 fn demo() -> String {
     program("usdt-demo").display().to_string()
-}
-
-/// The count of `name` in a summary (`@[name]: N`).
-fn count(stdout: &str, name: &str) -> u64 {
-    let prefix = format!("@[{name}]: ");
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
-        .unwrap_or_else(|| panic!("no count for {name} in:\n{stdout}"))
 }
 
 /// A number the demo printed after `label`.

@@ -69,6 +69,48 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The `@[name]: count` lines of a summary.
+pub fn counts(stdout: &str) -> Vec<(String, u64)> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("@[")?;
+            let (name, n) = rest.rsplit_once("]: ")?;
+            Some((name.to_owned(), n.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The count of `name` in a summary (its `@[name]: N` line).
+pub fn count(stdout: &str, name: &str) -> u64 {
+    counts(stdout)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no count for {name} in:\n{stdout}"))
+        .1
+}
+
+/// The number after `@TAG[name]: ` (its leading digits).
+pub fn value(stdout: &str, tag: &str, name: &str) -> Option<u64> {
+    let head = format!("@{tag}[{name}]: ");
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&head))
+        .and_then(|n| n.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// The `count N` of a latency histogram's header.
+pub fn latency_count(stdout: &str, name: &str) -> u64 {
+    let head = format!("@latency_ns[{name}]: count ");
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&head))
+        .and_then(|n| n.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no histogram for {name} in:\n{stdout}"))
+}
+
 /// What the traced program printed: everything before the summary's first `@[`.
 pub fn program_output(stdout: &str) -> &str {
     match stdout.find("\n@[") {
