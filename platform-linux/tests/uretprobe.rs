@@ -351,18 +351,15 @@ fn after_detach_no_hijacked_return_address_is_left_on_any_stack() {
     let mut next = || lines.next().unwrap().unwrap();
     assert_eq!(next(), "ready");
     let p = program("ret-prog");
-    let mut tracer = Command::new(env!("CARGO_BIN_EXE_probe"))
-        .args(["trace", "-p", &prog.id().to_string(), "--latency"])
-        .arg(format!("uretprobe:{p}:blocked"))
-        .arg(format!("uretprobe:{p}:wait_line"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(tracer.stderr.take().unwrap());
-    let mut first = String::new();
-    err.read_line(&mut first).unwrap();
-    assert!(first.contains("attached 2 probes"), "{first}");
+    let (blocked, wait_line) = (
+        format!("uretprobe:{p}:blocked"),
+        format!("uretprobe:{p}:wait_line"),
+    );
+    let (mut tracer, mut err) = common::attach(
+        prog.id(),
+        &["--latency", &blocked, &wait_line],
+        "attached 2 probes",
+    );
     // Now the threads enter the probed functions, traced.
     writeln!(stdin, "go").unwrap();
     assert_eq!(next(), "inside");
