@@ -17,7 +17,6 @@ use probe_core::{ConsumerHandle, ConsumerOptions, FileId, ProbeKey, SpaceId};
 
 use super::consumer::{LinuxConsumer, Role};
 use super::session::Session;
-use crate::elf::ElfImage;
 use crate::sys::Pid;
 
 /// A call of libc's `ptrace` seen by the hook: its process and first two arguments.
@@ -64,10 +63,13 @@ impl Session {
             if !self.ptrace_hooks.searched.insert(file) {
                 continue;
             }
-            let Ok(img) = ElfImage::open(&path) else {
-                continue;
-            };
-            let Some(offset) = img.lookup("ptrace").first().map(|s| s.file_offset) else {
+            // The resolver's copy: libc is most often parsed for the specs already.
+            let Some(offset) = self
+                .resolver
+                .image(&path)
+                .ok()
+                .and_then(|img| img.lookup("ptrace").first().map(|s| s.file_offset))
+            else {
                 continue;
             };
             let hits = Arc::new(core::sync::atomic::AtomicU64::new(0));
