@@ -3,6 +3,7 @@
 //!
 //! Layers, bottom up:
 //! - [`sys`]: the only unsafe code: ptrace, wait, signals, affinity, spawning a tracee.
+//! - [`agent`]: the counter region shared with the in-process agent (`probe-agent`).
 //! - [`attach`]: seizing every thread of a running process (`-p PID`).
 //! - [`mem`]: a tracee's memory through `/proc/PID/mem` (patches read-only text too).
 //! - [`maps`]: `/proc/PID/maps` as typed mappings.
@@ -21,6 +22,8 @@
 //! - [`cli`]: the `probe` command line.
 #![deny(unsafe_code)]
 
+#[allow(unsafe_code)]
+pub mod agent;
 pub mod attach;
 pub mod cli;
 pub mod elf;

@@ -27,6 +27,8 @@ const PROGRAMS: &[(&str, &str, bool, &[&str])] = &[
     // A program that uses ptrace itself, for --no-follow.
     ("selftrace", "selftrace.c", false, &["-fPIE", "-pie"]),
     ("threads", "threads.c", false, &["-pthread"]),
+    // Counts through the in-process agent's handler (issue 11).
+    ("agent-user", "agent_user.c", false, &["-pthread", "-ldl"]),
     (
         "workload",
         "workload.c",

@@ -1,0 +1,165 @@
+//! The in-process agent of `probe`: the code that runs inside the traced program, so that a
+//! hit of a jump-patched probe never stops the program for the tracer.
+//!
+//! A jump-patched entry (`probe_core::arch::x86_64::jump`) goes to a trampoline that saves
+//! the registers and calls [`probe_agent_hit`]`(regs, probe)` on the traced thread. The
+//! handler counts the hit in the thread's own block of a counter region ([`counters`]) that
+//! the controller (the ptrace tracer) maps too and reads without stopping anybody.
+//!
+//! How the region reaches the agent: the controller creates it (a `memfd`), and either
+//! passes its descriptor in `PROBE_AGENT_FD` to a command it spawns with the agent in
+//! `LD_PRELOAD` (the constructor maps it, closes the descriptor and removes the variable, so
+//! the program does not see them), or maps it into a running process itself and calls
+//! [`probe_agent_attach`]. Until a region is attached the handler counts nothing and returns
+//! at once: a trampoline reached before is harmless.
+//!
+//! A forked child keeps the parent's mapping (shared), so its hits still reach the
+//! controller; a handler registered with `pthread_atfork` makes the child's thread claim a
+//! block of its own instead of writing into the parent thread's.
+//!
+//! The hit path takes no lock, makes no system call and allocates nothing: one load of the
+//! region, one thread-local load (the agent's TLS is static TLS when it is loaded at start,
+//! as `LD_PRELOAD` loads it), and a plain load and store on the thread's own cache line.
+
+pub mod counters;
+
+use core::cell::Cell;
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
+use counters::{Block, Counters};
+use probe_core::arch::x86_64::X86Regs;
+
+/// The attached region (null: none yet), and its length.
+static REGION: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
+static REGION_LEN: AtomicUsize = AtomicUsize::new(0);
+/// Bumped by every attach and in a forked child: a thread's block is valid only for the
+/// generation it was claimed in.
+static GENERATION: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    /// The calling thread's block and the generation it belongs to.
+    static BLOCK: Cell<(usize, Option<Block>)> = const { Cell::new((0, None)) };
+}
+
+/// The counter view of the attached region, if any.
+fn region() -> Option<Counters> {
+    let base = REGION.load(Ordering::Acquire);
+    if base.is_null() {
+        return None;
+    }
+    let len = REGION_LEN.load(Ordering::Relaxed);
+    // SAFETY: a region is attached only after `Counters::from_raw` accepted it, and stays
+    // mapped for the life of the process (the agent never unmaps it).
+    unsafe { Counters::from_raw(base, len) }.ok()
+}
+
+/// Counts a hit of probe `probe` on the calling thread: what a jump-patched probe's
+/// trampoline calls, with the register file at the probe. No lock, no allocation, no system
+/// call; does nothing until a region is attached.
+///
+/// # Safety
+/// Called by a trampoline with a valid register file (unused here), or from Rust with any
+/// pointer: it is not dereferenced.
+#[no_mangle]
+pub unsafe extern "C" fn probe_agent_hit(_regs: *mut X86Regs, probe: u64) {
+    let Some(c) = region() else {
+        return;
+    };
+    let generation = GENERATION.load(Ordering::Relaxed);
+    // `try_with`: a hit while the thread's TLS is being torn down counts nothing.
+    let _ = BLOCK.try_with(|b| {
+        let block = match b.get() {
+            (g, Some(block)) if g == generation => block,
+            _ => {
+                let block = c.claim();
+                b.set((generation, Some(block)));
+                block
+            }
+        };
+        block.hit(u32::try_from(probe).unwrap_or(u32::MAX));
+    });
+}
+
+/// Attaches the counter region mapped at `base`, `len` bytes: from then on hits are counted
+/// there. Returns 0, or -1 if the region is not valid (nothing changes then).
+///
+/// # Safety
+/// `base` is mapped, `len` bytes, for the rest of the process's life.
+#[no_mangle]
+pub unsafe extern "C" fn probe_agent_attach(base: *mut u8, len: usize) -> i32 {
+    // SAFETY: the caller's contract.
+    if unsafe { Counters::from_raw(base, len) }.is_err() {
+        return -1;
+    }
+    REGION_LEN.store(len, Ordering::Relaxed);
+    GENERATION.fetch_add(1, Ordering::Relaxed);
+    REGION.store(base, Ordering::Release);
+    0
+}
+
+/// In a forked child: its thread claims a new block (its copy of the TLS names the parent
+/// thread's).
+extern "C" fn after_fork_in_child() {
+    GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The variable naming the region's descriptor for a spawned command.
+pub const FD_VARIABLE: &str = "PROBE_AGENT_FD";
+
+/// Maps the region named by `PROBE_AGENT_FD`, if set, closes the descriptor and removes the
+/// variable; registers the fork handler.
+fn init_from_environment() {
+    // SAFETY: a handler with no preparation or parent part; registered once.
+    unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    let Some(fd) =
+        std::env::var_os(FD_VARIABLE).and_then(|v| v.to_str().and_then(|s| s.parse::<i32>().ok()))
+    else {
+        return;
+    };
+    // SAFETY: removing a variable while the program has not started (a constructor, before
+    // any thread of the program's own).
+    unsafe { std::env::remove_var(FD_VARIABLE) };
+    let mut st: libc::stat = unsafe_zeroed_stat();
+    // SAFETY: fstat fills `st`; a bad descriptor only fails.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_size <= 0 {
+        return;
+    }
+    let len = st.st_size as usize;
+    // SAFETY: a shared mapping of the controller's region; never unmapped.
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    // SAFETY: the descriptor is the controller's gift, not the program's: the mapping keeps
+    // the region alive without it.
+    unsafe { libc::close(fd) };
+    if p == libc::MAP_FAILED {
+        return;
+    }
+    // SAFETY: mapped `len` bytes, never unmapped.
+    if unsafe { probe_agent_attach(p as *mut u8, len) } != 0 {
+        // SAFETY: our own mapping, not attached.
+        unsafe { libc::munmap(p, len) };
+    }
+}
+
+fn unsafe_zeroed_stat() -> libc::stat {
+    // SAFETY: all-zero is a valid `struct stat` to be filled.
+    unsafe { core::mem::zeroed() }
+}
+
+/// The agent's constructor, run by the dynamic linker when the object is loaded.
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = {
+    extern "C" fn init() {
+        init_from_environment();
+    }
+    init
+};
