@@ -60,6 +60,7 @@ fn main() {
             &bodies,
             Tramp::Handler {
                 handler: count as *const () as u64,
+                ctx: None,
                 state,
             },
         )

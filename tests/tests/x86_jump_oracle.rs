@@ -242,6 +242,7 @@ fn child(bodies: &HashMap<u64, Vec<u8>>, state: Option<ExtendedState>) -> String
         let tramp = match state {
             Some(state) => Tramp::Handler {
                 handler: on_hit as *const () as u64,
+                ctx: None,
                 state,
             },
             None => Tramp::Count,

@@ -119,10 +119,12 @@ fn poke_code(at: u64, bytes: &[u8]) {
 pub enum Tramp {
     /// `pushfq; lock inc qword [counter]; popfq`.
     Count,
-    /// Save everything and call a handler (`HandlerCall::ctx` is set to the page).
+    /// Save everything and call a handler.
     Handler {
         /// `handler(regs, ctx)`.
         handler: u64,
+        /// Its `ctx`: this word, or the trampoline page when `None`.
+        ctx: Option<u64>,
         /// How the vector state is kept around it.
         state: ExtendedState,
     },
@@ -165,10 +167,14 @@ pub fn patch_entry(
     let mut t = Vec::new();
     let mut out = [0u8; 1024];
     match tramp {
-        Tramp::Handler { handler, state } => {
+        Tramp::Handler {
+            handler,
+            ctx,
+            state,
+        } => {
             let call = HandlerCall {
                 handler,
-                ctx: page,
+                ctx: ctx.unwrap_or(page),
                 state,
             };
             let n = encode_trampoline(body, &patch, func, Addr(code), &call, &mut out).unwrap();
