@@ -13,6 +13,7 @@
 //! - [`resolve`]: probe specs (`uprobe:libc:malloc`, `libc:str*`) into (file, offset)s.
 //! - [`stack`]: `--stack`, user stacks walked (CFI via `gimli`, frame pointers), counted, folded.
 //! - [`usdt`]: SDT markers of a file (offsets, semaphores, arguments) and their decoding.
+//! - [`inproc`]: jump-patched entries in a stopped process whose agent is loaded (in-process probes).
 //! - [`remote`]: system calls injected into a stopped tracee (remote `mmap` of slot pages).
 //! - [`wait`]: how the tracer waits for the next stop (blocking, spinning, CPU placement).
 //! - [`placement`]: the CPUs a session gives the tracer and the traced threads.
@@ -27,6 +28,7 @@ pub mod agent;
 pub mod attach;
 pub mod cli;
 pub mod elf;
+pub mod inproc;
 pub mod insn;
 pub mod journal;
 pub mod latency;

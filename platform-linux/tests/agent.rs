@@ -98,3 +98,117 @@ fn region_fd(cmd: &Command) -> String {
         .to_string_lossy()
         .into_owned()
 }
+
+/// Holds every thread of `pid` (seized), runs `f` with them, lets them go.
+fn held<T>(pid: i32, f: impl FnOnce(&[platform_linux::sys::Pid]) -> T) -> T {
+    use platform_linux::attach;
+    use platform_linux::sys::{Options, Pid};
+    let threads = attach::attach_process(Pid(pid), Options::ATTACHED).unwrap();
+    let tids: Vec<Pid> = threads.iter().map(|t| t.tid).collect();
+    let out = f(&tids);
+    attach::detach_all(&threads).unwrap();
+    out
+}
+
+/// The mapped bytes of the C library's function at `addr`, from its symbol's size.
+fn body_at(pid: i32, addr: u64, name: &str) -> Vec<u8> {
+    use platform_linux::sys::Pid;
+    let lines = platform_linux::maps::read_maps(Pid(pid)).unwrap();
+    let m = lines.iter().find(|m| m.range.contains(&addr)).unwrap();
+    let image = platform_linux::elf::ElfImage::open(std::path::Path::new(&m.path)).unwrap();
+    let size = image.lookup(name).first().unwrap().size as usize;
+    let mem = platform_linux::mem::ProcMem::open(Pid(pid)).unwrap();
+    let mut body = vec![0u8; size];
+    mem.read(addr, &mut body).unwrap();
+    body
+}
+
+#[test]
+fn a_running_program_jump_patched_by_the_controller_counts_in_process_exactly() {
+    use platform_linux::inproc::JumpPatcher;
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let prog = common::programs::program("agent-phases");
+    let region = AgentRegion::new(4, 16).unwrap();
+    let (threads, calls) = (4u64, 30_000u64);
+    let mut cmd = Command::new(&prog);
+    cmd.env("LD_PRELOAD", agent_so())
+        .args([threads.to_string(), calls.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    region.pass_to(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id() as i32;
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let addr = u64::from_str_radix(line.trim().strip_prefix("ready 0x").unwrap(), 16).unwrap();
+    let body = body_at(pid, addr, "labs");
+    let mut before = vec![0u8; 16];
+    let mem = platform_linux::mem::ProcMem::open(platform_linux::sys::Pid(pid)).unwrap();
+    mem.read(addr, &mut before).unwrap();
+
+    let mut patcher = held(pid, |tids| {
+        use platform_linux::sys;
+        let mut p = JumpPatcher::new(platform_linux::sys::Pid(pid)).unwrap();
+        // A thread held inside the bytes the jump displaces would resume mid-jump: refused
+        // (the thread's IP moved there for the check, then put back).
+        let jp = probe_core::arch::x86_64::jump::jump_patch(
+            &body,
+            probe_core::arch::x86_64::jump::entry_patch_offset(&body),
+        )
+        .unwrap();
+        let saved = sys::get_regs(tids[1]).unwrap();
+        let mut inside = saved;
+        inside.rip = addr + jp.at as u64 + 1;
+        sys::set_regs(tids[1], &inside).unwrap();
+        let refused = p.patch(tids[0], tids, addr, &body, 2);
+        sys::set_regs(tids[1], &saved).unwrap();
+        assert!(
+            matches!(refused, Err(platform_linux::inproc::InProcError::ThreadInside { tid, .. }) if tid == tids[1]),
+            "{refused:?}"
+        );
+        p.patch(tids[0], tids, addr, &body, 2).unwrap();
+        assert!(matches!(
+            p.patch(tids[0], tids, addr, &body, 2),
+            Err(platform_linux::inproc::InProcError::AlreadyPatched { .. })
+        ));
+        p
+    });
+    let mut now = vec![0u8; 16];
+    mem.read(addr, &mut now).unwrap();
+    assert_ne!(now, before, "the entry carries the jump");
+    writeln!(stdin).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    if line.is_empty() {
+        panic!("the program died: {:?}", child.wait());
+    }
+    assert_eq!(line.trim(), "counted");
+    assert_eq!(
+        region.total(2),
+        threads * calls,
+        "every patched call counted once"
+    );
+    assert_eq!(region.threads_seen(), threads as u32);
+
+    let restored = held(pid, |_| patcher.restore().unwrap());
+    assert_eq!(restored, 1);
+    mem.read(addr, &mut now).unwrap();
+    assert_eq!(now, before, "the entry's bytes are back");
+    writeln!(stdin).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(
+        line.trim(),
+        "done 0",
+        "labs gave the right results throughout"
+    );
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        region.total(2),
+        threads * calls,
+        "nothing counted after the restore"
+    );
+}

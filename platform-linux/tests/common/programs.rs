@@ -30,6 +30,12 @@ const PROGRAMS: &[(&str, &str, bool, &[&str])] = &[
     // Counts through the in-process agent's handler (issue 11).
     ("agent-user", "agent_user.c", false, &["-pthread", "-ldl"]),
     (
+        "agent-phases",
+        "agent_phases.c",
+        false,
+        &["-pthread", "-ldl"],
+    ),
+    (
         "workload",
         "workload.c",
         false,
