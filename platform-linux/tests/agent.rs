@@ -89,6 +89,31 @@ fn without_a_region_the_agent_counts_nothing_and_the_program_runs() {
     );
 }
 
+#[test]
+fn a_signal_handler_hitting_a_probe_on_the_interrupted_thread_loses_no_count() {
+    let prog = common::programs::program("agent-signals");
+    let region = AgentRegion::new(1, 4).unwrap();
+    let calls = 20_000_000u64;
+    let mut cmd = Command::new(&prog);
+    cmd.env("LD_PRELOAD", agent_so());
+    region.pass_to(&mut cmd);
+    let out = cmd
+        .args([calls.to_string(), "20000".into()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let sent: u64 = stdout
+        .trim()
+        .strip_prefix("sent ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // However many signals landed before the worker finished, each handler's hit counts.
+    assert!(sent > 0, "{stdout}");
+    assert_eq!(region.total(0), calls + sent);
+}
+
 /// The descriptor `pass_to` named in the command's environment.
 fn region_fd(cmd: &Command) -> String {
     cmd.get_envs()

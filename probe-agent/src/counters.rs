@@ -209,8 +209,8 @@ impl Counters {
 }
 
 impl Block {
-    /// Counts one hit of `probe` (ignored past the layout). A thread's own block takes a
-    /// relaxed load and store (it is the only writer); the shared block an atomic add.
+    /// Counts one hit of `probe` (ignored past the layout). A thread's own block takes one
+    /// unlocked `add` (it is the only writer); the shared block an atomic add.
     #[inline]
     pub fn hit(&self, probe: u32) {
         if probe >= self.probes {
@@ -221,7 +221,7 @@ impl Block {
         if self.shared {
             c.fetch_add(1, Ordering::Relaxed);
         } else {
-            c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+            add_one_in_one_instruction(c);
         }
     }
 
@@ -229,6 +229,26 @@ impl Block {
     pub fn is_shared(&self) -> bool {
         self.shared
     }
+}
+
+/// Adds one to `c` with a single instruction that is not `lock`ed: the only writer is the
+/// calling thread, but a signal handler may run on it between any two instructions and
+/// count a nested hit in the same word, so a load and a store (two instructions) would lose
+/// that hit. A signal arrives at an instruction boundary, so one read-modify-write
+/// instruction cannot be split; without `lock` it costs what a store does. (The kernel's
+/// `this_cpu_inc` uses an unlocked `incq` the same way, safe against interrupts on its
+/// CPU.) The controller's concurrent reads see either value: the memory access of an
+/// aligned 8-byte `add` is not torn.
+#[inline(always)]
+fn add_one_in_one_instruction(c: &AtomicU64) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `c` is a valid, aligned AtomicU64 for the call; the instruction writes only
+    // it (and the flags, declared clobbered by default).
+    unsafe {
+        core::arch::asm!("add qword ptr [{0}], 1", in(reg) c.as_ptr(), options(nostack));
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    c.fetch_add(1, Ordering::Relaxed);
 }
 
 #[cfg(test)]

@@ -28,6 +28,12 @@ const PROGRAMS: &[(&str, &str, bool, &[&str])] = &[
     ("selftrace", "selftrace.c", false, &["-fPIE", "-pie"]),
     ("threads", "threads.c", false, &["-pthread"]),
     // Counts through the in-process agent's handler (issue 11).
+    (
+        "agent-signals",
+        "agent_signals.c",
+        false,
+        &["-pthread", "-ldl"],
+    ),
     ("agent-user", "agent_user.c", false, &["-pthread", "-ldl"]),
     (
         "agent-phases",
