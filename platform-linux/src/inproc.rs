@@ -17,7 +17,7 @@
 //! back to the function, into the original instructions after the displaced ones, which
 //! are intact.
 
-use std::ops::Range;
+use core::ops::Range;
 use std::path::{Path, PathBuf};
 
 use probe_core::arch::x86_64::jump::{
