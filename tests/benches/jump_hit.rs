@@ -6,7 +6,8 @@
 
 use core::hint::black_box;
 use core::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use core::time::Duration;
+use std::time::Instant;
 
 use platform_linux::agent::AgentRegion;
 use probe_core::arch::x86_64::X86Regs;
