@@ -28,6 +28,7 @@ const PROGRAMS: &[(&str, &str, bool, &[&str])] = &[
     ("selftrace", "selftrace.c", false, &["-fPIE", "-pie"]),
     ("threads", "threads.c", false, &["-pthread"]),
     // Counts through the in-process agent's handler (issue 11).
+    ("agent-bench", "agent_bench.c", false, &["-ldl"]),
     (
         "agent-signals",
         "agent_signals.c",
