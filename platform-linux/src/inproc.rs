@@ -11,6 +11,9 @@
 //! the middle of the `jmp`: the patch is refused with [`InProcError::ThreadInside`], and the
 //! caller lets the thread run on and tries again.
 //!
+//! Every jump is journaled before it is written (see [`crate::journal`]): if the tracer dies,
+//! the guardian puts the entry's bytes back.
+//!
 //! [`JumpPatcher::restore`] puts the original bytes back, also with every thread held.
 //! Trampoline pages are never unmapped: a thread that was inside one (preempted in the
 //! handler, or in the displaced instructions) when its probe went away finishes it and jumps
@@ -241,6 +244,9 @@ impl JumpPatcher {
         self.mem
             .write(tramp, &code[..n])
             .map_err(|e| self.failed(e.to_string()))?;
+        // Journaled first, as every code patch is: if the tracer dies, the guardian puts
+        // the original bytes back (the trampoline page is left, unused and harmless).
+        crate::journal::record_code(self.pid, at, &original, &jump);
         self.mem
             .write(at, &jump)
             .map_err(|e| self.failed(e.to_string()))?;
@@ -267,6 +273,7 @@ impl JumpPatcher {
             if self.mem.read(at, &mut now).is_err() || now != s.jump {
                 continue;
             }
+            crate::journal::record_code(self.pid, at, &s.jump, &s.original);
             self.mem
                 .write(at, &s.original)
                 .map_err(|e| self.failed(e.to_string()))?;

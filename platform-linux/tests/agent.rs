@@ -237,3 +237,80 @@ fn a_running_program_jump_patched_by_the_controller_counts_in_process_exactly() 
         "nothing counted after the restore"
     );
 }
+
+#[test]
+fn a_dead_controllers_jump_patch_is_undone_from_the_journal() {
+    use platform_linux::inproc::JumpPatcher;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::os::fd::FromRawFd;
+    use std::process::Stdio;
+    // The journal the guardian reads: a pipe; this test binary's patches go there.
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors are new and ours.
+    let (mut rd, wr) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    platform_linux::journal::start(wr);
+    let prog = common::programs::program("agent-phases");
+    let region = AgentRegion::new(4, 16).unwrap();
+    let mut cmd = Command::new(&prog);
+    cmd.env("LD_PRELOAD", agent_so())
+        .args(["2", "1000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    region.pass_to(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id() as i32;
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let addr = u64::from_str_radix(line.trim().strip_prefix("ready 0x").unwrap(), 16).unwrap();
+    let body = body_at(pid, addr, "labs");
+    let mem = platform_linux::mem::ProcMem::open(platform_linux::sys::Pid(pid)).unwrap();
+    let mut before = vec![0u8; 16];
+    mem.read(addr, &mut before).unwrap();
+    let mut patcher = held(pid, |tids| {
+        let mut p = JumpPatcher::new(platform_linux::sys::Pid(pid)).unwrap();
+        p.patch(tids[0], tids, addr, &body, 1).unwrap();
+        p
+    });
+    // The controller "dies" here: what the guardian does with the journal so far.
+    let mut journal = vec![0u8; 1 << 16];
+    let n = rd.read(&mut journal).unwrap();
+    let mut left = platform_linux::journal::fold(&journal[..n]);
+    // Only this test's process: the other tests of this binary patch theirs meanwhile, and
+    // their patches reach the same journal.
+    left.code.retain(|(p, _), _| *p == pid);
+    left.semaphores.clear();
+    left.returns.clear();
+    assert_eq!(
+        left.code.len(),
+        1,
+        "one jump left in process {pid}: {:?}",
+        left.code
+    );
+    let (restored, errors) = platform_linux::journal::restore(&left);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(restored >= 1);
+    let mut now = vec![0u8; 16];
+    mem.read(addr, &mut now).unwrap();
+    assert_eq!(now, before, "the guardian put the entry back");
+    writeln!(stdin).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "counted");
+    assert_eq!(region.total(1), 0, "no jump left to count through");
+    // A restore after the guardian's finds its jump gone and leaves the bytes alone.
+    assert_eq!(held(pid, |_| patcher.restore().unwrap()), 0);
+    writeln!(stdin).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "done 0");
+    assert!(child.wait().unwrap().success());
+}
