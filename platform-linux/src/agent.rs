@@ -44,21 +44,9 @@ impl AgentRegion {
         // SAFETY: `fd` is a descriptor nobody else owns.
         let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         file.set_len(len as u64)?;
-        // SAFETY: a new shared mapping of our own file; unmapped only in `drop`.
-        let p = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let base = p as *mut u8;
+        // Unmapped only in `drop`.
+        let base =
+            probe_agent::map_shared(file.as_raw_fd(), len).ok_or_else(io::Error::last_os_error)?;
         // SAFETY: page aligned, `len` zeroed bytes (a fresh file), not shared with anyone yet.
         unsafe { layout.init(base) };
         // SAFETY: mapped for the life of `self`, written only through the counter module.

@@ -148,35 +148,83 @@ fn body_at(pid: i32, addr: u64, name: &str) -> Vec<u8> {
     body
 }
 
+/// `agent-phases` started with the agent and `region`, at its "ready" line: `labs`'s
+/// address, mapped bytes and first 16 bytes as they were.
+struct Phases {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    out: std::io::BufReader<std::process::ChildStdout>,
+    pid: i32,
+    addr: u64,
+    body: Vec<u8>,
+    before: Vec<u8>,
+    mem: platform_linux::mem::ProcMem,
+}
+
+impl Phases {
+    fn start(region: &AgentRegion, threads: u64, calls: u64) -> Phases {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut cmd = Command::new(common::programs::program("agent-phases"));
+        cmd.env("LD_PRELOAD", agent_so())
+            .args([threads.to_string(), calls.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        region.pass_to(&mut cmd);
+        let mut child = cmd.spawn().unwrap();
+        let pid = child.id() as i32;
+        let stdin = child.stdin.take().unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let addr = u64::from_str_radix(line.trim().strip_prefix("ready 0x").unwrap(), 16).unwrap();
+        let body = body_at(pid, addr, "labs");
+        let mem = platform_linux::mem::ProcMem::open(platform_linux::sys::Pid(pid)).unwrap();
+        let mut p = Phases {
+            child,
+            stdin,
+            out,
+            pid,
+            addr,
+            body,
+            before: Vec::new(),
+            mem,
+        };
+        p.before = p.entry();
+        p
+    }
+
+    /// The first 16 bytes of `labs` now.
+    fn entry(&self) -> Vec<u8> {
+        let mut now = vec![0u8; 16];
+        self.mem.read(self.addr, &mut now).unwrap();
+        now
+    }
+
+    /// Lets the program on to its next point; returns what it printed there.
+    fn next(&mut self) -> String {
+        use std::io::{BufRead, Write};
+        writeln!(self.stdin).unwrap();
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        if line.is_empty() {
+            panic!("the program died: {:?}", self.child.wait());
+        }
+        line.trim().to_owned()
+    }
+}
+
 #[test]
 fn a_running_program_jump_patched_by_the_controller_counts_in_process_exactly() {
-    use platform_linux::inproc::JumpPatcher;
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::Stdio;
-    let prog = common::programs::program("agent-phases");
+    use platform_linux::inproc::{InProcError, JumpPatcher};
+    use platform_linux::sys::{self, Pid};
     let region = AgentRegion::new(4, 16).unwrap();
     let (threads, calls) = (4u64, 30_000u64);
-    let mut cmd = Command::new(&prog);
-    cmd.env("LD_PRELOAD", agent_so())
-        .args([threads.to_string(), calls.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    region.pass_to(&mut cmd);
-    let mut child = cmd.spawn().unwrap();
-    let pid = child.id() as i32;
-    let mut stdin = child.stdin.take().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let addr = u64::from_str_radix(line.trim().strip_prefix("ready 0x").unwrap(), 16).unwrap();
-    let body = body_at(pid, addr, "labs");
-    let mut before = vec![0u8; 16];
-    let mem = platform_linux::mem::ProcMem::open(platform_linux::sys::Pid(pid)).unwrap();
-    mem.read(addr, &mut before).unwrap();
-
+    let mut ph = Phases::start(&region, threads, calls);
+    let (pid, addr) = (ph.pid, ph.addr);
+    let body = ph.body.clone();
     let mut patcher = held(pid, |tids| {
-        use platform_linux::sys;
-        let mut p = JumpPatcher::new(platform_linux::sys::Pid(pid)).unwrap();
+        let mut p = JumpPatcher::new(Pid(pid)).unwrap();
         // A thread held inside the bytes the jump displaces would resume mid-jump: refused
         // (the thread's IP moved there for the check, then put back).
         let jp = probe_core::arch::x86_64::jump::jump_patch(
@@ -191,26 +239,18 @@ fn a_running_program_jump_patched_by_the_controller_counts_in_process_exactly() 
         let refused = p.patch(tids[0], tids, addr, &body, 2);
         sys::set_regs(tids[1], &saved).unwrap();
         assert!(
-            matches!(refused, Err(platform_linux::inproc::InProcError::ThreadInside { tid, .. }) if tid == tids[1]),
+            matches!(refused, Err(InProcError::ThreadInside { tid, .. }) if tid == tids[1]),
             "{refused:?}"
         );
         p.patch(tids[0], tids, addr, &body, 2).unwrap();
         assert!(matches!(
             p.patch(tids[0], tids, addr, &body, 2),
-            Err(platform_linux::inproc::InProcError::AlreadyPatched { .. })
+            Err(InProcError::AlreadyPatched { .. })
         ));
         p
     });
-    let mut now = vec![0u8; 16];
-    mem.read(addr, &mut now).unwrap();
-    assert_ne!(now, before, "the entry carries the jump");
-    writeln!(stdin).unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    if line.is_empty() {
-        panic!("the program died: {:?}", child.wait());
-    }
-    assert_eq!(line.trim(), "counted");
+    assert_ne!(ph.entry(), ph.before, "the entry carries the jump");
+    assert_eq!(ph.next(), "counted");
     assert_eq!(
         region.total(2),
         threads * calls,
@@ -220,17 +260,13 @@ fn a_running_program_jump_patched_by_the_controller_counts_in_process_exactly() 
 
     let restored = held(pid, |_| patcher.restore().unwrap());
     assert_eq!(restored, 1);
-    mem.read(addr, &mut now).unwrap();
-    assert_eq!(now, before, "the entry's bytes are back");
-    writeln!(stdin).unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
+    assert_eq!(ph.entry(), ph.before, "the entry's bytes are back");
     assert_eq!(
-        line.trim(),
+        ph.next(),
         "done 0",
         "labs gave the right results throughout"
     );
-    assert!(child.wait().unwrap().success());
+    assert!(ph.child.wait().unwrap().success());
     assert_eq!(
         region.total(2),
         threads * calls,
@@ -241,9 +277,8 @@ fn a_running_program_jump_patched_by_the_controller_counts_in_process_exactly() 
 #[test]
 fn a_dead_controllers_jump_patch_is_undone_from_the_journal() {
     use platform_linux::inproc::JumpPatcher;
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::Read;
     use std::os::fd::FromRawFd;
-    use std::process::Stdio;
     // The journal the guardian reads: a pipe; this test binary's patches go there.
     let mut fds = [0; 2];
     // SAFETY: fds is a valid array of two ints.
@@ -256,25 +291,10 @@ fn a_dead_controllers_jump_patch_is_undone_from_the_journal() {
         )
     };
     platform_linux::journal::start(wr);
-    let prog = common::programs::program("agent-phases");
     let region = AgentRegion::new(4, 16).unwrap();
-    let mut cmd = Command::new(&prog);
-    cmd.env("LD_PRELOAD", agent_so())
-        .args(["2", "1000"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    region.pass_to(&mut cmd);
-    let mut child = cmd.spawn().unwrap();
-    let pid = child.id() as i32;
-    let mut stdin = child.stdin.take().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let addr = u64::from_str_radix(line.trim().strip_prefix("ready 0x").unwrap(), 16).unwrap();
-    let body = body_at(pid, addr, "labs");
-    let mem = platform_linux::mem::ProcMem::open(platform_linux::sys::Pid(pid)).unwrap();
-    let mut before = vec![0u8; 16];
-    mem.read(addr, &mut before).unwrap();
+    let mut ph = Phases::start(&region, 2, 1000);
+    let (pid, addr) = (ph.pid, ph.addr);
+    let body = ph.body.clone();
     let mut patcher = held(pid, |tids| {
         let mut p = JumpPatcher::new(platform_linux::sys::Pid(pid)).unwrap();
         p.patch(tids[0], tids, addr, &body, 1).unwrap();
@@ -298,19 +318,11 @@ fn a_dead_controllers_jump_patch_is_undone_from_the_journal() {
     let (restored, errors) = platform_linux::journal::restore(&left);
     assert!(errors.is_empty(), "{errors:?}");
     assert!(restored >= 1);
-    let mut now = vec![0u8; 16];
-    mem.read(addr, &mut now).unwrap();
-    assert_eq!(now, before, "the guardian put the entry back");
-    writeln!(stdin).unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "counted");
+    assert_eq!(ph.entry(), ph.before, "the guardian put the entry back");
+    assert_eq!(ph.next(), "counted");
     assert_eq!(region.total(1), 0, "no jump left to count through");
     // A restore after the guardian's finds its jump gone and leaves the bytes alone.
     assert_eq!(held(pid, |_| patcher.restore().unwrap()), 0);
-    writeln!(stdin).unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "done 0");
-    assert!(child.wait().unwrap().success());
+    assert_eq!(ph.next(), "done 0");
+    assert!(ph.child.wait().unwrap().success());
 }

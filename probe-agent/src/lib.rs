@@ -125,7 +125,24 @@ fn init_from_environment() {
         return;
     }
     let len = st.st_size as usize;
-    // SAFETY: a shared mapping of the controller's region; never unmapped.
+    let mapped = map_shared(fd, len);
+    // SAFETY: the descriptor is the controller's gift, not the program's: the mapping keeps
+    // the region alive without it.
+    unsafe { libc::close(fd) };
+    let Some(p) = mapped else {
+        return;
+    };
+    // SAFETY: mapped `len` bytes, never unmapped.
+    if unsafe { probe_agent_attach(p, len) } != 0 {
+        // SAFETY: our own mapping, not attached.
+        unsafe { libc::munmap(p.cast(), len) };
+    }
+}
+
+/// Maps `len` bytes of the file `fd` shared and read-write (the counter region, in the agent
+/// and in the controller alike); `None` if the kernel refuses.
+pub fn map_shared(fd: i32, len: usize) -> Option<*mut u8> {
+    // SAFETY: a new mapping at an address the kernel picks: it replaces nothing.
     let p = unsafe {
         libc::mmap(
             core::ptr::null_mut(),
@@ -136,17 +153,7 @@ fn init_from_environment() {
             0,
         )
     };
-    // SAFETY: the descriptor is the controller's gift, not the program's: the mapping keeps
-    // the region alive without it.
-    unsafe { libc::close(fd) };
-    if p == libc::MAP_FAILED {
-        return;
-    }
-    // SAFETY: mapped `len` bytes, never unmapped.
-    if unsafe { probe_agent_attach(p as *mut u8, len) } != 0 {
-        // SAFETY: our own mapping, not attached.
-        unsafe { libc::munmap(p, len) };
-    }
+    (p != libc::MAP_FAILED).then_some(p.cast())
 }
 
 fn unsafe_zeroed_stat() -> libc::stat {

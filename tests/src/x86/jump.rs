@@ -10,7 +10,7 @@ use std::ffi::CString;
 
 use probe_core::arch::x86_64::jump::{
     encode_displaced, encode_trampoline, entry_patch_offset, jump_bytes, jump_patch, ExtendedState,
-    HandlerCall, JumpPatch, JumpRefusal, VectorWidth,
+    HandlerCall, JumpPatch, JumpRefusal,
 };
 use probe_core::Addr;
 
@@ -47,16 +47,10 @@ pub fn libc_functions() -> HashMap<u64, Vec<u8>> {
 }
 
 /// The cheapest way to keep the vector state across a handler at a function's entry: the
-/// argument registers at the widest width this CPU passes vectors in.
+/// argument registers at the widest width this CPU passes vectors in (the controller's
+/// choice, `platform_linux::inproc::argument_state`).
 pub fn extended_state() -> ExtendedState {
-    let width = if std::arch::is_x86_feature_detected!("avx512f") {
-        VectorWidth::Zmm
-    } else if std::arch::is_x86_feature_detected!("avx") {
-        VectorWidth::Ymm
-    } else {
-        VectorWidth::Xmm
-    };
-    ExtendedState::ArgumentVectors(width)
+    platform_linux::inproc::argument_state()
 }
 
 /// The whole-state choice: `xsavec` where the CPU has it, else `xsave`, else `fxsave`.
