@@ -22,6 +22,8 @@
 //! as `LD_PRELOAD` loads it), and a plain load and store on the thread's own cache line.
 
 pub mod counters;
+pub mod ring;
+mod sync;
 
 use core::cell::Cell;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
