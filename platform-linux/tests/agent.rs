@@ -326,3 +326,70 @@ fn a_dead_controllers_jump_patch_is_undone_from_the_journal() {
     assert_eq!(ph.next(), "done 0");
     assert!(ph.child.wait().unwrap().success());
 }
+
+#[test]
+fn records_reach_the_controller_in_order_while_it_drains_and_the_rest_are_counted_lost() {
+    use platform_linux::agent::AgentRecords;
+    use std::collections::HashMap;
+    let prog = common::programs::program("agent-records");
+    let records = AgentRecords::new(16).unwrap();
+    let (threads, calls) = (3u64, 2_000_000u64);
+    let mut cmd = Command::new(&prog);
+    cmd.env("LD_PRELOAD", agent_so())
+        .args([threads.to_string(), calls.to_string(), "2000".into()])
+        .stdout(std::process::Stdio::piped());
+    records.pass_to(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    // Per ring (by tid): the next sequence number; per (tid, probe): the last word 0 seen.
+    let mut next_seq: HashMap<u32, u64> = HashMap::new();
+    let mut last: HashMap<(u32, u32), u64> = HashMap::new();
+    let mut got: HashMap<u32, u64> = HashMap::new();
+    let mut take = |seq: u64, r: probe_agent::ring::Record| {
+        let want = next_seq.entry(r.tid).or_insert(0);
+        assert_eq!(
+            seq, *want,
+            "ring of thread {} skipped or repeated a record",
+            r.tid
+        );
+        *want += 1;
+        assert!(
+            r.probe < threads as u32 || r.probe == 100,
+            "a torn record: {r:?}"
+        );
+        if r.probe != 100 {
+            assert_eq!(r.words[1], u64::from(r.probe), "a torn record: {r:?}");
+        }
+        if let Some(prev) = last.insert((r.tid, r.probe), r.words[0]) {
+            assert!(
+                r.words[0] > prev,
+                "records of one thread out of order: {r:?}"
+            );
+        }
+        *got.entry(r.probe).or_insert(0) += 1;
+    };
+    // Drain while the program runs, then once more after it exits.
+    let status = loop {
+        records.drain(&mut take);
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        std::thread::yield_now();
+    };
+    records.drain(&mut take);
+    assert!(status.success());
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    let sent: u64 = out.trim().strip_prefix("sent ").unwrap().parse().unwrap();
+    let received: u64 = got.values().sum();
+    assert_eq!(
+        received + records.lost(),
+        threads * calls + sent,
+        "every record received or counted lost ({got:?}, lost {})",
+        records.lost()
+    );
+    eprintln!(
+        "records: {received} received, {} lost, {sent} from signal handlers",
+        records.lost()
+    );
+    assert!(received > 0);
+}

@@ -30,6 +30,7 @@ use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use counters::{Block, Counters};
 use probe_core::arch::x86_64::X86Regs;
+use ring::{Record, RecordRegion, Ring, THREAD_RING};
 
 /// The attached region (null: none yet), and its length.
 static REGION: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
@@ -38,9 +39,88 @@ static REGION_LEN: AtomicUsize = AtomicUsize::new(0);
 /// generation it was claimed in.
 static GENERATION: AtomicUsize = AtomicUsize::new(1);
 
+/// The attached record region (null: none), and its length.
+static RECORDS: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
+static RECORDS_LEN: AtomicUsize = AtomicUsize::new(0);
+
 thread_local! {
     /// The calling thread's block and the generation it belongs to.
     static BLOCK: Cell<(usize, Option<Block>)> = const { Cell::new((0, None)) };
+    /// The calling thread's ring (null: none left), its id, and the generation.
+    static RING: Cell<(usize, *const Ring<THREAD_RING>, u32)> =
+        const { Cell::new((0, core::ptr::null(), 0)) };
+}
+
+/// The record view of the attached region, if any.
+fn records() -> Option<RecordRegion> {
+    let base = RECORDS.load(Ordering::Acquire);
+    if base.is_null() {
+        return None;
+    }
+    // SAFETY: attached only after `from_raw` accepted it; mapped for the process's life.
+    unsafe { RecordRegion::from_raw(base, RECORDS_LEN.load(Ordering::Relaxed)) }
+}
+
+/// Records a hit of probe `probe` with the six integer argument registers (`--print`): what
+/// a recording probe's trampoline calls. The record goes into the calling thread's own ring
+/// in the region the controller drains; a full ring, or a thread past the region's rings,
+/// counts the record as lost instead. No lock, no allocation; one system call (`gettid`)
+/// the first time a thread records.
+///
+/// # Safety
+/// `regs` is the trampoline's register file, or null (the words are then zero).
+#[no_mangle]
+pub unsafe extern "C" fn probe_agent_record(regs: *mut X86Regs, probe: u64) {
+    let Some(region) = records() else {
+        return;
+    };
+    let generation = GENERATION.load(Ordering::Relaxed);
+    let words = if regs.is_null() {
+        [0; 6]
+    } else {
+        // SAFETY: the trampoline's register file, valid for the call.
+        let r = unsafe { &*regs };
+        [r.rdi, r.rsi, r.rdx, r.rcx, r.r8, r.r9]
+    };
+    let _ = RING.try_with(|cell| {
+        let (g, mut ring, mut tid) = cell.get();
+        if g != generation {
+            ring = region
+                .claim()
+                .map_or(core::ptr::null(), |r| r as *const Ring<THREAD_RING>);
+            // SAFETY: gettid has no arguments and cannot fail.
+            tid = unsafe { libc::gettid() } as u32;
+            cell.set((generation, ring, tid));
+        }
+        if ring.is_null() {
+            region.orphan();
+            return;
+        }
+        // SAFETY: a ring of the attached region, mapped for the process's life.
+        let ring = unsafe { &*ring };
+        let _ = ring.push(&Record {
+            probe: u32::try_from(probe).unwrap_or(u32::MAX),
+            tid,
+            words,
+        });
+    });
+}
+
+/// Attaches the record region mapped at `base`, `len` bytes. Returns 0, or -1 if it is not
+/// valid.
+///
+/// # Safety
+/// `base` is mapped, `len` bytes, for the rest of the process's life.
+#[no_mangle]
+pub unsafe extern "C" fn probe_agent_attach_records(base: *mut u8, len: usize) -> i32 {
+    // SAFETY: the caller's contract.
+    if unsafe { RecordRegion::from_raw(base, len) }.is_none() {
+        return -1;
+    }
+    RECORDS_LEN.store(len, Ordering::Relaxed);
+    GENERATION.fetch_add(1, Ordering::Relaxed);
+    RECORDS.store(base, Ordering::Release);
+    0
 }
 
 /// The counter view of the attached region, if any.
@@ -105,40 +185,50 @@ extern "C" fn after_fork_in_child() {
     GENERATION.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The variable naming the region's descriptor for a spawned command.
+/// The variable naming the counter region's descriptor for a spawned command.
 pub const FD_VARIABLE: &str = "PROBE_AGENT_FD";
+/// The variable naming the record region's descriptor.
+pub const RECORDS_FD_VARIABLE: &str = "PROBE_AGENT_RECORDS_FD";
 
-/// Maps the region named by `PROBE_AGENT_FD`, if set, closes the descriptor and removes the
-/// variable; registers the fork handler.
+/// Maps the regions named by `PROBE_AGENT_FD` and `PROBE_AGENT_RECORDS_FD`, if set, closes
+/// the descriptors and removes the variables; registers the fork handler.
 fn init_from_environment() {
     // SAFETY: a handler with no preparation or parent part; registered once.
     unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
-    let Some(fd) =
-        std::env::var_os(FD_VARIABLE).and_then(|v| v.to_str().and_then(|s| s.parse::<i32>().ok()))
-    else {
-        return;
-    };
+    if let Some((p, len)) = map_from_variable(FD_VARIABLE) {
+        // SAFETY: mapped `len` bytes, never unmapped.
+        if unsafe { probe_agent_attach(p, len) } != 0 {
+            // SAFETY: our own mapping, not attached.
+            unsafe { libc::munmap(p.cast(), len) };
+        }
+    }
+    if let Some((p, len)) = map_from_variable(RECORDS_FD_VARIABLE) {
+        // SAFETY: mapped `len` bytes, never unmapped.
+        if unsafe { probe_agent_attach_records(p, len) } != 0 {
+            // SAFETY: our own mapping, not attached.
+            unsafe { libc::munmap(p.cast(), len) };
+        }
+    }
+}
+
+/// Maps the file whose descriptor the variable `name` gives, closes the descriptor and
+/// removes the variable.
+fn map_from_variable(name: &str) -> Option<(*mut u8, usize)> {
+    let fd = std::env::var_os(name)?.to_str()?.parse::<i32>().ok()?;
     // SAFETY: removing a variable while the program has not started (a constructor, before
     // any thread of the program's own).
-    unsafe { std::env::remove_var(FD_VARIABLE) };
+    unsafe { std::env::remove_var(name) };
     let mut st: libc::stat = unsafe_zeroed_stat();
     // SAFETY: fstat fills `st`; a bad descriptor only fails.
     if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_size <= 0 {
-        return;
+        return None;
     }
     let len = st.st_size as usize;
     let mapped = map_shared(fd, len);
     // SAFETY: the descriptor is the controller's gift, not the program's: the mapping keeps
     // the region alive without it.
     unsafe { libc::close(fd) };
-    let Some(p) = mapped else {
-        return;
-    };
-    // SAFETY: mapped `len` bytes, never unmapped.
-    if unsafe { probe_agent_attach(p, len) } != 0 {
-        // SAFETY: our own mapping, not attached.
-        unsafe { libc::munmap(p.cast(), len) };
-    }
+    Some((mapped?, len))
 }
 
 /// Maps `len` bytes of the file `fd` shared and read-write (the counter region, in the agent

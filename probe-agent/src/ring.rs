@@ -184,6 +184,136 @@ impl<const N: usize> Ring<N> {
     }
 }
 
+/// Records per thread ring in a [`RecordRegion`] (64 KiB of records a thread).
+pub const THREAD_RING: usize = 1024;
+
+/// The first word of a record region: "PROBEREC".
+pub const RECORD_MAGIC: u64 = u64::from_le_bytes(*b"PROBEREC");
+
+/// A record region's header (one cache line).
+#[repr(C, align(64))]
+#[derive(Debug)]
+struct RecordHeader {
+    magic: u64,
+    rings: u64,
+    /// The next ring to hand out.
+    next: AtomicU64,
+    /// Records of threads that found no ring left.
+    orphaned: AtomicU64,
+}
+
+/// The shared memory the agent writes records into and the controller drains: a header,
+/// then one [`Ring`] per thread (threads past them drop their records, counted).
+#[derive(Clone, Copy, Debug)]
+pub struct RecordRegion {
+    base: *const u8,
+    rings: u64,
+}
+
+// SAFETY: every access through the view is atomic.
+unsafe impl Send for RecordRegion {}
+// SAFETY: as above.
+unsafe impl Sync for RecordRegion {}
+
+impl RecordRegion {
+    const RING_BYTES: usize = core::mem::size_of::<Ring<THREAD_RING>>();
+
+    /// Bytes of a region of `rings` rings.
+    pub fn bytes(rings: u64) -> Option<usize> {
+        Self::RING_BYTES
+            .checked_mul(usize::try_from(rings).ok()?)?
+            .checked_add(64)
+    }
+
+    /// Writes the header of a fresh (zeroed) region.
+    ///
+    /// # Safety
+    /// `base` is 64-byte aligned and points to [`RecordRegion::bytes`]`(rings)` zeroed
+    /// writable bytes nothing else uses yet.
+    #[cfg(not(loom))]
+    pub unsafe fn init(base: *mut u8, rings: u64) {
+        let h = base as *mut RecordHeader;
+        // SAFETY: the caller's contract; the rest is zero, which is an empty ring.
+        unsafe {
+            core::ptr::write(
+                h,
+                RecordHeader {
+                    magic: RECORD_MAGIC,
+                    rings,
+                    next: AtomicU64::new(0),
+                    orphaned: AtomicU64::new(0),
+                },
+            )
+        };
+    }
+
+    /// The region at `base`, `len` bytes, checked.
+    ///
+    /// # Safety
+    /// `base` points to `len` mapped bytes for as long as the view is used, written only
+    /// through this module.
+    pub unsafe fn from_raw(base: *const u8, len: usize) -> Option<RecordRegion> {
+        if base as usize % 64 != 0 || len < 64 {
+            return None;
+        }
+        // SAFETY: aligned, a header long, mapped (the contract).
+        let h = unsafe { &*(base as *const RecordHeader) };
+        if h.magic != RECORD_MAGIC || Self::bytes(h.rings)? > len {
+            return None;
+        }
+        Some(RecordRegion {
+            base,
+            rings: h.rings,
+        })
+    }
+
+    fn header(&self) -> &RecordHeader {
+        // SAFETY: checked in `from_raw`.
+        unsafe { &*(self.base as *const RecordHeader) }
+    }
+
+    /// Ring `i` (`i < rings`).
+    pub fn ring(&self, i: u64) -> Option<&Ring<THREAD_RING>> {
+        (i < self.rings).then(|| {
+            // SAFETY: i < rings: inside the region (checked in `from_raw`); zeroed memory
+            // or a ring's own writes.
+            unsafe {
+                &*(self.base.add(64 + i as usize * Self::RING_BYTES) as *const Ring<THREAD_RING>)
+            }
+        })
+    }
+
+    /// Hands the calling thread a ring, if any is left.
+    pub fn claim(&self) -> Option<&Ring<THREAD_RING>> {
+        let i = self.header().next.fetch_add(1, Ordering::Relaxed);
+        self.ring(i)
+    }
+
+    /// Counts a record of a thread without a ring.
+    pub fn orphan(&self) {
+        self.header().orphaned.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drains every ring handed out (the controller's side).
+    pub fn drain(&self, out: &mut impl FnMut(u64, Record)) -> usize {
+        let claimed = self.header().next.load(Ordering::Relaxed).min(self.rings);
+        (0..claimed)
+            .filter_map(|i| self.ring(i))
+            .map(|r| r.drain(out))
+            .sum()
+    }
+
+    /// Records lost: dropped by full rings, and those of threads without a ring.
+    pub fn lost(&self) -> u64 {
+        let claimed = self.header().next.load(Ordering::Relaxed).min(self.rings);
+        (0..claimed)
+            .filter_map(|i| self.ring(i))
+            .map(|r| r.dropped())
+            .sum::<u64>()
+            + self.header().orphaned.load(Ordering::Relaxed)
+    }
+}
+
 impl<const N: usize> Default for Ring<N> {
     fn default() -> Self {
         Self::new()

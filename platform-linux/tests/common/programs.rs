@@ -28,6 +28,12 @@ const PROGRAMS: &[(&str, &str, bool, &[&str])] = &[
     ("selftrace", "selftrace.c", false, &["-fPIE", "-pie"]),
     ("threads", "threads.c", false, &["-pthread"]),
     // Counts through the in-process agent's handler (issue 11).
+    (
+        "agent-records",
+        "agent_records.c",
+        false,
+        &["-pthread", "-ldl"],
+    ),
     ("agent-bench", "agent_bench.c", false, &["-ldl"]),
     (
         "agent-signals",
