@@ -205,7 +205,7 @@ impl LatencySnapshot {
             max_ns: u64,
             buckets: Vec<Bucket>,
         }
-        crate::output::json_line(&Latency {
+        crate::json::line(&Latency {
             kind: "latency",
             probe: name,
             unit: "ns",
@@ -279,7 +279,7 @@ pub fn write_returns(
                 nmissed: u64,
                 nesting: u64,
             }
-            let line = crate::output::json_line(&Missed {
+            let line = crate::json::line(&Missed {
                 kind: "nmissed",
                 probe: &r.name,
                 nmissed: r.nmissed,
@@ -302,7 +302,7 @@ pub fn write_returns(
                 probe: &'a str,
                 abandoned: u64,
             }
-            let line = crate::output::json_line(&Abandoned {
+            let line = crate::json::line(&Abandoned {
                 kind: "abandoned",
                 probe: &r.name,
                 abandoned: r.abandoned,

@@ -26,6 +26,7 @@ pub mod cli;
 pub mod elf;
 pub mod insn;
 pub mod journal;
+mod json;
 pub mod latency;
 pub mod maps;
 pub mod mem;

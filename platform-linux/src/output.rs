@@ -17,13 +17,7 @@ use crate::tracer::{HitRecord, Outcome, ProbeEntry};
 
 /// A string as a JSON string literal.
 pub fn json_string(s: &str) -> String {
-    json_line(&s)
-}
-
-/// One value as one line of JSON (no newline). The crate's JSON forms are plain data
-/// (numbers, strings, options and lists of them), which always serialize.
-pub(crate) fn json_line<T: serde::Serialize + ?Sized>(v: &T) -> String {
-    serde_json::to_string(v).expect("plain data always serializes to JSON")
+    crate::json::line(&s)
 }
 
 /// One hit as a text line.
@@ -72,7 +66,7 @@ pub fn hit_json(p: &ProbeEntry, r: &HitRecord) -> String {
         #[serde(skip_serializing_if = "Option::is_none")]
         duration_ns: Option<u64>,
     }
-    json_line(&Hit {
+    crate::json::line(&Hit {
         kind: if r.retval.is_some() { "ret" } else { "hit" },
         time_ns: r.time_ns,
         pid: r.pid,
@@ -120,7 +114,7 @@ pub fn summary_json(pid: Pid, outcome: Outcome, counts: &[(String, u64)]) -> Str
         Outcome::Signaled(s) => ("signaled", None, Some(s)),
         Outcome::Detached(s) => ("detached", None, (s != 0).then_some(s)),
     };
-    json_line(&Summary {
+    crate::json::line(&Summary {
         kind: "summary",
         pid: pid.0,
         outcome: how,

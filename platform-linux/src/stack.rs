@@ -532,7 +532,7 @@ pub fn write_json(out: &mut dyn Write, stacks: &[(Vec<SymFrame>, u64)]) -> io::R
         count: u64,
     }
     for (frames, n) in stacks {
-        let line = crate::output::json_line(&Stack {
+        let line = crate::json::line(&Stack {
             kind: "stack",
             frames: frames.iter().map(SymFrame::text).collect(),
             count: *n,
