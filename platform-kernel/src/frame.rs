@@ -7,6 +7,7 @@
 //! Segment and base registers the kernel never changes read as their trap values and are
 //! not written back.
 
+use probe_core::arch::x86_64::regs::RFlags;
 use probe_core::arch::x86_64::X86Regs;
 
 /// The saved state of an interrupted context, as the entry stub lays it out.
@@ -45,8 +46,9 @@ pub const TRAP_FRAME_SIZE: usize = 22 * 8;
 const _: () = assert!(core::mem::size_of::<TrapFrame>() == TRAP_FRAME_SIZE);
 
 /// Interrupt-enable flag.
-pub const IF: u64 = 1 << 9;
-pub use probe_core::arch::x86_64::regs::TF;
+pub const IF: u64 = RFlags::IF.bits();
+/// Trap flag.
+pub const TF: u64 = RFlags::TF.bits();
 
 impl TrapFrame {
     /// The core's register view of the interrupted context.

@@ -187,23 +187,44 @@ impl LatencySnapshot {
     /// "count":..,"sum_ns":..,"min_ns":..,"max_ns":..,"buckets":[{"lo":..,"hi":..,
     /// "count":..},...]}` with the non-empty buckets (`hi` is exclusive).
     pub fn json(&self, name: &str) -> String {
-        let buckets: Vec<String> = (0..BUCKETS)
-            .filter(|&i| self.buckets[i] > 0)
-            .map(|i| {
-                let (lo, hi) = bucket_bounds(i);
-                format!("{{\"lo\":{lo},\"hi\":{hi},\"count\":{}}}", self.buckets[i])
-            })
-            .collect();
-        format!(
-            "{{\"type\":\"latency\",\"probe\":{},\"unit\":\"ns\",\"count\":{},\"sum_ns\":{},\
-             \"min_ns\":{},\"max_ns\":{},\"buckets\":[{}]}}",
-            crate::output::json_string(name),
-            self.count,
-            self.sum,
-            self.min,
-            self.max,
-            buckets.join(",")
-        )
+        #[derive(serde::Serialize)]
+        struct Bucket {
+            lo: u64,
+            hi: u64,
+            count: u64,
+        }
+        #[derive(serde::Serialize)]
+        struct Latency<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            probe: &'a str,
+            unit: &'static str,
+            count: u64,
+            sum_ns: u64,
+            min_ns: u64,
+            max_ns: u64,
+            buckets: Vec<Bucket>,
+        }
+        crate::json::line(&Latency {
+            kind: "latency",
+            probe: name,
+            unit: "ns",
+            count: self.count,
+            sum_ns: self.sum,
+            min_ns: self.min,
+            max_ns: self.max,
+            buckets: (0..BUCKETS)
+                .filter(|&i| self.buckets[i] > 0)
+                .map(|i| {
+                    let (lo, hi) = bucket_bounds(i);
+                    Bucket {
+                        lo,
+                        hi,
+                        count: self.buckets[i],
+                    }
+                })
+                .collect(),
+        })
     }
 }
 
@@ -250,13 +271,21 @@ pub fn write_returns(
     }
     for r in missed {
         if json {
-            writeln!(
-                out,
-                "{{\"type\":\"nmissed\",\"probe\":{},\"nmissed\":{},\"nesting\":{}}}",
-                crate::output::json_string(&r.name),
-                r.nmissed,
-                r.nesting
-            )?;
+            #[derive(serde::Serialize)]
+            struct Missed<'a> {
+                #[serde(rename = "type")]
+                kind: &'static str,
+                probe: &'a str,
+                nmissed: u64,
+                nesting: u64,
+            }
+            let line = crate::json::line(&Missed {
+                kind: "nmissed",
+                probe: &r.name,
+                nmissed: r.nmissed,
+                nesting: r.nesting,
+            });
+            writeln!(out, "{line}")?;
         } else {
             writeln!(out, "@nmissed[{}]: {}", r.name, r.nmissed)?;
             if r.nesting > 0 {
@@ -266,12 +295,19 @@ pub fn write_returns(
     }
     for r in abandoned {
         if json {
-            writeln!(
-                out,
-                "{{\"type\":\"abandoned\",\"probe\":{},\"abandoned\":{}}}",
-                crate::output::json_string(&r.name),
-                r.abandoned
-            )?;
+            #[derive(serde::Serialize)]
+            struct Abandoned<'a> {
+                #[serde(rename = "type")]
+                kind: &'static str,
+                probe: &'a str,
+                abandoned: u64,
+            }
+            let line = crate::json::line(&Abandoned {
+                kind: "abandoned",
+                probe: &r.name,
+                abandoned: r.abandoned,
+            });
+            writeln!(out, "{line}")?;
         } else {
             writeln!(out, "@abandoned[{}]: {}", r.name, r.abandoned)?;
         }

@@ -31,6 +31,7 @@ pub mod elf;
 pub mod inproc;
 pub mod insn;
 pub mod journal;
+mod json;
 pub mod latency;
 pub mod maps;
 pub mod mem;

@@ -17,23 +17,7 @@ use crate::tracer::{HitRecord, Outcome, ProbeEntry};
 
 /// A string as a JSON string literal.
 pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    crate::json::line(&s)
 }
 
 /// One hit as a text line.
@@ -62,28 +46,40 @@ pub fn hit_text(p: &ProbeEntry, r: &HitRecord) -> String {
 
 /// One hit as a JSON object.
 pub fn hit_json(p: &ProbeEntry, r: &HitRecord) -> String {
-    let args: Vec<String> = if r.usdt.is_empty() {
-        r.args.iter().map(u64::to_string).collect()
-    } else {
-        r.usdt.iter().map(crate::usdt::UsdtValue::json).collect()
-    };
-    let mut s = format!(
-        "{{\"type\":\"{}\",\"time_ns\":{},\"pid\":{},\"tid\":{},\"probe\":{},\"args\":[{}]",
-        if r.retval.is_some() { "ret" } else { "hit" },
-        r.time_ns,
-        r.pid,
-        r.tid,
-        json_string(&p.name),
-        args.join(",")
-    );
-    if let Some(v) = r.retval {
-        let _ = write!(s, ",\"retval\":{v}");
-        if let Some(d) = r.duration_ns {
-            let _ = write!(s, ",\"duration_ns\":{d}");
-        }
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Args<'a> {
+        Raw(&'a [u64]),
+        Usdt(&'a [crate::usdt::UsdtValue]),
     }
-    s.push('}');
-    s
+    #[derive(serde::Serialize)]
+    struct Hit<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        time_ns: u64,
+        pid: u64,
+        tid: u64,
+        probe: &'a str,
+        args: Args<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retval: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        duration_ns: Option<u64>,
+    }
+    crate::json::line(&Hit {
+        kind: if r.retval.is_some() { "ret" } else { "hit" },
+        time_ns: r.time_ns,
+        pid: r.pid,
+        tid: r.tid,
+        probe: &p.name,
+        args: if r.usdt.is_empty() {
+            Args::Raw(&r.args)
+        } else {
+            Args::Usdt(&r.usdt)
+        },
+        retval: r.retval,
+        duration_ns: r.retval.and(r.duration_ns),
+    })
 }
 
 /// The counts as text.
@@ -97,24 +93,39 @@ pub fn summary_text(out: &mut dyn Write, counts: &[(String, u64)]) -> io::Result
 
 /// The final JSON object: the counts and how the process ended.
 pub fn summary_json(pid: Pid, outcome: Outcome, counts: &[(String, u64)]) -> String {
+    #[derive(serde::Serialize)]
+    struct Count<'a> {
+        probe: &'a str,
+        hits: u64,
+    }
+    #[derive(serde::Serialize)]
+    struct Summary<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        pid: i32,
+        outcome: &'static str,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        exit_status: i32,
+        probes: Vec<Count<'a>>,
+    }
     let (how, code, signal) = match outcome {
         Outcome::Exited(c) => ("exited", Some(c), None),
         Outcome::Signaled(s) => ("signaled", None, Some(s)),
         Outcome::Detached(s) => ("detached", None, (s != 0).then_some(s)),
     };
-    let opt = |v: Option<i32>| v.map_or_else(|| "null".to_owned(), |v| v.to_string());
-    let probes: Vec<String> = counts
-        .iter()
-        .map(|(n, c)| format!("{{\"probe\":{},\"hits\":{c}}}", json_string(n)))
-        .collect();
-    format!(
-        "{{\"type\":\"summary\",\"pid\":{pid},\"outcome\":\"{how}\",\"exit_code\":{},\
-         \"signal\":{},\"exit_status\":{},\"probes\":[{}]}}",
-        opt(code),
-        opt(signal),
-        outcome.exit_code(),
-        probes.join(",")
-    )
+    crate::json::line(&Summary {
+        kind: "summary",
+        pid: pid.0,
+        outcome: how,
+        exit_code: code,
+        signal,
+        exit_status: outcome.exit_code(),
+        probes: counts
+            .iter()
+            .map(|(n, c)| Count { probe: n, hits: *c })
+            .collect(),
+    })
 }
 
 /// Opens `probe trace -o PATH` for writing, without harming what is there already:

@@ -524,16 +524,20 @@ pub fn write_folded(out: &mut dyn Write, stacks: &[(Vec<SymFrame>, u64)]) -> io:
 
 /// The stacks as JSON lines: `{"type":"stack","frames":["c+4",...],"count":N}`.
 pub fn write_json(out: &mut dyn Write, stacks: &[(Vec<SymFrame>, u64)]) -> io::Result<()> {
+    #[derive(serde::Serialize)]
+    struct Stack {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        frames: Vec<String>,
+        count: u64,
+    }
     for (frames, n) in stacks {
-        let frames: Vec<String> = frames
-            .iter()
-            .map(|f| crate::output::json_string(&f.text()))
-            .collect();
-        writeln!(
-            out,
-            "{{\"type\":\"stack\",\"frames\":[{}],\"count\":{n}}}",
-            frames.join(",")
-        )?;
+        let line = crate::json::line(&Stack {
+            kind: "stack",
+            frames: frames.iter().map(SymFrame::text).collect(),
+            count: *n,
+        });
+        writeln!(out, "{line}")?;
     }
     Ok(())
 }

@@ -1,5 +1,28 @@
-//! The only file of this crate that calls `libc` unsafely: ptrace, wait, signals, CPU
-//! affinity and the fork/exec of a traced child, each behind a safe wrapper.
+//! The system calls of the tracer: ptrace, wait, signals, CPU affinity and the fork/exec of
+//! a traced child, each behind a safe wrapper. The only file of this crate that calls `libc`
+//! unsafely.
+//!
+//! The ptrace requests nix covers go through [`nix::sys::ptrace`] (`PTRACE_SEIZE`,
+//! `SETOPTIONS`, `INTERRUPT`, `GETREGS`, `SETREGS`, `POKEUSER`, `GETEVENTMSG`, `GETSIGINFO`,
+//! `SETSIGINFO`), and so do `sched_getaffinity`/`sched_setaffinity`/`sched_getcpu`
+//! ([`nix::sched`]), `gettid` and the thread's CPU clock. What is still written here by hand,
+//! and why:
+//!
+//! - the restarting requests (`PTRACE_CONT`, `SINGLESTEP`, `DETACH`), `kill` and `tgkill`:
+//!   a tracer passes on whatever signal a tracee was stopped with, real-time ones included,
+//!   and nix's `Signal` names only the classic signals (nix wraps neither `PTRACE_LISTEN` nor
+//!   `tgkill`);
+//! - `waitpid`: nix's `WaitStatus` decodes a stop by a real-time signal as an error, after
+//!   the kernel has already handed the stop over, so it would be lost;
+//! - `PTRACE_PEEKSIGINFO`, which nix names but does not wrap;
+//! - the stop-signal handlers and the blocking wait's signal mask: they cover the real-time
+//!   signals too, which nix's `SigAction`/`SigSet` cannot name;
+//! - [`spawn_traced`]: between `fork` and `execve` the child stops itself for the seize and
+//!   may use only async-signal-safe calls on memory prepared before the fork;
+//!   `std::process::Command` waits for the exec, which a stopped child never reaches;
+//! - [`fork_guardian`]'s signal forwarding (real-time signals again) and its
+//!   `PR_SET_PDEATHSIG`, `flock` and [`ZeroedMap`]'s `mmap`, which the nix features this crate
+//!   takes do not cover (each a single call).
 //!
 //! Every wrapper returns a [`SysError`] whose text names the cause and, where there is one,
 //! the fix (a refused attach explains Yama's `ptrace_scope`, ownership and `CAP_SYS_PTRACE`).
@@ -14,9 +37,19 @@ use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use nix::sched;
+use nix::sys::ptrace;
+
 /// A Linux process or thread id (a tid is a pid for every call here).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Pid(pub i32);
+
+impl Pid {
+    /// The same id as nix spells it.
+    fn nix(self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.0)
+    }
+}
 
 impl fmt::Display for Pid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -206,26 +239,14 @@ impl Options {
         ..Options::SPAWNED
     };
 
-    fn bits(self) -> libc::c_int {
-        let mut b = 0;
-        if self.clone {
-            b |= libc::PTRACE_O_TRACECLONE;
-        }
-        if self.fork {
-            b |= libc::PTRACE_O_TRACEFORK;
-        }
-        if self.vfork {
-            b |= libc::PTRACE_O_TRACEVFORK;
-        }
-        if self.exec {
-            b |= libc::PTRACE_O_TRACEEXEC;
-        }
-        if self.exit {
-            b |= libc::PTRACE_O_TRACEEXIT;
-        }
-        if self.exit_kill {
-            b |= libc::PTRACE_O_EXITKILL;
-        }
+    fn flags(self) -> ptrace::Options {
+        let mut b = ptrace::Options::empty();
+        b.set(ptrace::Options::PTRACE_O_TRACECLONE, self.clone);
+        b.set(ptrace::Options::PTRACE_O_TRACEFORK, self.fork);
+        b.set(ptrace::Options::PTRACE_O_TRACEVFORK, self.vfork);
+        b.set(ptrace::Options::PTRACE_O_TRACEEXEC, self.exec);
+        b.set(ptrace::Options::PTRACE_O_TRACEEXIT, self.exit);
+        b.set(ptrace::Options::PTRACE_O_EXITKILL, self.exit_kill);
         b
     }
 }
@@ -332,39 +353,32 @@ fn check(op: &'static str, pid: Pid, ret: libc::c_long) -> Result<libc::c_long, 
     }
 }
 
+/// A nix result as ours: the request's name and the tracee go into the error.
+fn nix_result<T>(op: &'static str, pid: Pid, r: nix::Result<T>) -> Result<T, SysError> {
+    r.map_err(|e| ptrace_error(op, pid, Errno(e as i32)))
+}
+
 /// `PTRACE_SEIZE`: attach to `pid` (one thread) without stopping it.
 pub fn seize(pid: Pid, options: Options) -> Result<(), SysError> {
-    // SAFETY: PTRACE_SEIZE takes no pointer; addr is ignored and data carries option bits.
-    let r = unsafe {
-        libc::ptrace(
-            libc::PTRACE_SEIZE,
-            pid.0,
-            ptr::null_mut::<libc::c_void>(),
-            options.bits() as libc::c_long,
-        )
-    };
-    check("PTRACE_SEIZE", pid, r).map(drop)
+    nix_result(
+        "PTRACE_SEIZE",
+        pid,
+        ptrace::seize(pid.nix(), options.flags()),
+    )
 }
 
 /// `PTRACE_SETOPTIONS` on a stopped tracee.
 pub fn set_options(pid: Pid, options: Options) -> Result<(), SysError> {
-    // SAFETY: PTRACE_SETOPTIONS takes no pointer; data carries option bits.
-    let r = unsafe {
-        libc::ptrace(
-            libc::PTRACE_SETOPTIONS,
-            pid.0,
-            ptr::null_mut::<libc::c_void>(),
-            options.bits() as libc::c_long,
-        )
-    };
-    check("PTRACE_SETOPTIONS", pid, r).map(drop)
+    nix_result(
+        "PTRACE_SETOPTIONS",
+        pid,
+        ptrace::setoptions(pid.nix(), options.flags()),
+    )
 }
 
 /// `PTRACE_INTERRUPT`: stop a seized, running thread (it reports [`Event::Stop`]).
 pub fn interrupt(pid: Pid) -> Result<(), SysError> {
-    // SAFETY: PTRACE_INTERRUPT takes no pointers.
-    let r = unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, pid.0, 0usize, 0usize) };
-    check("PTRACE_INTERRUPT", pid, r).map(drop)
+    nix_result("PTRACE_INTERRUPT", pid, ptrace::interrupt(pid.nix()))
 }
 
 fn restart(req: libc::c_uint, op: &'static str, pid: Pid, sig: i32) -> Result<(), SysError> {
@@ -395,33 +409,12 @@ pub fn detach(pid: Pid, sig: i32) -> Result<(), SysError> {
 
 /// `PTRACE_GETREGS`.
 pub fn get_regs(pid: Pid) -> Result<Regs, SysError> {
-    let mut regs = MaybeUninit::<Regs>::uninit();
-    // SAFETY: data points to a writable `user_regs_struct`, which GETREGS fills on success.
-    let r = unsafe {
-        libc::ptrace(
-            libc::PTRACE_GETREGS,
-            pid.0,
-            ptr::null_mut::<libc::c_void>(),
-            regs.as_mut_ptr(),
-        )
-    };
-    check("PTRACE_GETREGS", pid, r)?;
-    // SAFETY: the call succeeded, so the kernel wrote the whole struct.
-    Ok(unsafe { regs.assume_init() })
+    nix_result("PTRACE_GETREGS", pid, ptrace::getregs(pid.nix()))
 }
 
 /// `PTRACE_SETREGS`.
 pub fn set_regs(pid: Pid, regs: &Regs) -> Result<(), SysError> {
-    // SAFETY: data points to a valid `user_regs_struct` that the kernel only reads.
-    let r = unsafe {
-        libc::ptrace(
-            libc::PTRACE_SETREGS,
-            pid.0,
-            ptr::null_mut::<libc::c_void>(),
-            ptr::from_ref(regs),
-        )
-    };
-    check("PTRACE_SETREGS", pid, r).map(drop)
+    nix_result("PTRACE_SETREGS", pid, ptrace::setregs(pid.nix(), *regs))
 }
 
 /// `PTRACE_POKEUSER` of one register: `index` is the register's position in
@@ -435,34 +428,21 @@ pub fn poke_reg(pid: Pid, index: usize, value: u64) -> Result<(), SysError> {
             errno: Errno(libc::EINVAL),
         });
     }
-    // SAFETY: POKEUSER takes no pointer: addr is an offset into `struct user` (checked to lie
-    // in its register block above), data the value to store.
-    let r = unsafe {
-        libc::ptrace(
-            libc::PTRACE_POKEUSER,
-            pid.0,
-            index * 8,
-            value as libc::c_long,
-        )
-    };
-    check("PTRACE_POKEUSER", pid, r).map(drop)
+    // The address is an offset into `struct user` (checked above to lie in its register
+    // block), not a pointer.
+    let offset = ptr::without_provenance_mut(index * 8);
+    nix_result(
+        "PTRACE_POKEUSER",
+        pid,
+        ptrace::write_user(pid.nix(), offset, value as libc::c_long),
+    )
 }
 
 /// `PTRACE_GETEVENTMSG`: the new pid of a clone/fork/vfork, the former tid of an exec,
 /// or the exit status of an exit event.
 pub fn event_msg(pid: Pid) -> Result<u64, SysError> {
-    let mut msg: libc::c_ulong = 0;
-    // SAFETY: data points to a writable `unsigned long`, as GETEVENTMSG requires.
-    let r = unsafe {
-        libc::ptrace(
-            libc::PTRACE_GETEVENTMSG,
-            pid.0,
-            ptr::null_mut::<libc::c_void>(),
-            ptr::from_mut(&mut msg),
-        )
-    };
-    check("PTRACE_GETEVENTMSG", pid, r)?;
-    Ok(msg)
+    // The kernel's `unsigned long`, which nix hands over as a `long`.
+    nix_result("PTRACE_GETEVENTMSG", pid, ptrace::getevent(pid.nix())).map(|m| m as u64)
 }
 
 /// The parts of a stop's `siginfo_t` a tracer needs.
@@ -540,20 +520,7 @@ impl fmt::Debug for RawSigInfo {
 
 /// `PTRACE_GETSIGINFO`, keeping the whole structure.
 pub fn sig_info_raw(pid: Pid) -> Result<RawSigInfo, SysError> {
-    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
-    // SAFETY: data points to a writable `siginfo_t`, which GETSIGINFO fills on success.
-    let r = unsafe {
-        libc::ptrace(
-            libc::PTRACE_GETSIGINFO,
-            pid.0,
-            ptr::null_mut::<libc::c_void>(),
-            info.as_mut_ptr(),
-        )
-    };
-    check("PTRACE_GETSIGINFO", pid, r)?;
-    // SAFETY: zeroed is a valid `siginfo_t` (plain integers and a union of them), and the
-    // successful call wrote it whole.
-    Ok(RawSigInfo(unsafe { info.assume_init() }))
+    nix_result("PTRACE_GETSIGINFO", pid, ptrace::getsiginfo(pid.nix())).map(RawSigInfo)
 }
 
 /// Whether a `SIGTRAP` waits in the thread's own queue of pending signals
@@ -588,16 +555,11 @@ pub fn sigtrap_pending(pid: Pid) -> Result<bool, SysError> {
 /// `PTRACE_SETSIGINFO`: the `siginfo_t` of the signal the next restart delivers (restart with
 /// the same signal number, or the kernel replaces it with a plain `SI_USER` one).
 pub fn set_sig_info(pid: Pid, info: &RawSigInfo) -> Result<(), SysError> {
-    // SAFETY: data points to a valid `siginfo_t` that the kernel only reads.
-    let r = unsafe {
-        libc::ptrace(
-            libc::PTRACE_SETSIGINFO,
-            pid.0,
-            ptr::null_mut::<libc::c_void>(),
-            ptr::from_ref(&info.0),
-        )
-    };
-    check("PTRACE_SETSIGINFO", pid, r).map(drop)
+    nix_result(
+        "PTRACE_SETSIGINFO",
+        pid,
+        ptrace::setsiginfo(pid.nix(), &info.0),
+    )
 }
 
 static STOP_SIGNAL: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
@@ -945,26 +907,19 @@ pub fn fork_guardian(death_signal: i32) -> Result<Forked, SysError> {
 
 /// The calling thread's id.
 pub fn gettid() -> Pid {
-    // SAFETY: gettid takes no arguments and cannot fail.
-    Pid(unsafe { libc::gettid() })
+    Pid(nix::unistd::gettid().as_raw())
 }
 
-/// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`).
+/// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`; zero if the clock
+/// cannot be read, which Linux never refuses for the calling thread).
 pub fn thread_cpu_time() -> core::time::Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts points to a writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    core::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map_or(core::time::Duration::ZERO, core::time::Duration::from)
 }
 
 /// The CPU the calling thread runs on now.
 pub fn current_cpu() -> Option<usize> {
-    // SAFETY: sched_getcpu takes no arguments.
-    let c = unsafe { libc::sched_getcpu() };
-    usize::try_from(c).ok()
+    sched::sched_getcpu().ok()
 }
 
 /// The CPUs the calling thread may run on.
@@ -974,60 +929,40 @@ pub fn cpus_allowed() -> Vec<usize> {
 
 /// `sched_getaffinity(tid)`: the CPUs thread `tid` (`None`: the calling thread) may run on.
 pub fn affinity_of(tid: Option<Pid>) -> Result<Vec<usize>, SysError> {
-    let pid = tid.map_or(0, |p| p.0);
-    let mut set = MaybeUninit::<libc::cpu_set_t>::zeroed();
-    // SAFETY: set points to a writable cpu_set_t of the size passed.
-    let r = unsafe {
-        libc::sched_getaffinity(
-            pid,
-            core::mem::size_of::<libc::cpu_set_t>(),
-            set.as_mut_ptr(),
-        )
-    };
-    if r == -1 {
-        let errno = Errno::last();
-        return Err(if errno.0 == libc::ESRCH {
+    let pid = tid.unwrap_or(Pid(0));
+    let set = sched::sched_getaffinity(pid.nix()).map_err(|e| {
+        if e == nix::errno::Errno::ESRCH {
             SysError::NoSuchProcess {
                 op: "sched_getaffinity",
-                pid: Pid(pid),
+                pid,
             }
         } else {
             SysError::Failed {
                 op: "sched_getaffinity",
-                pid: Pid(pid),
-                errno,
+                pid,
+                errno: Errno(e as i32),
             }
-        });
-    }
-    // SAFETY: zeroed is a valid cpu_set_t and the call filled it.
-    let set = unsafe { set.assume_init() };
-    Ok((0..libc::CPU_SETSIZE as usize)
-        // SAFETY: CPU_ISSET only reads the set; `c` is below CPU_SETSIZE.
-        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        }
+    })?;
+    Ok((0..sched::CpuSet::count())
+        .filter(|&c| set.is_set(c).unwrap_or(false))
         .collect())
 }
 
-/// `sched_setaffinity(tid, cpus)`; `None` means the calling thread.
+/// `sched_setaffinity(tid, cpus)`; `None` means the calling thread. CPUs past the set's size
+/// (`CPU_SETSIZE`) are left out, as before.
 pub fn set_affinity(tid: Option<Pid>, cpus: &[usize]) -> Result<(), SysError> {
-    // SAFETY: all-zero is a valid, empty cpu_set_t (a plain bit array).
-    let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
+    let mut set = sched::CpuSet::new();
     for &c in cpus {
-        if c < libc::CPU_SETSIZE as usize {
-            // SAFETY: `c` is below CPU_SETSIZE, so CPU_SET writes inside the set.
-            unsafe { libc::CPU_SET(c, &mut set) };
-        }
+        // Only a CPU at or past CPU_SETSIZE fails, and it is left out.
+        let _ = set.set(c);
     }
-    let pid = tid.map_or(0, |p| p.0);
-    // SAFETY: set is a valid cpu_set_t of the size passed; the kernel only reads it.
-    let r = unsafe { libc::sched_setaffinity(pid, core::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if r == -1 {
-        return Err(SysError::Failed {
-            op: "sched_setaffinity",
-            pid: Pid(pid),
-            errno: Errno::last(),
-        });
-    }
-    Ok(())
+    let pid = tid.unwrap_or(Pid(0));
+    sched::sched_setaffinity(pid.nix(), &set).map_err(|e| SysError::Failed {
+        op: "sched_setaffinity",
+        pid,
+        errno: Errno(e as i32),
+    })
 }
 
 /// `flock(file, LOCK_EX)`: waits until this process holds the file's exclusive lock (released

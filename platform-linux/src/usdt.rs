@@ -27,7 +27,6 @@ use probe_core::sdt::{vaddr_to_offset, ArgLoc, Class, Endian, SdtArg, SdtArgs, S
 use probe_core::{Addr, AddressSpace};
 
 use crate::elf::ElfError;
-use crate::output::json_string;
 use crate::resolve::{is_glob, Location, ProbeKind, ResolveError, ResolvedProbe};
 
 /// Longest string read for a string argument, in bytes (without the NUL).
@@ -359,23 +358,31 @@ pub enum UsdtValue {
 impl UsdtValue {
     /// The value as a JSON value: a number (negative for signed ones), a string, or `null`.
     pub fn json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "null".to_owned())
+    }
+}
+
+/// As a JSON value: a number (negative for signed ones), a string, or `null` (an unreadable
+/// argument, a NaN or an infinity). A float is written as Rust's `Display` writes it (`1`,
+/// `-0.5`, no exponent), which is a JSON number whenever it is finite.
+impl serde::Serialize for UsdtValue {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         match *self {
             UsdtValue::Int {
                 value,
                 signed: true,
                 ..
-            } => (value as i64).to_string(),
-            UsdtValue::Int { value, .. } => value.to_string(),
+            } => ser.serialize_i64(value as i64),
+            UsdtValue::Int { value, .. } => ser.serialize_u64(value),
             UsdtValue::Float { bits, width } => {
                 let f = float(bits, width);
-                if f.is_finite() {
-                    f.to_string()
-                } else {
-                    "null".to_owned()
+                match serde_json::value::RawValue::from_string(f.to_string()) {
+                    Ok(raw) if f.is_finite() => raw.serialize(ser),
+                    _ => ser.serialize_none(),
                 }
             }
-            UsdtValue::Str { ref text, .. } => json_string(text),
-            UsdtValue::Error(_) => "null".to_owned(),
+            UsdtValue::Str { ref text, .. } => ser.serialize_str(text),
+            UsdtValue::Error(_) => ser.serialize_none(),
         }
     }
 }

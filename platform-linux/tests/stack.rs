@@ -30,8 +30,12 @@ fn func(frame: &str) -> &str {
     frame.rsplit_once('+').map_or(frame, |(f, _)| f)
 }
 
+/// A fresh path for each call: tests that trace the same program run in parallel in one
+/// process, and one must not remove the file another is about to read.
 fn folded_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("probe-folded-{name}-{}", std::process::id()))
+    static NEXT: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("probe-folded-{name}-{}-{n}", std::process::id()))
 }
 
 /// Traces `prog 5` with `--stack` on `c` (plus `extra` specs) and checks the two chains.

@@ -392,14 +392,7 @@ impl Space {
         buf: &mut [u8],
         access: Access,
     ) -> Result<(), MemError> {
-        let mut done = 0;
-        while done < buf.len() {
-            let at = addr
-                .checked_add(done as u64)
-                .ok_or(MemError::new(Addr(addr), MemErrorKind::Unmapped))?;
-            done += self.read(at, &mut buf[done..], access)?;
-        }
-        Ok(())
+        probe_core::memory::fill(addr, buf, |at, b| self.read(at, b, access))
     }
 
     /// Write `data` at `addr`, across pages and mappings, all or nothing: every page is

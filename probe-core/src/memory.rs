@@ -81,8 +81,10 @@ pub trait AddressSpace {
 
 /// Fill `buf` from position `start` on with as many partial reads as it takes. Never trusts
 /// the count a read returns: nothing (`Unmapped`) and more than asked (`Overread`) are errors,
-/// and positions that would pass `u64::MAX` are `Unmapped`.
-pub(crate) fn fill(
+/// and positions that would pass `u64::MAX` are `Unmapped`. The one exact-read loop of
+/// [`AddressSpace::read_exact`], [`crate::platform::read_file_exact`] and a platform's own
+/// page-by-page reads.
+pub fn fill(
     start: u64,
     buf: &mut [u8],
     mut read: impl FnMut(u64, &mut [u8]) -> Result<usize, MemError>,

@@ -5,23 +5,24 @@
 //! changes, so an error leaves the registers untouched.
 
 use super::plan::{MemRef, Op, Plan, Seg, NO_REG};
-use super::regs::{X86Regs, CF, IF, OF, PF, SF, ZF};
+use super::regs::{RFlags, X86Regs};
 use crate::addr::Addr;
 use crate::memory::AddressSpace;
 use crate::memory::{MemError, MemErrorKind};
 
 /// Whether condition `cc` (the opcode's low nibble, 0 = o ... 15 = g) holds for `eflags`.
 pub(crate) fn condition(cc: u8, eflags: u64) -> bool {
-    let f = |m: u64| eflags & m != 0;
+    let flags = RFlags::from_bits_retain(eflags);
+    let f = |m: RFlags| flags.contains(m);
     let base = match cc >> 1 {
-        0 => f(OF),
-        1 => f(CF),
-        2 => f(ZF),
-        3 => f(CF) || f(ZF),
-        4 => f(SF),
-        5 => f(PF),
-        6 => f(SF) != f(OF),
-        _ => f(ZF) || (f(SF) != f(OF)),
+        0 => f(RFlags::OF),
+        1 => f(RFlags::CF),
+        2 => f(RFlags::ZF),
+        3 => f(RFlags::CF) || f(RFlags::ZF),
+        4 => f(RFlags::SF),
+        5 => f(RFlags::PF),
+        6 => f(RFlags::SF) != f(RFlags::OF),
+        _ => f(RFlags::ZF) || (f(RFlags::SF) != f(RFlags::OF)),
     };
     base != (cc & 1 != 0)
 }
@@ -126,11 +127,11 @@ pub(crate) fn emulate<M: AddressSpace + ?Sized>(
             regs.rip = target;
         }
         Op::Cli => {
-            regs.eflags &= !IF;
+            regs.eflags &= !RFlags::IF.bits();
             regs.rip = next;
         }
         Op::Sti => {
-            regs.eflags |= IF;
+            regs.eflags |= RFlags::IF.bits();
             regs.rip = next;
         }
         Op::Boost { .. }

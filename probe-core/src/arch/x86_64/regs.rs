@@ -42,24 +42,32 @@ pub struct X86Regs {
 
 const_assert_eq!(core::mem::size_of::<X86Regs>(), 27 * 8);
 
-/// Carry flag.
-pub const CF: u64 = 1 << 0;
-/// Parity flag.
-pub const PF: u64 = 1 << 2;
-/// Auxiliary-carry flag.
-pub const AF: u64 = 1 << 4;
-/// Zero flag.
-pub const ZF: u64 = 1 << 6;
-/// The interrupt-enable flag (ring 0 code may clear and set it).
-pub const IF: u64 = 1 << 9;
-/// Sign flag.
-pub const SF: u64 = 1 << 7;
-/// Trap flag.
-pub const TF: u64 = 1 << 8;
-/// Overflow flag.
-pub const OF: u64 = 1 << 11;
-/// Resume flag.
-pub const RF: u64 = 1 << 16;
+bitflags::bitflags! {
+    /// The RFLAGS bits the core reads or writes: the condition codes the emulator evaluates
+    /// for `jcc`, IF for ring 0's `cli`/`sti`, TF and RF for single-stepping. Other bits of
+    /// a register value are kept as they are ([`RFlags::from_bits_retain`]).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct RFlags: u64 {
+        /// Carry flag.
+        const CF = 1 << 0;
+        /// Parity flag.
+        const PF = 1 << 2;
+        /// Auxiliary-carry flag.
+        const AF = 1 << 4;
+        /// Zero flag.
+        const ZF = 1 << 6;
+        /// Sign flag.
+        const SF = 1 << 7;
+        /// Trap flag.
+        const TF = 1 << 8;
+        /// The interrupt-enable flag (ring 0 code may clear and set it).
+        const IF = 1 << 9;
+        /// Overflow flag.
+        const OF = 1 << 11;
+        /// Resume flag.
+        const RF = 1 << 16;
+    }
+}
 
 /// General-purpose register numbers, in encoding order.
 pub(crate) mod gpr {

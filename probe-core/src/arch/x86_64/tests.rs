@@ -362,16 +362,19 @@ fn privileged_code_steps_or_emulates_what_user_code_refuses() {
        // cli and sti only change IF: emulated.
     let mem = Mem::default();
     let mut r = regs();
-    r.eflags |= super::regs::IF;
+    r.eflags |= super::regs::RFlags::IF.bits();
     let cli = X86_64::analyze_privileged(&[0xfa]).unwrap();
     assert_eq!(X86_64::plan_kind(&cli), PlanKind::Emulate);
     X86_64::emulate(&cli, Addr(0x1000), &mut r, &mem).unwrap();
-    assert_eq!((r.eflags & super::regs::IF, r.rip), (0, 0x1001));
+    assert_eq!(
+        (r.eflags & super::regs::RFlags::IF.bits(), r.rip),
+        (0, 0x1001)
+    );
     let sti = X86_64::analyze_privileged(&[0xfb]).unwrap();
     X86_64::emulate(&sti, Addr(0x1001), &mut r, &mem).unwrap();
     assert_eq!(
-        (r.eflags & super::regs::IF, r.rip),
-        (super::regs::IF, 0x1002)
+        (r.eflags & super::regs::RFlags::IF.bits(), r.rip),
+        (super::regs::RFlags::IF.bits(), 0x1002)
     );
     // The slot of a stepped privileged instruction holds it as it is, then a breakpoint; the
     // fall-through maps back after the instruction.
