@@ -273,3 +273,8 @@ fn platform_kernel_has_no_module_cycle() {
         Vec::<Vec<String>>::new()
     );
 }
+
+#[test]
+fn probe_agent_has_no_module_cycle() {
+    assert_eq!(cycles_of(&src("probe-agent")), Vec::<Vec<String>>::new());
+}
