@@ -5,7 +5,7 @@
 //! bump a counter, queue a record for `--print`, or note that a space's mappings must be
 //! read again (the dynamic linker's hook); the event loop acts on those after the hit.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -74,6 +74,9 @@ pub struct Shared {
     ptrace: Mutex<Vec<super::ptrace_hook::PtraceCall>>,
     /// `--stack`: the hits whose stack the event loop walks after the hit.
     stacks: Option<Mutex<Vec<StackRequest>>>,
+    /// Set after anything is queued in `rescan`, `unwind`, `ptrace` or `stacks`: the hit
+    /// path looks at one flag instead of locking four queues.
+    queued: AtomicBool,
     start: Instant,
     /// Arguments of recorded hits shown as strings (bit `i`: argument `i`).
     string_args: u16,
@@ -101,6 +104,7 @@ impl Shared {
             unwind: Mutex::new(Vec::new()),
             ptrace: Mutex::new(Vec::new()),
             stacks: None,
+            queued: AtomicBool::new(false),
             string_args: 0,
             start: Instant::now(),
         }
@@ -130,6 +134,7 @@ impl Shared {
                     bp: ctx.regs.rbp,
                 },
             });
+            self.mark_queued();
         }
     }
 
@@ -139,6 +144,18 @@ impl Shared {
             .as_ref()
             .map(|q| core::mem::take(&mut *lock(q)))
             .unwrap_or_default()
+    }
+
+    /// Notes that a queue of work for the event loop got an entry (after the push).
+    fn mark_queued(&self) {
+        self.queued.store(true, Ordering::Release);
+    }
+
+    /// Whether anything was queued for the event loop since the last call (one atomic swap;
+    /// then the `*_pending` checks tell what). An entry pushed after the swap sets the flag
+    /// again, so none is missed.
+    pub(crate) fn take_queued(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) && self.queued.swap(false, Ordering::AcqRel)
     }
 
     /// Whether a stack is to be walked.
@@ -407,13 +424,17 @@ impl Consumer<LinuxPlatform> for LinuxConsumer {
         }
         self.hits.fetch_add(1, Ordering::Relaxed);
         match self.role {
-            Role::DlHook => lock(&self.shared.rescan).push(ctx.space),
+            Role::DlHook => {
+                lock(&self.shared.rescan).push(ctx.space);
+                self.shared.mark_queued();
+            }
             Role::PtraceCall => {
                 lock(&self.shared.ptrace).push(super::ptrace_hook::PtraceCall {
                     space: ctx.space,
                     request: ctx.regs.arg(0).unwrap_or(u64::MAX),
                     target: ctx.regs.arg(1).unwrap_or(u64::MAX),
                 });
+                self.shared.mark_queued();
             }
             Role::UnwindStart | Role::UnwindLeave | Role::UnwindCatch => {
                 use super::returns::UnwindKind;
@@ -426,6 +447,7 @@ impl Consumer<LinuxPlatform> for LinuxConsumer {
                         _ => UnwindKind::Catch,
                     },
                 });
+                self.shared.mark_queued();
             }
             Role::Probe(i) if self.usdt.is_some() => {
                 self.shared.want_stack(ctx);

@@ -479,20 +479,22 @@ impl Session {
             &mut regs,
         );
         self.stats.traps += 1;
-        if self.shared.rescan_pending() {
-            self.stats.dl_events += 1;
-            for s in self.shared.take_rescans() {
-                self.rescan(s, tid);
+        if self.shared.take_queued() {
+            if self.shared.rescan_pending() {
+                self.stats.dl_events += 1;
+                for s in self.shared.take_rescans() {
+                    self.rescan(s, tid);
+                }
             }
-        }
-        if self.shared.unwind_pending() {
-            self.apply_unwinds();
-        }
-        if self.shared.ptrace_pending() {
-            self.report_ptrace_calls();
-        }
-        if self.shared.stack_pending() {
-            self.collect_stacks();
+            if self.shared.unwind_pending() {
+                self.apply_unwinds();
+            }
+            if self.shared.ptrace_pending() {
+                self.report_ptrace_calls();
+            }
+            if self.shared.stack_pending() {
+                self.collect_stacks();
+            }
         }
         if self.platform.maps_may_have_changed(space) {
             // A mapping made without the dynamic linker (a loader's mmap, an unmap): probe

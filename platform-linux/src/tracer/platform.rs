@@ -116,12 +116,25 @@ struct SpaceState {
 fn vm_signature(statm: &File) -> Option<u64> {
     let mut buf = [0u8; 128];
     let n = statm.read_at(&mut buf, 0).ok()?;
-    let text = core::str::from_utf8(&buf[..n]).ok()?;
-    let f: Vec<u64> = text
-        .split_ascii_whitespace()
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    Some(f.first()?.wrapping_sub(*f.get(5)?))
+    statm_signature(&buf[..n])
+}
+
+/// `size - data` of the text of a `statm` (`size resident shared text lib data dt`), parsed
+/// in place (this runs at every hit): `None` unless it has the six fields as numbers.
+fn statm_signature(text: &[u8]) -> Option<u64> {
+    let mut fields = text
+        .split(u8::is_ascii_whitespace)
+        .filter(|f| !f.is_empty())
+        .map(|f| {
+            f.iter().try_fold(0u64, |n, &d| {
+                d.is_ascii_digit()
+                    .then(|| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+                    .flatten()
+            })
+        });
+    let size = fields.next()??;
+    let data = fields.nth(4)??;
+    Some(size.wrapping_sub(data))
 }
 
 /// A space's slot area, if mapped.
@@ -861,6 +874,18 @@ mod tests {
             exec,
             write: false,
         }
+    }
+
+    #[test]
+    fn statm_signature_is_size_less_data() {
+        assert_eq!(
+            statm_signature(b"2648 1062 917 5 0 149 0\n"),
+            Some(2648 - 149)
+        );
+        assert_eq!(statm_signature(b"  10  1 1 1 0 4 0"), Some(6));
+        assert_eq!(statm_signature(b"2648 1062 917 5 0"), None);
+        assert_eq!(statm_signature(b"2648 1062 917 5 0 1x9 0"), None);
+        assert_eq!(statm_signature(b""), None);
     }
 
     #[test]
