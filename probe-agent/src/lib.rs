@@ -71,9 +71,6 @@ fn records() -> Option<RecordRegion> {
 /// `regs` is the trampoline's register file, or null (the words are then zero).
 #[no_mangle]
 pub unsafe extern "C" fn probe_agent_record(regs: *mut X86Regs, probe: u64) {
-    let Some(region) = records() else {
-        return;
-    };
     let generation = GENERATION.load(Ordering::Relaxed);
     let words = if regs.is_null() {
         [0; 6]
@@ -84,17 +81,26 @@ pub unsafe extern "C" fn probe_agent_record(regs: *mut X86Regs, probe: u64) {
     };
     let _ = RING.try_with(|cell| {
         let (g, mut ring, mut tid) = cell.get();
-        if g != generation {
+        if g != generation || ring.is_null() {
+            // A thread's first record of a generation, or one without a ring: only these
+            // look at (and check) the region.
+            let Some(region) = records() else {
+                return;
+            };
+            if g == generation {
+                region.orphan();
+                return;
+            }
             ring = region
                 .claim()
                 .map_or(core::ptr::null(), |r| r as *const Ring<THREAD_RING>);
             // SAFETY: gettid has no arguments and cannot fail.
             tid = unsafe { libc::gettid() } as u32;
             cell.set((generation, ring, tid));
-        }
-        if ring.is_null() {
-            region.orphan();
-            return;
+            if ring.is_null() {
+                region.orphan();
+                return;
+            }
         }
         // SAFETY: a ring of the attached region, mapped for the process's life.
         let ring = unsafe { &*ring };
@@ -144,15 +150,16 @@ fn region() -> Option<Counters> {
 /// pointer: it is not dereferenced.
 #[no_mangle]
 pub unsafe extern "C" fn probe_agent_hit(_regs: *mut X86Regs, probe: u64) {
-    let Some(c) = region() else {
-        return;
-    };
     let generation = GENERATION.load(Ordering::Relaxed);
     // `try_with`: a hit while the thread's TLS is being torn down counts nothing.
     let _ = BLOCK.try_with(|b| {
         let block = match b.get() {
             (g, Some(block)) if g == generation => block,
+            // Only a thread's first hit of a generation looks at (and checks) the region.
             _ => {
+                let Some(c) = region() else {
+                    return;
+                };
                 let block = c.claim();
                 b.set((generation, Some(block)));
                 block
