@@ -6,29 +6,16 @@
 //! `cargo bench -p platform-linux --bench inproc-bench [CALLS]`.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use platform_linux::agent::AgentRegion;
-use platform_linux::attach;
-use platform_linux::elf::ElfImage;
 use platform_linux::inproc::JumpPatcher;
-use platform_linux::sys::{Options, Pid};
+use platform_linux::sys::Pid;
 use platform_linux::tracer::{Session, SessionOptions};
 
 #[path = "../tests/common/programs.rs"]
 mod programs;
-
-/// The agent's shared object, built by cargo beside the benchmark.
-fn agent_so() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    [deps, deps.parent().unwrap()]
-        .iter()
-        .map(|d| d.join("libprobe_agent.so"))
-        .find(|p| p.exists())
-        .expect("libprobe_agent.so beside the benchmark")
-}
 
 struct Prog {
     child: Child,
@@ -58,26 +45,9 @@ impl Prog {
     }
 }
 
-/// The file and file offset of the function at `addr` in process `pid`.
-fn file_and_offset(pid: i32, addr: u64, name: &str) -> (PathBuf, u64, Vec<u8>) {
-    let lines = platform_linux::maps::read_maps(Pid(pid)).unwrap();
-    let m = lines.iter().find(|m| m.range.contains(&addr)).unwrap();
-    let path = PathBuf::from(&m.path);
-    let image = ElfImage::open(&path).unwrap();
-    let sym = image.lookup(name).first().copied().unwrap().clone();
-    let mem = platform_linux::mem::ProcMem::open(Pid(pid)).unwrap();
-    let mut body = vec![0u8; sym.size as usize];
-    mem.read(addr, &mut body).unwrap();
-    (path, sym.file_offset, body)
-}
-
 /// Holds every thread of `pid`, runs `f`, lets them go.
 fn held<T>(pid: i32, f: impl FnOnce(&[Pid]) -> T) -> T {
-    let threads = attach::attach_process(Pid(pid), Options::ATTACHED).unwrap();
-    let tids: Vec<Pid> = threads.iter().map(|t| t.tid).collect();
-    let out = f(&tids);
-    attach::detach_all(&threads).unwrap();
-    out
+    platform_linux::attach::with_threads_held(Pid(pid), f).unwrap()
 }
 
 /// A kernel uprobe on `file:offset`, enabled, for the time of `f`; `None` (and why) where
@@ -132,7 +102,7 @@ fn measure(which: &str, name: &str, calls: u64) {
     let region = AgentRegion::new(1, 64).unwrap();
     let mut cmd = Command::new(programs::program("agent-bench"));
     cmd.arg(which)
-        .env("LD_PRELOAD", agent_so())
+        .env("LD_PRELOAD", programs::agent_so())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
     region.pass_to(&mut cmd);
@@ -149,7 +119,11 @@ fn measure(which: &str, name: &str, calls: u64) {
         addr,
     };
     let pid = p.pid();
-    let (file, offset, body) = file_and_offset(pid, p.addr, name);
+    let platform_linux::inproc::MappedFunction {
+        path: file,
+        file_offset: offset,
+        body,
+    } = platform_linux::inproc::mapped_function(Pid(pid), p.addr, name).unwrap();
     // Every mechanism probes the instruction the jump goes on (after an `endbr64`).
     let at = probe_core::arch::x86_64::jump::entry_patch_offset(&body) as u64;
     let first = format!(

@@ -145,6 +145,17 @@ pub fn detach_all(threads: &[StoppedThread]) -> Result<(), SysError> {
     first_err.map_or(Ok(()), Err)
 }
 
+/// Runs `f` with every thread of process `pid` held in a ptrace-stop (seized as for `-p`),
+/// then lets each go with its pending signal: how a code change that is more than one byte
+/// (a jump patch) is made while no thread runs.
+pub fn with_threads_held<T>(pid: Pid, f: impl FnOnce(&[Pid]) -> T) -> Result<T, SysError> {
+    let threads = attach_process(pid, Options::ATTACHED)?;
+    let tids: Vec<Pid> = threads.iter().map(|t| t.tid).collect();
+    let out = f(&tids);
+    detach_all(&threads)?;
+    Ok(out)
+}
+
 /// Why process `pid` cannot be attached to, if one of the causes that have their own message
 /// holds (others surface as the ptrace error): it does not exist, it is a zombie, a kernel
 /// thread, or this `probe` (the tracer, or the guardian process that forked it).

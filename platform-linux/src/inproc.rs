@@ -133,6 +133,44 @@ pub struct JumpPatcher {
     sites: Vec<Site>,
 }
 
+/// A function as a process maps it: its file, its offset there, and its bytes.
+#[derive(Clone, Debug)]
+pub struct MappedFunction {
+    /// The file that holds it.
+    pub path: PathBuf,
+    /// Its first byte's offset in the file (a probe's key).
+    pub file_offset: u64,
+    /// Its bytes in the process (the symbol's size).
+    pub body: Vec<u8>,
+}
+
+/// The function `name` of the file mapped at `addr` in process `pid`, with its bytes read
+/// from the process.
+pub fn mapped_function(pid: Pid, addr: u64, name: &str) -> Result<MappedFunction, InProcError> {
+    let process = |why: String| InProcError::Process { pid, why };
+    let lines = maps::read_maps(pid).map_err(|e| process(e.to_string()))?;
+    let m = lines
+        .iter()
+        .find(|m| m.is_file() && m.range.contains(&addr))
+        .ok_or_else(|| process(format!("no file is mapped at {addr:#x}")))?;
+    let path = PathBuf::from(&m.path);
+    let image = ElfImage::open(&path).map_err(|e| process(e.to_string()))?;
+    let sym = image
+        .lookup(name)
+        .first()
+        .copied()
+        .ok_or_else(|| process(format!("{} has no {name}", path.display())))?;
+    let mut body = vec![0u8; sym.size as usize];
+    ProcMem::open(pid)
+        .and_then(|mem| mem.read(addr, &mut body))
+        .map_err(|e| process(e.to_string()))?;
+    Ok(MappedFunction {
+        path,
+        file_offset: sym.file_offset,
+        body,
+    })
+}
+
 /// The vector state a trampoline keeps: the argument registers, as wide as this CPU passes
 /// them (the traced process runs on the same CPUs).
 pub fn argument_state() -> ExtendedState {

@@ -4,23 +4,9 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use platform_linux::agent::AgentRegion;
-
-/// The agent's shared object, built by cargo beside the test binaries.
-fn agent_so() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    for dir in [deps, deps.parent().unwrap()] {
-        let p = dir.join("libprobe_agent.so");
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("libprobe_agent.so not found beside {}", exe.display());
-}
 
 #[test]
 fn the_agent_counts_every_hit_of_every_thread_and_of_a_forked_child() {
@@ -28,7 +14,7 @@ fn the_agent_counts_every_hit_of_every_thread_and_of_a_forked_child() {
     let region = AgentRegion::new(8, 16).unwrap();
     let (threads, calls) = (4u64, 20_000u64);
     let mut cmd = Command::new(&prog);
-    cmd.env("LD_PRELOAD", agent_so());
+    cmd.env("LD_PRELOAD", common::programs::agent_so());
     region.pass_to(&mut cmd);
     // The descriptor number the child gets is the region's; the program checks it is closed.
     let out = cmd
@@ -60,7 +46,7 @@ fn threads_past_the_region_share_a_block_and_lose_nothing() {
     let prog = common::programs::program("agent-user");
     let region = AgentRegion::new(8, 2).unwrap();
     let mut cmd = Command::new(&prog);
-    cmd.env("LD_PRELOAD", agent_so());
+    cmd.env("LD_PRELOAD", common::programs::agent_so());
     region.pass_to(&mut cmd);
     let out = cmd
         .arg(region_fd(&cmd))
@@ -78,7 +64,7 @@ fn threads_past_the_region_share_a_block_and_lose_nothing() {
 fn without_a_region_the_agent_counts_nothing_and_the_program_runs() {
     let prog = common::programs::program("agent-user");
     let out = Command::new(&prog)
-        .env("LD_PRELOAD", agent_so())
+        .env("LD_PRELOAD", common::programs::agent_so())
         .args(["1000", "2", "100"])
         .output()
         .unwrap();
@@ -95,7 +81,7 @@ fn a_signal_handler_hitting_a_probe_on_the_interrupted_thread_loses_no_count() {
     let region = AgentRegion::new(1, 4).unwrap();
     let calls = 20_000_000u64;
     let mut cmd = Command::new(&prog);
-    cmd.env("LD_PRELOAD", agent_so());
+    cmd.env("LD_PRELOAD", common::programs::agent_so());
     region.pass_to(&mut cmd);
     let out = cmd
         .args([calls.to_string(), "20000".into()])
@@ -124,28 +110,9 @@ fn region_fd(cmd: &Command) -> String {
         .into_owned()
 }
 
-/// Holds every thread of `pid` (seized), runs `f` with them, lets them go.
+/// Holds every thread of `pid`, runs `f` with them, lets them go.
 fn held<T>(pid: i32, f: impl FnOnce(&[platform_linux::sys::Pid]) -> T) -> T {
-    use platform_linux::attach;
-    use platform_linux::sys::{Options, Pid};
-    let threads = attach::attach_process(Pid(pid), Options::ATTACHED).unwrap();
-    let tids: Vec<Pid> = threads.iter().map(|t| t.tid).collect();
-    let out = f(&tids);
-    attach::detach_all(&threads).unwrap();
-    out
-}
-
-/// The mapped bytes of the C library's function at `addr`, from its symbol's size.
-fn body_at(pid: i32, addr: u64, name: &str) -> Vec<u8> {
-    use platform_linux::sys::Pid;
-    let lines = platform_linux::maps::read_maps(Pid(pid)).unwrap();
-    let m = lines.iter().find(|m| m.range.contains(&addr)).unwrap();
-    let image = platform_linux::elf::ElfImage::open(std::path::Path::new(&m.path)).unwrap();
-    let size = image.lookup(name).first().unwrap().size as usize;
-    let mem = platform_linux::mem::ProcMem::open(Pid(pid)).unwrap();
-    let mut body = vec![0u8; size];
-    mem.read(addr, &mut body).unwrap();
-    body
+    platform_linux::attach::with_threads_held(platform_linux::sys::Pid(pid), f).unwrap()
 }
 
 /// `agent-phases` started with the agent and `region`, at its "ready" line: `labs`'s
@@ -166,7 +133,7 @@ impl Phases {
         use std::io::BufRead;
         use std::process::Stdio;
         let mut cmd = Command::new(common::programs::program("agent-phases"));
-        cmd.env("LD_PRELOAD", agent_so())
+        cmd.env("LD_PRELOAD", common::programs::agent_so())
             .args([threads.to_string(), calls.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
@@ -178,7 +145,10 @@ impl Phases {
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
         let addr = u64::from_str_radix(line.trim().strip_prefix("ready 0x").unwrap(), 16).unwrap();
-        let body = body_at(pid, addr, "labs");
+        let body =
+            platform_linux::inproc::mapped_function(platform_linux::sys::Pid(pid), addr, "labs")
+                .unwrap()
+                .body;
         let mem = platform_linux::mem::ProcMem::open(platform_linux::sys::Pid(pid)).unwrap();
         let mut p = Phases {
             child,
@@ -335,7 +305,7 @@ fn records_reach_the_controller_in_order_while_it_drains_and_the_rest_are_counte
     let records = AgentRecords::new(16).unwrap();
     let (threads, calls) = (3u64, 2_000_000u64);
     let mut cmd = Command::new(&prog);
-    cmd.env("LD_PRELOAD", agent_so())
+    cmd.env("LD_PRELOAD", common::programs::agent_so())
         .args([threads.to_string(), calls.to_string(), "2000".into()])
         .stdout(std::process::Stdio::piped());
     records.pass_to(&mut cmd);

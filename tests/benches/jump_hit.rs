@@ -6,7 +6,6 @@
 
 use core::hint::black_box;
 use core::sync::atomic::{AtomicU64, Ordering};
-use core::time::Duration;
 use std::time::Instant;
 
 use platform_linux::agent::AgentRegion;
@@ -29,15 +28,6 @@ extern "C" fn count_shared(_regs: *mut X86Regs, _ctx: u64) {
     HITS.fetch_add(1, Ordering::Relaxed);
 }
 
-/// CPU time of the calling thread.
-fn thread_cpu() -> Duration {
-    // SAFETY: an all-zero timespec is valid; clock_gettime fills it.
-    let mut ts: libc::timespec = unsafe { core::mem::zeroed() };
-    // SAFETY: a valid clock id and timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 /// CPU nanoseconds per call of `f` over `threads` threads calling it `n` times each at
 /// once (the best of 3 runs; each run's figure is the mean of its threads'). Thread CPU
 /// time, not wall time, so that threads sharing the machine's CPUs are not counted twice.
@@ -50,13 +40,14 @@ fn per_call_threads(f: extern "C" fn(i64) -> i64, n: u64, threads: usize) -> f64
                     .map(|_| {
                         s.spawn(|| {
                             start.wait();
-                            let t = thread_cpu();
+                            let t = platform_linux::sys::thread_cpu_time();
                             let mut acc = 0i64;
                             for i in 0..n {
                                 acc = acc.wrapping_add(black_box(f)(black_box(i as i64 - 7)));
                             }
                             black_box(acc);
-                            (thread_cpu() - t).as_nanos() as f64 / n as f64
+                            (platform_linux::sys::thread_cpu_time() - t).as_nanos() as f64
+                                / n as f64
                         })
                     })
                     .collect();

@@ -280,3 +280,15 @@ fn build_go(out: &Path) -> Result<(), String> {
     drop(lock);
     Ok(())
 }
+
+/// The in-process agent's shared object (`probe-agent`), built by cargo beside the test or
+/// benchmark binary that asks (in its `deps/` directory or the one above).
+pub fn agent_so() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    [deps, deps.parent().unwrap()]
+        .iter()
+        .map(|d| d.join("libprobe_agent.so"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("libprobe_agent.so not found beside {}", exe.display()))
+}
